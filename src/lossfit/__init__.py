@@ -1,0 +1,48 @@
+"""lossfit: derive the parameters of a transformation from a loss function, and prove the answer."""
+
+from lossfit.engine import (
+    SOLVERS,
+    SPD,
+    Bounds,
+    Constraint,
+    FitResult,
+    GradientCheck,
+    History,
+    Orthogonal,
+    Positive,
+    Solver,
+    SolverInfo,
+    Status,
+    Symmetric,
+    check_gradient,
+    least_squares,
+    minimize,
+)
+from lossfit import matrices
+from lossfit.errors import InputFileError, LossfitError, NonFiniteError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SOLVERS",
+    "SPD",
+    "Bounds",
+    "Constraint",
+    "FitResult",
+    "GradientCheck",
+    "History",
+    "InputFileError",
+    "LossfitError",
+    "NonFiniteError",
+    "Orthogonal",
+    "Positive",
+    "Solver",
+    "SolverInfo",
+    "Status",
+    "Symmetric",
+    "__version__",
+    "check_gradient",
+    "least_squares",
+    "matrices",
+    "minimize",
+]

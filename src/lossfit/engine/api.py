@@ -1,0 +1,302 @@
+"""The engine's two entry functions, :func:`minimize` and :func:`least_squares`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lossfit.engine.constraints import Bounds
+from lossfit.engine.loop import Outcome, Stopping, run
+from lossfit.engine.problem import Objective, ParamSpec, check_finite_start
+from lossfit.engine.result import FitResult, SolverInfo, Status
+from lossfit.engine.solvers import DENSE_LIMIT, Solver, choose, resolve
+from lossfit.losses import robust_loss
+
+MAX_STEPS = {"gd": 10_000, "adam": 10_000, "rmsprop": 10_000, "lbfgs": 1000, "lm": 500, "gauss-newton": 500, "krylov": 200}
+
+
+def minimize(
+    loss_fn: Callable[..., torch.Tensor],
+    params: Any,
+    *,
+    args: tuple = (),
+    solver: str | Solver = "auto",
+    constraints: Any = None,
+    batch: bool = False,
+    ftol: float | None = None,
+    xtol: float | None = None,
+    gtol: float | None = None,
+    max_steps: int | None = None,
+    max_time: float | None = None,
+    history: bool = True,
+    dtype: torch.dtype | None = None,
+    **options: Any,
+) -> FitResult:
+    """Minimise a scalar loss over parameters.
+
+    Args:
+        loss_fn: ``loss_fn(params, *args) -> scalar tensor``, written for one problem.
+        params: the start: a tensor or a dict of tensors (not modified). With ``batch=True`` every tensor has a
+            leading dimension ``B`` indexing independent problems.
+        args: extra arguments passed to ``loss_fn``; with ``batch=True`` their tensors lead with ``B`` too.
+        solver: ``"auto"`` (L-BFGS), ``"gd"``, ``"adam"``, ``"rmsprop"``, ``"lbfgs"``, or a Solver object.
+        constraints: a constraint for a tensor (``"positive"``, ``(lower, upper)``, ``"orthogonal"``, ``"spd"``,
+            ``"symmetric"`` or a :class:`~lossfit.Constraint`), or a dict of them for a dict of parameters.
+        batch: solve ``B`` independent problems at once; each stops on its own and has its own status.
+        ftol, xtol, gtol: stopping tolerances (defaults depend on the solver); see :class:`lossfit.engine.loop.Stopping`.
+        max_steps, max_time: limits on steps and seconds.
+        history: record the loss, gradient and step per step.
+        dtype: compute in this dtype (default: the parameters'; integer input becomes float64).
+        **options: the solver's options, e.g. ``lr=0.9, momentum=0.9`` for ``gd``.
+
+    Returns:
+        A :class:`FitResult`; ``success`` is True only for a converged answer whose gradient was checked.
+
+    Example:
+        >>> import torch, lossfit
+        >>> rosen = lambda p: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
+        >>> result = lossfit.minimize(rosen, torch.tensor([-1.2, 1.0], dtype=torch.float64))
+        >>> result.success, [round(v, 6) for v in result.params.tolist()]
+        (True, [1.0, 1.0])
+    """
+    _check_callable(loss_fn, "loss_fn")
+    spec, obj = _setup(loss_fn, params, constraints, batch, dtype, tuple(args), kind="scalar")
+    x0, aux = spec.initial()
+    name, reason = choose("scalar", spec.numel) if solver == "auto" else ("", "")
+    chosen = resolve(name or solver, options)
+    if chosen.needs != "gradient":
+        raise ValueError(f"`solver` {chosen.name!r} needs residuals: use lossfit.least_squares for it")
+    check_finite_start(obj.value(x0, torch.arange(x0.shape[0])), "the loss values")
+    stop = _stopping(chosen, ftol, xtol, gtol, max_steps, max_time)
+    outcome = run(obj, chosen, x0, stop, record=history)
+    return _finish(obj, chosen, outcome, reason, x0)
+
+
+def least_squares(
+    residual_fn: Callable[..., torch.Tensor],
+    params: Any,
+    *,
+    args: tuple = (),
+    solver: str | Solver = "auto",
+    loss: str | Callable[[torch.Tensor], torch.Tensor] = "linear",
+    f_scale: float = 1.0,
+    bounds: tuple[Any, Any] | None = None,
+    constraints: Any = None,
+    batch: bool = False,
+    ftol: float | None = None,
+    xtol: float | None = None,
+    gtol: float | None = None,
+    max_steps: int | None = None,
+    max_time: float | None = None,
+    history: bool = True,
+    dtype: torch.dtype | None = None,
+    **options: Any,
+) -> FitResult:
+    """Minimise ``0.5 * sum(rho(r**2))`` over parameters, for residuals ``r = residual_fn(params, *args)``.
+
+    Args:
+        residual_fn: ``residual_fn(params, *args) -> tensor`` of residuals (any shape), written for one problem.
+        params, args, batch, constraints, ftol, xtol, gtol, max_steps, max_time, history, dtype: as for
+            :func:`minimize`. For least squares ``gtol`` tests MINPACK's measure, the largest cosine between the
+            residuals and a column of the Jacobian (with the dense solvers).
+        solver: ``"auto"`` (Levenberg-Marquardt up to 400 parameters, matrix-free Gauss-Newton above), ``"lm"``,
+            ``"gauss-newton"``, ``"krylov"``, or any scalar solver (``"lbfgs"``, ``"adam"``, ``"gd"``, ...).
+        loss: the robust loss ``rho``: ``"linear"``, ``"huber"``, ``"soft_l1"``, ``"cauchy"``, ``"arctan"`` or a
+            callable; residuals are divided by ``f_scale`` first (the cost is ``0.5 * f_scale**2 * rho(z)``).
+        bounds: ``(lower, upper)`` for a tensor of parameters (a shorthand for ``constraints=Bounds(lower, upper)``).
+
+    Returns:
+        A :class:`FitResult` with ``residuals``, and for the dense solvers ``jacobian`` and ``covariance``
+        (``s**2 (J^T J)^-1`` with ``s**2 = 2 * loss / (m - n)``); a numerically singular Jacobian at the answer
+        gives the status ``SINGULAR``, never a silent success.
+
+    Example:
+        >>> import torch, lossfit
+        >>> x = torch.linspace(0, 1, 20, dtype=torch.float64)
+        >>> y = 2.0 * torch.exp(-1.5 * x)
+        >>> result = lossfit.least_squares(lambda p: p[0] * torch.exp(-p[1] * x) - y, torch.tensor([1.0, 1.0]))
+        >>> result.success, [round(v, 8) for v in result.params.tolist()]
+        (True, [2.0, 1.5])
+    """
+    _check_callable(residual_fn, "residual_fn")
+    if not (isinstance(f_scale, (int, float)) and f_scale > 0 and math.isfinite(f_scale)):
+        raise ValueError(f"`f_scale` must be a positive finite number; got {f_scale!r}")
+    if bounds is not None:
+        if constraints is not None:
+            raise TypeError("give `bounds` or `constraints`, not both")
+        if not (isinstance(bounds, tuple) and len(bounds) == 2):
+            raise TypeError(f"`bounds` must be a (lower, upper) pair; got {bounds!r}")
+        constraints = Bounds(*bounds)
+    rho = None if loss == "linear" else robust_loss(loss)
+    spec, obj = _setup(residual_fn, params, constraints, batch, dtype, tuple(args), kind="residual")
+    obj.rho, obj.f_scale = rho, float(f_scale)
+    x0, aux = spec.initial()
+    r0 = obj.residual(x0, torch.arange(x0.shape[0]))
+    check_finite_start(r0, "the residuals")
+    if r0.shape[1] == 0:
+        raise ValueError("`residual_fn` must return at least one residual; got an empty tensor")
+    name, reason = choose("residual", spec.numel) if solver == "auto" else ("", "")
+    chosen = resolve(name or solver, options)
+    stop = _stopping(chosen, ftol, xtol, gtol, max_steps, max_time)
+    # Scalar solvers see the (robust) cost of the residuals through `Objective.value`.
+    outcome = run(obj, chosen, x0, stop, record=history)
+    return _finish(obj, chosen, outcome, reason, x0)
+
+
+def _setup(
+    fn: Callable[..., torch.Tensor],
+    params: Any,
+    constraints: Any,
+    batch: bool,
+    dtype: torch.dtype | None,
+    args: tuple,
+    kind: str,
+) -> tuple[ParamSpec, Objective]:
+    """The parameter spec and the objective, computing in the wider of the parameters' and the output's dtype.
+
+    Convention: a float32 start for a function of float64 data is solved in float64 (the data set the precision);
+    ``dtype`` given explicitly wins.
+    """
+    spec = ParamSpec(params, constraints, batch, dtype)
+    x0, aux = spec.initial()
+    obj = Objective(fn, spec, args, aux, kind=kind)
+    if dtype is None:
+        out = obj.residual(x0, torch.arange(x0.shape[0])) if kind == "residual" else obj.value(x0, torch.arange(1))
+        wider = torch.promote_types(out.dtype, spec.dtype)
+        if wider != spec.dtype and out.is_floating_point():
+            spec = ParamSpec(params, constraints, batch, wider)
+            x0, aux = spec.initial()
+            obj = Objective(fn, spec, args, aux, kind=kind)
+    return spec, obj
+
+
+def _check_callable(fn: Any, argument: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"`{argument}` must be callable; got {type(fn).__name__}")
+
+
+def _stopping(
+    solver: Solver,
+    ftol: float | None,
+    xtol: float | None,
+    gtol: float | None,
+    max_steps: int | None,
+    max_time: float | None,
+) -> Stopping:
+    values = {}
+    for name, given in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
+        value = solver.tolerances[name] if given is None else given
+        if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+            raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}")
+        values[name] = float(value)
+    steps = MAX_STEPS.get(solver.name, 1000) if max_steps is None else max_steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"`max_steps` must be an integer >= 0; got {max_steps!r}")
+    if max_time is not None and not (isinstance(max_time, (int, float)) and max_time > 0):
+        raise ValueError(f"`max_time` must be a positive number of seconds; got {max_time!r}")
+    return Stopping(values["ftol"], values["xtol"], values["gtol"], steps, max_time)
+
+
+def _finish(obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: torch.Tensor) -> FitResult:
+    """Check the answers the solver calls converged, and assemble the result."""
+    spec = obj.spec
+    rows = torch.arange(outcome.x.shape[0], device=outcome.x.device)
+    status = outcome.status.clone()
+    residuals = jac = cov = None
+    x = outcome.x
+    if obj.kind == "scalar":
+        f, g = obj.value_and_grad(x, rows)
+        _, g0 = obj.value_and_grad(x0, rows)
+        gm, gm0 = g.abs().amax(dim=1), g0.abs().amax(dim=1)
+        suspect = gm > torch.maximum(1e-4 * gm0, 1e-6 * f.abs().clamp_min(1.0))
+    else:
+        f0 = obj.cost(obj.residual(x0, rows))
+        if spec.numel <= DENSE_LIMIT:
+            residuals, jac = obj.residual_and_jacobian(x, rows)
+            _, g0 = obj.value_and_grad(x0, rows)
+            suspect, singular, cov = _check_least_squares(obj, residuals, jac, g0)
+            status = torch.where(_converged(status) & singular, Status.SINGULAR, status)
+        else:
+            residuals = obj.residual(x, rows)
+            _, g = obj.value_and_grad(x, rows)
+            _, g0 = obj.value_and_grad(x0, rows)
+            suspect = g.abs().amax(dim=1) > 1e-4 * g0.abs().amax(dim=1)
+        f = obj.cost(residuals)
+        zero_residual = f <= 1e-24 * f0.clamp_min(1e-300)
+        suspect = suspect & ~zero_residual
+    status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
+    statuses = tuple(Status(int(s)) for s in status)
+    failing = [s for s in statuses if not s.success]
+    params = spec.unflatten_batch(x, obj.aux)
+    loss = f.detach() if spec.batch else f.detach()[0]
+    return FitResult(
+        params=params,
+        loss=loss,
+        success=not failing,
+        status=failing[0] if failing else statuses[0],
+        statuses=statuses,
+        steps=outcome.steps if spec.batch else outcome.steps[0],
+        num_steps=int(outcome.steps.max()),
+        num_evals=obj.evals,
+        history=_squeeze_history(outcome, spec.batch),
+        solver=SolverInfo(solver.name, dict(solver.options), reason),
+        time=outcome.time,
+        residuals=_squeeze(residuals, spec.batch),
+        jacobian=_squeeze(jac, spec.batch),
+        covariance=_squeeze(cov, spec.batch),
+    )
+
+
+def _converged(status: torch.Tensor) -> torch.Tensor:
+    codes = [s for s in Status if s.success]
+    return torch.isin(status, torch.tensor([int(s) for s in codes], device=status.device))
+
+
+def _check_least_squares(
+    obj: Objective, r: torch.Tensor, jac: torch.Tensor, g0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First-order optimality, numerical rank and covariance from the Jacobian at the answer.
+
+    An answer is suspect when the residuals still have a sizeable component along some column of the Jacobian
+    (MINPACK's cosine above 1e-4) and the gradient has not shrunk by 1e8 from the start (at a zero-residual answer
+    the cosine is rounding noise and means nothing).
+    """
+    w = obj.weights(r)
+    jw, rw = (jac, r) if w is None else (jac * w.sqrt().unsqueeze(-1), r * w.sqrt())
+    m, n = jw.shape[1], jw.shape[2]
+    col = jw.norm(dim=1)
+    g = torch.einsum("bmn,bm->bn", jw, rw)
+    rnorm = rw.norm(dim=1, keepdim=True)
+    cosine = torch.where(col > 0, g.abs() / (col * rnorm).clamp_min(1e-300), torch.zeros_like(g)).amax(dim=1)
+    suspect = (cosine > 1e-4) & (g.abs().amax(dim=1) > 1e-8 * g0.abs().amax(dim=1))
+    safe_col = torch.where(col > 0, col, torch.ones_like(col))
+    _, sv, vh = torch.linalg.svd(jw / safe_col.unsqueeze(1), full_matrices=False)
+    rtol = torch.finfo(jw.dtype).eps ** 0.6
+    singular = (sv[:, -1] <= rtol * sv[:, 0]) | (col == 0).any(dim=1) | (m < n)
+    dof = m - n
+    s2 = 2 * obj.cost(r) / dof if dof > 0 else torch.full_like(r[:, 0], float("nan"))
+    inv_sv2 = torch.where(singular.unsqueeze(1), torch.full_like(sv, float("inf")), 1 / sv.clamp_min(1e-300) ** 2)
+    v = vh.transpose(-1, -2)
+    cov_scaled = torch.einsum("bik,bk,bjk->bij", v, inv_sv2, v)
+    cov = cov_scaled / (safe_col.unsqueeze(2) * safe_col.unsqueeze(1)) * s2[:, None, None]
+    cov = torch.where(singular[:, None, None], torch.full_like(cov, float("nan")), cov)
+    return suspect, singular, cov
+
+
+def _squeeze(value: torch.Tensor | None, batch: bool) -> torch.Tensor | None:
+    if value is None or batch:
+        return value
+    return value[0]
+
+
+def _squeeze_history(outcome: Outcome, batch: bool) -> Any:
+    h = outcome.history
+    if h is None or batch:
+        return h
+    from lossfit.engine.result import History
+
+    return History(h.loss[:, 0], h.grad_norm[:, 0], h.step_norm[:, 0], h.time)
+

@@ -1,0 +1,127 @@
+"""The driver: runs a solver step by step over a batch, tests each problem's stopping rules, drops finished rows."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lossfit.engine.problem import Objective
+from lossfit.engine.result import History, Status
+from lossfit.engine.solvers import Solver
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """Stopping rules; each problem stops on the first that holds.
+
+    ``ftol``: the loss fell by less than ``ftol`` times itself over the solver's window of steps; ``xtol``: the step
+    was shorter than ``xtol * (xtol + |x|)``; ``gtol``: the solver's gradient measure fell below ``gtol``;
+    ``max_steps`` and ``max_time`` (seconds) end the run unconverged.
+    """
+
+    ftol: float
+    xtol: float
+    gtol: float
+    max_steps: int
+    max_time: float | None
+
+
+@dataclass
+class Outcome:
+    x: torch.Tensor
+    f: torch.Tensor
+    status: torch.Tensor
+    steps: torch.Tensor
+    history: History | None
+    time: float
+
+
+def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record: bool = True) -> Outcome:
+    """Minimise from ``x0`` (``(B, n)``) until every problem has stopped.
+
+    Finished problems leave the batch lazily: they stay in the computed rows, frozen, until a tenth of the rows
+    have finished, so the batch (and the user's extra arguments) are re-indexed only now and then.
+    """
+    start = time.perf_counter()
+    b = x0.shape[0]
+    device = x0.device
+    x = x0.clone()
+    rows = torch.arange(b, device=device)
+    state = solver.init(obj, x, rows)
+    f_all = state["f"].clone()
+    # A loss at rounding level of its start is zero: nothing is left to minimise (for losses bounded below by 0).
+    zero_level = (torch.finfo(x0.dtype).eps ** 2) * f_all.abs() if obj.kind == "residual" else None
+    status = _initial_status(state, stop)
+    steps = torch.zeros(b, dtype=torch.long, device=device)
+    window = solver.window
+    past = state["f"].unsqueeze(1).expand(b, window).clone()  # the loss over the last `window` steps, per row
+    running = status == Status.RUNNING  # over `rows`
+    trace: list[tuple[torch.Tensor, ...]] = []
+    times: list[float] = []
+    while True:
+        if not bool(running.all()):
+            if not bool(running.any()):
+                break
+            if int(running.sum()) < 0.9 * running.numel() or running.numel() < 64:
+                rows, past = rows[running], past[running]
+                state = {k: v[running] for k, v in state.items()}
+                running = running[running]
+        x_rows = x[rows]
+        x_new, state, info = solver.step(obj, x_rows, state, rows)
+        live = rows[running]
+        steps[live] += 1
+        f = state["f"]
+        x[live] = x_new[running]
+        f_all[live] = f[running]
+        elapsed = time.perf_counter() - start
+        if record:
+            trace.append((live, f[running], state["gm"][running], info.step_norm[running]))
+            times.append(elapsed)
+        # Loss change over the window (a step count below the window compares with the start).
+        oldest = past[:, 0]
+        past = torch.cat([past[:, 1:], torch.where(info.accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
+        scale = torch.maximum(oldest.abs(), f.abs())
+        step_count = steps[rows]
+        ftol_hit = info.accepted & ((oldest - f).abs() <= stop.ftol * scale) & (step_count >= window)
+        if info.predicted is not None and info.actual is not None:
+            tiny = stop.ftol * f.abs()
+            ftol_hit = ftol_hit | ((info.predicted <= tiny) & (info.actual.abs() <= tiny))
+        xtol_hit = info.accepted & (info.step_norm <= stop.xtol * (stop.xtol + x_new.norm(dim=1)))
+        code = torch.zeros_like(rows)
+        code = torch.where(info.stalled, Status.STALLED, code)
+        code = torch.where(step_count >= stop.max_steps, Status.MAX_STEPS, code)
+        if stop.max_time is not None and elapsed >= stop.max_time:
+            code = torch.where(code == 0, Status.MAX_TIME, code)
+        code = torch.where(xtol_hit, Status.CONVERGED_XTOL, code)
+        code = torch.where(ftol_hit, Status.CONVERGED_FTOL, code)
+        code = torch.where(state["gm"] <= stop.gtol, Status.CONVERGED_GTOL, code)
+        if zero_level is not None:
+            code = torch.where(f <= zero_level[rows], Status.CONVERGED_ZERO, code)
+        code = torch.where(~torch.isfinite(f), Status.NONFINITE, code)
+        done = running & (code != Status.RUNNING)
+        if bool(done.any()):
+            status[rows[done]] = code[done]
+            running = running & ~done
+    history = _history(trace, times, b, x0) if record else None
+    return Outcome(x, f_all, status, steps, history, time.perf_counter() - start)
+
+
+def _history(trace: list[tuple[torch.Tensor, ...]], times: list[float], b: int, like: torch.Tensor) -> History:
+    n = len(trace)
+    arrays = [torch.full((n, b), float("nan"), dtype=like.dtype, device=like.device) for _ in range(3)]
+    for i, (live, *values) in enumerate(trace):
+        for array, value in zip(arrays, values):
+            array[i, live] = value.detach().to(like.dtype)
+    return History(arrays[0], arrays[1], arrays[2], torch.tensor(times, dtype=torch.float64))
+
+
+def _initial_status(state: dict[str, torch.Tensor], stop: Stopping) -> torch.Tensor:
+    f = state["f"]
+    code = torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
+    code = torch.where(state["gm"] <= stop.gtol, Status.CONVERGED_GTOL, code)
+    code = torch.where(~torch.isfinite(f), Status.NONFINITE, code)
+    if stop.max_steps <= 0:
+        code = torch.where(code == 0, Status.MAX_STEPS, code)
+    return code

@@ -1,0 +1,346 @@
+"""A user's problem seen by the solvers: flat, batched parameter vectors and the evaluations they need.
+
+Users write ``fn(params, *args)`` for one problem, with ``params`` a tensor or a dict of tensors. Solvers see a
+``(B, n)`` matrix ``x`` of unconstrained values, one row per problem (``B = 1`` without ``batch=True``), and ask
+for losses, gradients, residuals, Jacobians and Jacobian-vector products over the rows still running (``rows``).
+Independent problems make ``sum(losses)`` a valid way to get every row's gradient in one backward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.func import jacfwd, jacrev, jvp, vmap
+
+from lossfit.engine.constraints import Constraint, as_constraint
+from lossfit.errors import NonFiniteError
+from lossfit.losses import Rho, rho_and_weight
+
+
+@functools.cache
+def _load_forward_ad() -> None:
+    """Import torch's forward-mode decompositions once, silencing the deprecation warning their import raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+
+@dataclass
+class _Leaf:
+    name: str | None
+    shape: torch.Size  # of the unconstrained values
+    numel: int
+    constraint: Constraint | None
+    aux_shape: torch.Size
+
+
+class ParamSpec:
+    """The structure of the parameters: names, shapes, constraints; flattening and its inverse.
+
+    Args:
+        params: a tensor or a dict of tensors (with a leading batch dimension when ``batch``).
+        constraints: one constraint for a tensor, or a dict naming constraints per entry.
+        batch: whether ``params`` carries a leading batch dimension.
+        dtype: the dtype to compute in; integer input is converted to it.
+    """
+
+    def __init__(self, params: Any, constraints: Any, batch: bool, dtype: torch.dtype | None) -> None:
+        if isinstance(params, Mapping):
+            if not params:
+                raise ValueError("`params` must not be an empty dict")
+            items = list(params.items())
+            self.is_dict = True
+            if constraints is not None and not isinstance(constraints, Mapping):
+                raise TypeError("`constraints` must be a dict keyed like `params` when `params` is a dict")
+            cons = dict(constraints or {})
+            unknown = set(cons) - set(params)
+            if unknown:
+                raise ValueError(f"`constraints` names {sorted(unknown)}, which `params` lacks")
+        else:
+            items = [(None, params)]
+            self.is_dict = False
+            cons = {None: constraints}
+        tensors = [_as_param(v, "params" if k is None else f"params[{k!r}]", dtype) for k, v in items]
+        self.dtype = dtype or _common_dtype(tensors)
+        self.device = tensors[0].device
+        tensors = [t.to(dtype=self.dtype, device=self.device) for t in tensors]
+        if batch:
+            sizes = {t.shape[0] if t.ndim else None for t in tensors}
+            if None in sizes or len(sizes) != 1:
+                raise ValueError(
+                    "with `batch=True` every parameter needs the same leading batch dimension; got shapes "
+                    + ", ".join(str(tuple(t.shape)) for t in tensors)
+                )
+            self.batch_size = int(tensors[0].shape[0])
+            if self.batch_size == 0:
+                raise ValueError("with `batch=True` the batch must hold at least one problem; got 0")
+        else:
+            self.batch_size = 1
+            tensors = [t.unsqueeze(0) for t in tensors]
+        self.batch = batch
+        self.leaves: list[_Leaf] = []
+        flats, auxes = [], []
+        for (name, _), t in zip(items, tensors):
+            argument = "params" if name is None else f"params[{name!r}]"
+            constraint = as_constraint(cons.get(name), f"constraints for {argument}")
+            if constraint is None:
+                u, aux = t, t.new_zeros(t.shape[0], 0)
+            else:
+                constraint.check(t, argument)
+                u, aux = vmap(constraint.inverse)(t)
+            self.leaves.append(_Leaf(name, u.shape[1:], int(math.prod(u.shape[1:])), constraint, aux.shape[1:]))
+            flats.append(u.reshape(self.batch_size, -1))
+            auxes.append(aux.reshape(self.batch_size, -1))
+        self.numel = sum(leaf.numel for leaf in self.leaves)
+        if self.numel == 0:
+            raise ValueError("`params` must hold at least one value; got an empty tensor")
+        self._x0 = torch.cat(flats, dim=1)
+        self._aux = torch.cat(auxes, dim=1)
+
+    def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The start as a ``(B, n)`` unconstrained matrix, and the ``(B, k)`` fixed data of the constraints."""
+        if not bool(torch.isfinite(self._x0).all()):
+            raise ValueError("`params` must be finite; the start holds NaN or infinity")
+        return self._x0.clone(), self._aux
+
+    def unflatten(self, x: torch.Tensor, aux: torch.Tensor) -> Any:
+        """One problem's ``(n,)`` vector (and its constraint data) back to the user's structure, constraints applied."""
+        out: dict[Any, torch.Tensor] = {}
+        offset = aux_offset = 0
+        for leaf in self.leaves:
+            value = x[offset : offset + leaf.numel].reshape(leaf.shape)
+            offset += leaf.numel
+            if leaf.constraint is not None:
+                aux_size = int(math.prod(leaf.aux_shape))
+                leaf_aux = aux[aux_offset : aux_offset + aux_size].reshape(leaf.aux_shape)
+                aux_offset += aux_size
+                value = leaf.constraint.forward(value, leaf_aux)
+            out[leaf.name] = value
+        return out if self.is_dict else out[None]
+
+    def unflatten_batch(self, x: torch.Tensor, aux: torch.Tensor) -> Any:
+        """All rows back to the user's structure: with a leading batch dimension if ``batch``, else without."""
+        with torch.no_grad():
+            structured = vmap(self.unflatten)(x, aux)
+        if self.batch:
+            return structured
+        if self.is_dict:
+            return {k: v[0] for k, v in structured.items()}
+        return structured[0]
+
+
+def _as_param(value: Any, argument: str, dtype: torch.dtype | None) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+    elif isinstance(value, (int, float, list, tuple)):
+        t = torch.as_tensor(value)
+    else:
+        try:
+            import numpy as np
+
+            if isinstance(value, np.ndarray):
+                t = torch.from_numpy(value)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"`{argument}` must be a tensor, an array or a number; got {type(value).__name__}") from None
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"`{argument}` must be real; got dtype {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(dtype or torch.float64)
+    return t
+
+
+def _common_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def batch_args(args: tuple, batch_size: int, batch: bool) -> tuple:
+    """Check the extra arguments: with ``batch`` each tensor must lead with the batch dimension."""
+    out = []
+    for i, a in enumerate(args):
+        if batch and isinstance(a, torch.Tensor):
+            if a.ndim == 0 or a.shape[0] != batch_size:
+                raise ValueError(
+                    f"with `batch=True` each tensor in `args` must lead with the batch dimension {batch_size}; "
+                    f"args[{i}] has shape {tuple(a.shape)}"
+                )
+        out.append(a)
+    return tuple(out)
+
+
+class Objective:
+    """Evaluations of a scalar loss or of residuals over the rows of a ``(B, n)`` matrix.
+
+    ``kind`` is ``"scalar"`` (``fn`` returns a loss) or ``"residual"`` (``fn`` returns residuals, and the loss is
+    ``0.5 * sum(f_scale**2 * rho((r / f_scale)**2))``). Every method takes ``rows``, the indices of the problems
+    still running, to pick their extra arguments. ``evals`` counts calls of the user's function.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., torch.Tensor],
+        spec: ParamSpec,
+        args: tuple,
+        aux: torch.Tensor,
+        *,
+        kind: str,
+        rho: Rho | None = None,
+        f_scale: float = 1.0,
+    ) -> None:
+        self.fn, self.spec, self.kind = fn, spec, kind
+        self.args = batch_args(args, spec.batch_size, spec.batch)
+        self.aux = aux
+        self.rho, self.f_scale = rho, f_scale
+        self.evals = 0
+        self.num_residuals: int | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor, tuple] | None = None
+
+    # -- the user's function on one flat row ---------------------------------------------------------------
+    def _one(self, x: torch.Tensor, aux: torch.Tensor, *args: Any) -> torch.Tensor:
+        out = self.fn(self.spec.unflatten(x, aux), *args)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the {self.kind} function must return a tensor; got {type(out).__name__}")
+        if self.kind == "scalar":
+            if out.numel() != 1:
+                raise ValueError(f"the loss function must return a scalar; got shape {tuple(out.shape)}")
+            return out.reshape(())
+        return out.reshape(-1)
+
+    def _rows_args(self, rows: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """The constraint data and extra arguments of ``rows`` (cached: the driver reuses one ``rows`` per phase)."""
+        if not self.spec.batch:
+            return self.aux, self.args
+        if self._cache is not None and self._cache[0] is rows:
+            return self._cache[1], self._cache[2]
+        if rows.numel() == self.spec.batch_size and bool((rows == torch.arange(rows.numel())).all()):
+            picked = (self.aux, self.args)
+        else:
+            picked = (self.aux[rows], tuple(a[rows] if isinstance(a, torch.Tensor) else a for a in self.args))
+        self._cache = (rows, picked[0], picked[1])
+        return picked
+
+    def _map(self, function: Callable[..., Any], x: torch.Tensor, rows: torch.Tensor) -> Any:
+        """Apply ``function(x_row, aux_row, *args_row)`` to every row."""
+        aux, args = self._rows_args(rows)
+        if self.spec.batch:
+            dims = (0, 0) + tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
+            return vmap(function, in_dims=dims)(x, aux, *args)
+        result = function(x[0], aux[0], *args)
+        return tuple(r.unsqueeze(0) for r in result) if isinstance(result, tuple) else result.unsqueeze(0)
+
+    # -- evaluations ------------------------------------------------------------------------------------------
+    def value(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The loss of each row, shape ``(B,)``."""
+        if self.kind == "scalar":
+            self.evals += 1
+            return self._map(self._one, x, rows)
+        return self.cost(self.residual(x, rows))
+
+    def value_and_grad(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss ``(B,)`` and its gradient ``(B, n)`` for each row."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            f = self.value(xg, rows)
+            (g,) = torch.autograd.grad(f.sum(), xg)
+        return f.detach(), g
+
+    def residual(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The residuals of each row, shape ``(B, m)``."""
+        self.evals += 1
+        r = self._map(self._one, x, rows)
+        self.num_residuals = int(r.shape[1])
+        return r
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        """The loss of residuals ``(B, m)``: half the sum of (robust) squares."""
+        if self.rho is None:
+            return 0.5 * (r * r).sum(dim=1)
+        value, _ = rho_and_weight(self.rho, r, self.f_scale)
+        return 0.5 * value.sum(dim=1)
+
+    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
+        """``rho'`` at each residual (None for plain least squares): the re-weighting of a robust step."""
+        if self.rho is None:
+            return None
+        return rho_and_weight(self.rho, r, self.f_scale)[1]
+
+    def residual_and_jacobian(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals ``(B, m)`` and the Jacobian ``(B, m, n)`` of each row, in one pass.
+
+        Forward mode when there are no more parameters than residuals, reverse mode otherwise.
+        """
+        self.evals += 1
+
+        def both(x1: torch.Tensor, aux: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            r = self._one(x1, aux, *args)
+            return r, r
+
+        m = self.num_residuals
+        transform = jacfwd if m is None or x.shape[1] <= m else jacrev
+        if transform is jacfwd:
+            _load_forward_ad()
+
+        def one(x1: torch.Tensor, aux: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            jac, r = transform(lambda v: both(v, aux, *args), has_aux=True)(x1)
+            return r, jac
+
+        r, jac = self._map(one, x, rows)
+        self.num_residuals = int(r.shape[1])
+        return r, jac
+
+    def jvp(self, x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals and ``J v`` for each row (forward mode, no Jacobian formed)."""
+        self.evals += 1
+        _load_forward_ad()
+
+        def one(x1: torch.Tensor, v1: torch.Tensor, aux: torch.Tensor, *args: Any) -> tuple[torch.Tensor, ...]:
+            return jvp(lambda z: self._one(z, aux, *args), (x1,), (v1,))
+
+        aux, args = self._rows_args(rows)
+        if self.spec.batch:
+            dims = (0, 0, 0) + tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
+            return vmap(one, in_dims=dims)(x, v, aux, *args)
+        r, jv = one(x[0], v[0], aux[0], *args)
+        return r.unsqueeze(0), jv.unsqueeze(0)
+
+    def linearize(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, Callable, Callable]:
+        """Residuals ``(B, m)`` with functions ``v -> J v`` and ``w -> J^T w`` at ``x`` (matrix-free).
+
+        ``J^T w`` is one backward pass over the recorded graph; ``J v`` is the backward pass of the linear map
+        ``u -> J^T u`` (the double-backward trick), so neither re-runs the user's function.
+        """
+        self.evals += 1
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            r = self._map(self._one, xg, rows)
+            if not r.requires_grad:
+                zeros_r, zeros_x = torch.zeros_like(r), torch.zeros_like(x)
+                return r.detach(), lambda v: zeros_r, lambda w: zeros_x
+            u = torch.zeros_like(r, requires_grad=True)
+            (gu,) = torch.autograd.grad(r, xg, u, create_graph=True)
+
+        def forward(v: torch.Tensor) -> torch.Tensor:
+            if not gu.requires_grad:
+                return torch.zeros_like(r)
+            return torch.autograd.grad(gu, u, v, retain_graph=True)[0]
+
+        def backward(w: torch.Tensor) -> torch.Tensor:
+            return torch.autograd.grad(r, xg, w, retain_graph=True)[0]
+
+        return r.detach(), forward, backward
+
+
+def check_finite_start(values: torch.Tensor, what: str) -> None:
+    """Refuse a start where the loss or residuals are not finite."""
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteError(f"{what} are not finite at the starting point")

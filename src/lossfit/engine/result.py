@@ -1,0 +1,206 @@
+"""The result of a fit: :class:`FitResult`, its :class:`Status` and its :class:`History`."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class Status(enum.IntEnum):
+    """Why a solver stopped. Each member carries its own message and whether it counts as success."""
+
+    RUNNING = 0
+    CONVERGED_FTOL = 1
+    CONVERGED_XTOL = 2
+    CONVERGED_GTOL = 3
+    MAX_STEPS = 4
+    MAX_TIME = 5
+    NONFINITE = 6
+    STALLED = 7
+    SUSPECT_GRADIENT = 8
+    SINGULAR = 9
+    RANK_DEFICIENT = 10
+    CONVERGED_ZERO = 11
+
+    @property
+    def success(self) -> bool:
+        """True for the members that mean the answer is a verified minimum."""
+        return self in (Status.CONVERGED_FTOL, Status.CONVERGED_XTOL, Status.CONVERGED_GTOL, Status.CONVERGED_ZERO)
+
+    @property
+    def message(self) -> str:
+        """A sentence that says why the solver stopped and, where it failed, what to change."""
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    Status.RUNNING: "the solver has not finished",
+    Status.CONVERGED_FTOL: "converged: the relative change of the loss fell below `ftol`",
+    Status.CONVERGED_XTOL: "converged: the relative step fell below `xtol`",
+    Status.CONVERGED_GTOL: "converged: the gradient fell below `gtol`",
+    Status.CONVERGED_ZERO: "converged: the loss fell to zero, within rounding of its starting value",
+    Status.MAX_STEPS: "maximum number of steps reached; increase `max_steps`",
+    Status.MAX_TIME: "time limit reached; increase `max_time`",
+    Status.NONFINITE: "the loss or its gradient became NaN or infinite; check the model and the starting point",
+    Status.STALLED: "no step could decrease the loss any further, but the gradient is not small; try another solver",
+    Status.SUSPECT_GRADIENT: (
+        "the solver stopped, but the gradient at the answer is still large: it is not a verified minimum; "
+        "tighten the tolerances or try another solver"
+    ),
+    Status.SINGULAR: (
+        "converged, but the Jacobian at the answer is numerically singular: some parameters are not determined "
+        "by the data (their standard errors are infinite)"
+    ),
+    Status.RANK_DEFICIENT: (
+        "the matrix is numerically rank deficient, so no exact answer exists; the result is the minimum-norm "
+        "least-squares answer (see extras['smallest_singular_value'])"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class History:
+    """What happened at each step. Each array has one row per step (and one column per problem in a batch).
+
+    Attributes:
+        loss: the loss after each step, shape ``(steps,)`` or ``(steps, B)``; NaN once a problem has stopped.
+        grad_norm: the infinity norm of the gradient after each step, same shape.
+        step_norm: the norm of each step taken, same shape (0 for a rejected step).
+        time: seconds since the start, after each step, shape ``(steps,)``.
+    """
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    step_norm: torch.Tensor
+    time: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.loss.shape[0])
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    """The solver that ran, with the options it used, and why it was chosen when ``solver="auto"``."""
+
+    name: str
+    options: dict[str, Any]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`lossfit.minimize`, :func:`lossfit.least_squares` or a family function.
+
+    For a single problem the tensors are 0-d (``float(result.loss)`` works); for a batch of ``B`` problems they have
+    shape ``(B,)`` and ``params`` carries the leading batch dimension. ``success`` and ``status`` always summarise
+    the whole call (every problem must succeed; the status is the first failing problem's), and
+    ``statuses`` lists each problem's own status.
+
+    Attributes:
+        params: the fitted parameters, in the structure given (a tensor or a dict of tensors).
+        loss: the final loss (for least squares ``0.5 * sum(rho(r**2))``).
+        success: True when every problem converged to a verified minimum.
+        status: a :class:`Status`; ``status.message`` says why the solver stopped.
+        statuses: the status of each problem.
+        num_steps: the steps taken (the most over a batch); ``steps`` has them per problem.
+        num_evals: evaluations of the loss or residual function (each one over the active batch counts once).
+        history: a :class:`History`, or None when ``history=False``.
+        solver: the solver used, with its options.
+        reference: where the answer has a closed form, the comparison with it (a dict of floats).
+        residuals: the residuals at the answer, for least squares.
+        jacobian: the Jacobian at the answer, for dense least squares.
+        covariance: the covariance of the parameters, for least squares with a non-singular Jacobian.
+        extras: anything a family adds (for example the singular values of an SVD).
+    """
+
+    params: Any
+    loss: torch.Tensor
+    success: bool
+    status: Status
+    statuses: tuple[Status, ...]
+    steps: torch.Tensor
+    num_steps: int
+    num_evals: int
+    history: History | None
+    solver: SolverInfo
+    time: float
+    reference: dict[str, float] | None = None
+    residuals: torch.Tensor | None = None
+    jacobian: torch.Tensor | None = None
+    covariance: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        """The status message, with the count of failing problems in a batch."""
+        failing = [s for s in self.statuses if not s.success]
+        if len(self.statuses) > 1 and failing:
+            return f"{len(failing)} of {len(self.statuses)} problems failed; first: {self.status.message}"
+        return self.status.message
+
+    @property
+    def stderr(self) -> torch.Tensor | None:
+        """Standard errors of the flattened parameters (square roots of the covariance's diagonal)."""
+        if self.covariance is None:
+            return None
+        return torch.diagonal(self.covariance, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+
+    def summary(self) -> str:
+        """A few lines for a person: status, loss, steps, time, solver and the reference check."""
+        loss = self.loss.max().item() if self.loss.numel() else float("nan")
+        lines = [
+            f"status:  {self.status.name.lower()} ({'success' if self.success else 'FAILED'}): {self.message}",
+            f"loss:    {loss:.6g}" + (" (largest in batch)" if self.loss.ndim else ""),
+            f"steps:   {self.num_steps}   evaluations: {self.num_evals}   time: {self.time:.4g} s",
+            f"solver:  {self.solver.name}" + (f" ({self.solver.reason})" if self.solver.reason else ""),
+        ]
+        if self.reference:
+            lines.append("reference: " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.reference.items()))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary (parameters as nested lists; NaN and infinity as None)."""
+        return {
+            "success": self.success,
+            "status": self.status.name.lower(),
+            "message": self.message,
+            "statuses": [s.name.lower() for s in self.statuses],
+            "loss": _json(self.loss),
+            "params": _json(self.params),
+            "num_steps": self.num_steps,
+            "num_evals": self.num_evals,
+            "time": self.time,
+            "solver": {"name": self.solver.name, "reason": self.solver.reason, "options": _json(self.solver.options)},
+            "reference": _json(self.reference),
+            "stderr": _json(self.stderr),
+        }
+
+    def plot(self, ax: Any = None, label: str | None = None) -> Any:
+        """Draw the loss per step on a log scale (matplotlib); returns the axes."""
+        from lossfit.plotting import plot_history
+
+        return plot_history(self, ax=ax, label=label)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _json(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, torch.Tensor):
+        return _json(value.detach().cpu().tolist())
+    if isinstance(value, dict):
+        return {str(k): _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    return str(value)

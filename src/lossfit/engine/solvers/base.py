@@ -1,0 +1,71 @@
+"""What every solver shares: its state, what a step reports, and the small batched helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from lossfit.engine.problem import Objective
+
+State = dict[str, torch.Tensor]
+"""A solver's state: tensors whose leading dimension indexes the running problems (so the driver can drop rows)."""
+
+
+@dataclass
+class StepInfo:
+    """What one step did, per problem: whether it moved, how far, and whether it can go on.
+
+    Solvers with a local model also report the decrease the model ``predicted`` and the ``actual`` decrease of the
+    trial point, so that ``ftol`` can hold at a minimum where every further step is rejected (as in MINPACK).
+    """
+
+    accepted: torch.Tensor
+    step_norm: torch.Tensor
+    stalled: torch.Tensor
+    predicted: torch.Tensor | None = None
+    actual: torch.Tensor | None = None
+
+
+@dataclass
+class Solver:
+    """A solver is a small object with ``init`` and ``step``; the driver owns the loop and the stopping rules.
+
+    ``needs`` says what a solver asks of the problem: ``"gradient"`` (any scalar loss) or ``"residuals"``
+    (least squares only). ``tolerances`` are the solver's defaults for ``ftol``, ``xtol`` and ``gtol``, and
+    ``window`` the number of steps over which ``ftol`` compares the loss (first-order methods make small
+    changes every step, so they compare over many).
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[str] = "gradient"
+    tolerances: ClassVar[dict[str, float]] = {"ftol": 1e-12, "xtol": 1e-12, "gtol": 1e-10}
+    window: ClassVar[int] = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+        """Evaluate the start; the state must hold ``f`` (loss) and ``gm`` (the gradient measure ``gtol`` tests)."""
+        raise NotImplementedError
+
+    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+        """Take one step from ``x``; return the new point, its state and what happened."""
+        raise NotImplementedError
+
+
+def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product of two ``(B, n)`` matrices."""
+    return (a * b).sum(dim=-1)
+
+
+def gradient_measure(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``||g||_inf / max(1, |f|)``: the gradient test for a scalar loss, invariant to scaling the loss up."""
+    return g.abs().amax(dim=-1) / f.abs().clamp_min(1.0)
+
+
+def all_accepted(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+
+
+def none_stalled(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)

@@ -1,0 +1,160 @@
+"""Gauss-Newton and Levenberg-Marquardt with a dense Jacobian, batched.
+
+Both build the normal equations ``(J^T W J + lambda D) step = -J^T W r`` for each problem, where ``W`` holds the
+robust loss's weights ``rho'(z)`` (so a robust fit takes re-weighted least-squares steps while every acceptance test
+uses the true robust loss). Gauss-Newton (``lambda = 0``) backtracks along its step; Levenberg-Marquardt adapts
+``lambda`` per problem by the ratio of actual to predicted decrease (Nielsen's update) and scales it by the running
+maximum of the diagonal of ``J^T J`` (Marquardt's scaling), so badly scaled parameters need no tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from lossfit.engine.problem import Objective
+from lossfit.engine.solvers.base import Solver, State, StepInfo, rowdot
+
+
+def solve_spd(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``a x = b`` for a batch of symmetric positive (semi)definite ``a``; also return which solves failed.
+
+    One and two unknowns are solved in closed form (much faster than a batched factorisation for many tiny
+    systems); larger systems by Cholesky.
+    """
+    n = a.shape[-1]
+    if n == 1:
+        den = a[:, 0, 0]
+        return b / den.unsqueeze(1), ~(den > 0)
+    if n == 2:
+        a00, a01, a11 = a[:, 0, 0], a[:, 0, 1], a[:, 1, 1]
+        det = a00 * a11 - a01 * a01
+        bad = ~(det > 1e-14 * a00 * a11) | ~(a00 > 0)
+        safe = torch.where(bad, torch.ones_like(det), det)
+        x0 = (a11 * b[:, 0] - a01 * b[:, 1]) / safe
+        x1 = (a00 * b[:, 1] - a01 * b[:, 0]) / safe
+        return torch.stack([x0, x1], dim=1), bad
+    factor, info = torch.linalg.cholesky_ex(a)
+    bad = info != 0
+    if bool(bad.any()):
+        eye = torch.eye(n, dtype=a.dtype, device=a.device)
+        factor = torch.where(bad[:, None, None], eye.expand_as(a), factor)
+    x = torch.cholesky_solve(b.unsqueeze(-1), factor).squeeze(-1)
+    return x, bad
+
+
+def normal_equations(obj: Objective, r: torch.Tensor, jac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient ``J^T W r``, the Gauss-Newton matrix ``J^T W J`` and the loss, for residuals and Jacobians."""
+    w = obj.weights(r)
+    if w is None:
+        jw, rw = jac, r
+    else:
+        root = w.sqrt()
+        jw, rw = jac * root.unsqueeze(-1), r * root
+    g = torch.einsum("bmn,bm->bn", jw, rw)
+    a = torch.einsum("bmi,bmj->bij", jw, jw)
+    return g, a, obj.cost(r)
+
+
+def column_cosine(g: torch.Tensor, a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """MINPACK's gradient test: the largest cosine between the residual vector and a column of the Jacobian."""
+    col = torch.diagonal(a, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    rnorm = (2 * f).clamp_min(0).sqrt()
+    cos = g.abs() / (col * rnorm.unsqueeze(1)).clamp_min(1e-300)
+    return torch.where(col > 0, cos, torch.zeros_like(cos)).amax(dim=1)
+
+
+@dataclass
+class _Dense(Solver):
+    needs: ClassVar[str] = "residuals"
+
+    def _evaluate(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+        r, jac = obj.residual_and_jacobian(x, rows)
+        g, a, f = normal_equations(obj, r, jac)
+        return {"f": f, "g": g, "a": a, "gm": column_cosine(g, a, f)}
+
+
+@dataclass
+class LevenbergMarquardt(_Dense):
+    """Levenberg-Marquardt. Options: ``damping`` (initial lambda relative to the scaled diagonal, 1e-3)."""
+
+    name: ClassVar[str] = "lm"
+
+    def __post_init__(self) -> None:
+        self.options = {"damping": 1e-3, **self.options}
+
+    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+        state = self._evaluate(obj, x, rows)
+        state["lam"] = torch.full_like(state["f"], self.options["damping"])
+        state["nu"] = torch.full_like(state["f"], 2.0)
+        state["scale"] = torch.diagonal(state["a"], dim1=-2, dim2=-1).clamp_min(1e-300)
+        return state
+
+    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+        g, a, f, lam, scale = state["g"], state["a"], state["f"], state["lam"], state["scale"]
+        damped = a + torch.diag_embed(lam.unsqueeze(1) * scale)
+        step, bad = solve_spd(damped, -g)
+        predicted = -(rowdot(g, step) + 0.5 * rowdot(step, torch.einsum("bij,bj->bi", a, step)))
+        trial = self._evaluate(obj, x + step, rows)
+        actual = f - trial["f"]
+        ratio = actual / predicted.clamp_min(1e-300)
+        accept = ~bad & torch.isfinite(trial["f"]) & (predicted > 0) & (ratio > 1e-4)
+        # Nielsen's damping update: shrink smoothly after a good step, grow geometrically after a rejection.
+        shrink = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
+        lam_new = torch.where(accept, lam * shrink, lam * state["nu"])
+        nu_new = torch.where(accept, torch.full_like(lam, 2.0), state["nu"] * 2)
+        keep = accept.unsqueeze(1)
+        new = {k: torch.where(_expand(accept, v), trial[k], state[k]) for k, v in trial.items()}
+        new["lam"] = lam_new.clamp(1e-16, 1e16)
+        new["nu"] = nu_new.clamp_max(1e16)
+        new["scale"] = torch.maximum(scale, torch.diagonal(new["a"], dim1=-2, dim2=-1))
+        x_new = torch.where(keep, x + step, x)
+        stalled = ~accept & (lam >= 1e16)
+        step_norm = torch.where(accept, step.norm(dim=1), torch.zeros_like(f))
+        return x_new, new, StepInfo(accept, step_norm, stalled, predicted, actual)
+
+
+@dataclass
+class GaussNewton(_Dense):
+    """Gauss-Newton with a backtracking (Armijo) line search. Options: ``max_backtracks`` (30)."""
+
+    name: ClassVar[str] = "gauss-newton"
+
+    def __post_init__(self) -> None:
+        self.options = {"max_backtracks": 30, **self.options}
+
+    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+        return self._evaluate(obj, x, rows)
+
+    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+        g, a, f = state["g"], state["a"], state["f"]
+        # A tiny ridge keeps rank-deficient problems solvable; it does not change a well-posed step.
+        ridge = 1e-14 * torch.diagonal(a, dim1=-2, dim2=-1).amax(dim=1).clamp_min(1e-300)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        step, bad = solve_spd(a + ridge[:, None, None] * eye, -g)
+        step = torch.where(bad.unsqueeze(1), -g, step)
+        slope = rowdot(g, step)
+        predicted = -(slope + 0.5 * rowdot(step, torch.einsum("bij,bj->bi", a, step)))
+        t = torch.ones_like(f)
+        f_trial = obj.cost(obj.residual(x + step, rows))
+        actual = f - f_trial
+        # Backtrack on the residuals alone; the Jacobian is evaluated once, where the step ends.
+        for _ in range(self.options["max_backtracks"]):
+            ok = torch.isfinite(f_trial) & (f_trial <= f + 1e-4 * t * slope)
+            if bool(ok.all()):
+                break
+            t = torch.where(ok, t, t / 2)
+            retry = (~ok).nonzero().squeeze(1)
+            f_trial[retry] = obj.cost(obj.residual(x[retry] + t[retry].unsqueeze(1) * step[retry], rows[retry]))
+        accept = torch.isfinite(f_trial) & (f_trial <= f + 1e-4 * t * slope) & (slope < 0)
+        taken = t.unsqueeze(1) * step
+        x_new = torch.where(accept.unsqueeze(1), x + taken, x)
+        new = self._evaluate(obj, x_new, rows) if bool(accept.any()) else state
+        step_norm = torch.where(accept, taken.norm(dim=1), torch.zeros_like(f))
+        return x_new, new, StepInfo(accept, step_norm, ~accept, predicted, actual)
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(mask.shape + (1,) * (like.ndim - 1))

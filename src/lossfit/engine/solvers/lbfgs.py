@@ -1,0 +1,173 @@
+"""Limited-memory BFGS with a strong Wolfe line search, batched: every problem has its own memory and step length.
+
+The line search is Nocedal and Wright's bracketing phase and zoom (Numerical Optimization, 2nd ed., algorithms 3.5
+and 3.6) with safeguarded cubic interpolation, written over a batch: each problem carries its own bracket, and only
+the problems still searching are evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from lossfit.engine.problem import Objective
+from lossfit.engine.solvers.base import Solver, State, StepInfo, gradient_measure, rowdot
+
+
+@dataclass
+class LBFGS(Solver):
+    """L-BFGS. Options: ``memory`` (10 pairs), ``c1`` (1e-4), ``c2`` (0.9), ``max_line_search`` (25 evaluations)."""
+
+    name: ClassVar[str] = "lbfgs"
+
+    def __post_init__(self) -> None:
+        self.options = {"memory": 10, "c1": 1e-4, "c2": 0.9, "max_line_search": 25, **self.options}
+
+    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+        f, g = obj.value_and_grad(x, rows)
+        b, n, mem = x.shape[0], x.shape[1], self.options["memory"]
+        return {
+            "f": f,
+            "g": g,
+            "gm": gradient_measure(f, g),
+            "s": x.new_zeros(b, mem, n),
+            "y": x.new_zeros(b, mem, n),
+            "rho": x.new_zeros(b, mem),
+        }
+
+    def _direction(self, state: State) -> torch.Tensor:
+        s, y, rho, g = state["s"], state["y"], state["rho"], state["g"]
+        q = g.clone()
+        mem = s.shape[1]
+        alphas = []
+        for i in range(mem - 1, -1, -1):
+            a = rho[:, i] * rowdot(s[:, i], q)
+            q = q - a.unsqueeze(1) * y[:, i]
+            alphas.append(a)
+        alphas.reverse()
+        last_sy = 1 / rho[:, -1].clamp_min(1e-300)
+        yy = rowdot(y[:, -1], y[:, -1])
+        gamma = torch.where(rho[:, -1] > 0, last_sy / yy.clamp_min(1e-300), torch.ones_like(yy))
+        r = gamma.unsqueeze(1) * q
+        for i in range(mem):
+            b = rho[:, i] * rowdot(y[:, i], r)
+            r = r + (alphas[i] - b).unsqueeze(1) * s[:, i]
+        return -r
+
+    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+        g, f = state["g"], state["f"]
+        d = self._direction(state)
+        slope = rowdot(g, d)
+        fresh = (state["rho"] == 0).all(dim=1)
+        bad = ~(slope < 0) | ~torch.isfinite(slope)
+        # Not a descent direction: forget the memory and go downhill.
+        d = torch.where(bad.unsqueeze(1), -g, d)
+        slope = torch.where(bad, -rowdot(g, g), slope)
+        fresh = fresh | bad
+        gnorm = g.abs().amax(dim=1).clamp_min(1e-300)
+        first = torch.where(fresh, torch.clamp(1 / gnorm, max=1.0), torch.ones_like(gnorm))
+        alpha, f_new, g_new, ok = self._line_search(obj, x, f, slope, d, first, rows)
+        step = alpha.unsqueeze(1) * d
+        x_new = torch.where(ok.unsqueeze(1), x + step, x)
+        f_new = torch.where(ok, f_new, f)
+        g_new = torch.where(ok.unsqueeze(1), g_new, g)
+        s_k, y_k = step, g_new - g
+        sy = rowdot(s_k, y_k)
+        keep = ok & (sy > 1e-10 * rowdot(y_k, y_k).sqrt() * rowdot(s_k, s_k).sqrt())
+        s = torch.where(keep[:, None, None], torch.cat([state["s"][:, 1:], s_k.unsqueeze(1)], 1), state["s"])
+        y = torch.where(keep[:, None, None], torch.cat([state["y"][:, 1:], y_k.unsqueeze(1)], 1), state["y"])
+        rho_new = torch.cat([state["rho"][:, 1:], (1 / sy.clamp_min(1e-300)).unsqueeze(1)], 1)
+        rho = torch.where(keep.unsqueeze(1), rho_new, state["rho"])
+        reset = bad & ok
+        rho = torch.where(reset.unsqueeze(1) & ~keep.unsqueeze(1), torch.zeros_like(rho), rho)
+        new_state = {"f": f_new, "g": g_new, "gm": gradient_measure(f_new, g_new), "s": s, "y": y, "rho": rho}
+        step_norm = torch.where(ok, step.norm(dim=1), torch.zeros_like(f))
+        return x_new, new_state, StepInfo(ok, step_norm, ~ok)
+
+    def _line_search(
+        self,
+        obj: Objective,
+        x: torch.Tensor,
+        f0: torch.Tensor,
+        slope0: torch.Tensor,
+        d: torch.Tensor,
+        first: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step lengths meeting the strong Wolfe conditions, with the loss and gradient there, and which succeeded."""
+        c1, c2 = self.options["c1"], self.options["c2"]
+        b = x.shape[0]
+        zeros = torch.zeros_like(f0)
+        # Bracket ends: lo is the best point meeting sufficient decrease so far; hi the other end.
+        a_lo, f_lo, s_lo = zeros.clone(), f0.clone(), slope0.clone()
+        g_lo = torch.zeros_like(x)
+        a_hi, f_hi, s_hi = zeros.clone(), f0.clone(), slope0.clone()
+        a_try = first.clone()
+        zoom = torch.zeros(b, dtype=torch.bool, device=x.device)
+        done = torch.zeros_like(zoom)
+        moved = torch.zeros_like(zoom)
+        a_out, f_out, g_out = zeros.clone(), f0.clone(), torch.zeros_like(x)
+        for _ in range(self.options["max_line_search"]):
+            live = (~done).nonzero().squeeze(1)
+            if live.numel() == 0:
+                break
+            a = a_try[live]
+            f_a, g_a = obj.value_and_grad(x[live] + a.unsqueeze(1) * d[live], rows[live])
+            s_a = rowdot(g_a, d[live])
+            finite = torch.isfinite(f_a) & torch.isfinite(s_a)
+            f_a = torch.where(finite, f_a, torch.full_like(f_a, float("inf")))
+            armijo_fail = ~finite | (f_a > f0[live] + c1 * a * slope0[live]) | (f_a >= f_lo[live]) & moved[live]
+            curvature = s_a.abs() <= -c2 * slope0[live]
+            z = zoom[live]
+            # A point without sufficient decrease becomes the high end (and starts the zoom).
+            to_hi = armijo_fail
+            accept = ~armijo_fail & curvature
+            # Otherwise the point is the new low end; the old low end becomes high if the slope points back.
+            flip = ~armijo_fail & ~curvature & (s_a * (a_hi[live] - a_lo[live]) >= 0) & z
+            up_hill = ~armijo_fail & ~curvature & (s_a >= 0) & ~z
+            new_lo = ~armijo_fail & ~curvature
+            idx = live
+            a_hi[idx] = torch.where(to_hi, a, torch.where(flip | up_hill, a_lo[idx], a_hi[idx]))
+            f_hi[idx] = torch.where(to_hi, f_a, torch.where(flip | up_hill, f_lo[idx], f_hi[idx]))
+            s_hi[idx] = torch.where(to_hi, s_a, torch.where(flip | up_hill, s_lo[idx], s_hi[idx]))
+            a_lo[idx] = torch.where(new_lo, a, a_lo[idx])
+            f_lo[idx] = torch.where(new_lo, f_a, f_lo[idx])
+            s_lo[idx] = torch.where(new_lo, s_a, s_lo[idx])
+            g_lo[idx] = torch.where(new_lo.unsqueeze(1), g_a, g_lo[idx])
+            moved[idx] = moved[idx] | new_lo
+            zoom[idx] = z | to_hi | up_hill
+            a_out[idx] = torch.where(accept, a, a_out[idx])
+            f_out[idx] = torch.where(accept, f_a, f_out[idx])
+            g_out[idx] = torch.where(accept.unsqueeze(1), g_a, g_out[idx])
+            done[idx] = accept
+            # Next trial: extrapolate while bracketing, interpolate inside the bracket while zooming.
+            zl = zoom[idx]
+            inside = _cubic_min(a_lo[idx], f_lo[idx], s_lo[idx], a_hi[idx], f_hi[idx], s_hi[idx])
+            lo_end, hi_end = torch.minimum(a_lo[idx], a_hi[idx]), torch.maximum(a_lo[idx], a_hi[idx])
+            width = hi_end - lo_end
+            safe = (inside > lo_end + 0.1 * width) & (inside < hi_end - 0.1 * width) & torch.isfinite(inside)
+            inside = torch.where(safe, inside, (a_lo[idx] + a_hi[idx]) / 2)
+            a_try[idx] = torch.where(zl, inside, a * 2.0)
+            # A bracket that has shrunk to rounding cannot give a better point.
+            collapsed = zl & (width <= 1e-12 * hi_end.clamp_min(1e-300))
+            done[idx] = done[idx] | collapsed
+        # Out of evaluations or collapsed: fall back to the best point with sufficient decrease, if any.
+        fallback = ~(a_out > 0) & moved
+        a_out = torch.where(fallback, a_lo, a_out)
+        f_out = torch.where(fallback, f_lo, f_out)
+        g_out = torch.where(fallback.unsqueeze(1), g_lo, g_out)
+        ok = (a_out > 0) & (f_out <= f0)
+        return a_out, f_out, g_out, ok
+
+
+def _cubic_min(
+    a: torch.Tensor, fa: torch.Tensor, da: torch.Tensor, b: torch.Tensor, fb: torch.Tensor, db: torch.Tensor
+) -> torch.Tensor:
+    """The minimiser of the cubic through two points with their slopes (NaN where it has none)."""
+    d1 = da + db - 3 * (fa - fb) / (a - b)
+    rad = d1 * d1 - da * db
+    d2 = torch.sign(b - a) * torch.sqrt(rad.clamp_min(0))
+    t = b - (b - a) * (db + d2 - d1) / (db - da + 2 * d2)
+    return torch.where(rad >= 0, t, torch.full_like(t, float("nan")))

@@ -1,0 +1,20 @@
+"""Exceptions raised by lossfit.
+
+Wrong types raise :class:`TypeError` and bad values or shapes :class:`ValueError`, each naming the argument, what was
+expected and what came. Failures that belong to the problem domain (a file that cannot be read, a system with no
+solution) raise a :class:`LossfitError`.
+"""
+
+from __future__ import annotations
+
+
+class LossfitError(Exception):
+    """Base class of lossfit's domain errors."""
+
+
+class InputFileError(LossfitError):
+    """A data file is missing, unreadable or holds something other than numbers."""
+
+
+class NonFiniteError(LossfitError, ValueError):
+    """The loss or residuals are NaN or infinite at the starting point."""

@@ -1,0 +1,141 @@
+"""What the matrix functions share: input checks, starts, the call into the engine and the reference record."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lossfit.engine import FitResult, Status, least_squares, minimize
+from lossfit.engine.solvers import DENSE_LIMIT, SOLVERS
+
+KRYLOV_LINEAR = {"damping": 0.0, "cg_rtol": 1e-15}
+"""Matrix-free default for linear least squares in X: undamped Gauss-Newton, CG run to rounding."""
+
+
+def as_matrix(value: Any, argument: str, *, square: bool = False, min_ndim: int = 2) -> torch.Tensor:
+    """Check and convert a matrix argument: a tensor, array or nested list of real numbers, 2-D (or batched 3-D).
+
+    Integer input becomes float64; float input keeps its dtype. Raises ``TypeError`` for a non-numeric value and
+    ``ValueError`` for a wrong shape, an empty matrix or NaN/infinity, naming ``argument``.
+    """
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+    else:
+        try:
+            import numpy as np
+
+            array = np.asarray(value)
+        except Exception:  # noqa: BLE001 - any conversion failure is a type error for the user
+            raise TypeError(f"`{argument}` must be a matrix (tensor, array or nested list); got {type(value).__name__}") from None
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"`{argument}` must hold real numbers; got array of dtype {array.dtype}")
+        t = torch.from_numpy(array.astype(np.float64) if array.dtype.kind in "biu" else array.copy())
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"`{argument}` must be real; got dtype {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    if t.ndim not in (2, 3) or t.ndim < min_ndim:
+        raise ValueError(f"`{argument}` must be a 2-D matrix (or a 3-D batch of them); got shape {tuple(t.shape)}")
+    if t.shape[-1] == 0 or t.shape[-2] == 0 or (t.ndim == 3 and t.shape[0] == 0):
+        raise ValueError(f"`{argument}` must not be empty; got shape {tuple(t.shape)}")
+    if square and t.shape[-1] != t.shape[-2]:
+        raise ValueError(f"`{argument}` must be square; got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"`{argument}` must be finite; it holds NaN or infinity")
+    return t
+
+
+def start(shape: tuple[int, ...], like: torch.Tensor, init: Any, seed: int) -> torch.Tensor:
+    """The starting value: ``"zeros"`` (gives the minimum-norm answer), ``"random"`` (uniform [0, 1), seeded) or a tensor."""
+    if isinstance(init, str):
+        if init == "zeros":
+            return torch.zeros(shape, dtype=like.dtype, device=like.device)
+        if init == "random":
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            return torch.rand(shape, generator=generator, dtype=like.dtype).to(like.device)
+        raise ValueError(f"`init` must be 'zeros', 'random' or a tensor; got {init!r}")
+    t = torch.as_tensor(init, dtype=like.dtype, device=like.device)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"`init` must have shape {tuple(shape)}; got {tuple(t.shape)}")
+    return t.clone()
+
+
+def solve_least_squares(
+    residual: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    args: tuple,
+    batch: bool,
+    solver: str,
+    options: dict[str, Any],
+) -> FitResult:
+    """Minimise ``mean(residual**2)`` over X.
+
+    ``auto`` takes one Gauss-Newton step, exact because the loss is quadratic in X: with a dense Jacobian up to
+    ``DENSE_LIMIT`` unknowns per problem, and matrix-free (CG run to rounding) above.
+    """
+    if solver == "auto":
+        per_problem = x0[0].numel() if batch else x0.numel()
+        if per_problem <= DENSE_LIMIT:
+            solver = "gauss-newton"
+        else:
+            solver, options = "krylov", {**KRYLOV_LINEAR, **options}
+    if solver not in SOLVERS:
+        names = ", ".join(repr(n) for n in ["auto", *SOLVERS])
+        raise ValueError(f"`solver` must be one of {names}; got {solver!r}")
+    return least_squares(residual, x0, args=args, batch=batch, solver=solver, **options)
+
+
+def scaled(r: torch.Tensor) -> torch.Tensor:
+    """Scale residuals so that the engine's ``0.5 * sum(r**2)`` equals ``mean(r**2)``, the seeds' MSE."""
+    return r * math.sqrt(2.0 / r.numel())
+
+
+def with_reference(result: FitResult, reference: dict[str, float], status: Status | None = None, **extras: Any) -> FitResult:
+    """A copy of ``result`` with its reference comparison, and a status that overrides a success (never a failure)."""
+    changes: dict[str, Any] = {"reference": reference, "extras": {**result.extras, **extras}}
+    if status is not None and result.success:
+        changes.update(status=status, success=status.success, statuses=tuple(status for _ in result.statuses))
+    return dataclasses.replace(result, **changes)
+
+
+def minimize_scalar(loss: Callable[..., torch.Tensor], x0: Any, args: tuple, solver: str, **options: Any) -> FitResult:
+    """Minimise a scalar loss for the families whose loss is not a sum of squares."""
+    return minimize(loss, x0, args=args, solver="lbfgs" if solver == "auto" else solver, **options)
+
+
+def family_result(
+    params: Any,
+    losses: list[torch.Tensor],
+    times: list[float],
+    status: Status,
+    solver: str,
+    options: dict[str, Any],
+    reason: str,
+    batch: bool,
+) -> FitResult:
+    """Assemble a :class:`FitResult` for a solver that belongs to this family (Newton-Schulz, Jacobi)."""
+    from lossfit.engine.result import History, SolverInfo
+
+    loss = torch.stack(losses) if losses else torch.zeros(0)
+    nan = torch.full_like(loss, float("nan"))
+    history = History(loss, nan, nan, torch.tensor(times, dtype=torch.float64))
+    final = loss[-1] if len(losses) else torch.tensor(float("nan"))
+    steps = torch.tensor(len(losses) - 1)
+    b = int(final.shape[0]) if final.ndim else 1
+    return FitResult(
+        params=params,
+        loss=final,
+        success=status.success,
+        status=status,
+        statuses=(status,) * b,
+        steps=steps.expand(b) if batch else steps,
+        num_steps=len(losses) - 1,
+        num_evals=len(losses),
+        history=history,
+        solver=SolverInfo(solver, options, reason),
+        time=times[-1] if times else 0.0,
+    )

@@ -1,0 +1,219 @@
+"""Inverse, pseudo-inverse, solve and least squares, each derived by minimising a residual that is linear in X.
+
+Convention: every function minimises ``mean(r**2)`` (the seed's MSE) over the entries of X, and reports the
+relative residual ``||r||_F / ||target||_F`` in ``result.reference``. Started from zeros, Gauss-Newton, CG and
+gradient descent stay in the row space of the matrix, so a rank-deficient problem converges to the minimum-norm
+answer (the pseudo-inverse's), reported with the status ``RANK_DEFICIENT`` and the smallest singular value.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from lossfit.engine import FitResult, Status
+from lossfit.matrices._common import as_matrix, family_result, scaled, solve_least_squares, start, with_reference
+
+NEWTON_SCHULZ_REASON = (
+    "Newton-Schulz: the Gauss-Newton step M^-1 R with M^-1 replaced by the current X; quadratic convergence"
+)
+
+
+def newton_schulz(m: torch.Tensor, max_steps: int = 200) -> FitResult:
+    """Minimise ``mean((X M - I)**2)`` by the self-preconditioned Gauss-Newton iteration ``X <- (2I - X M) X``.
+
+    For ``r = X M - I`` the Gauss-Newton step is ``-R M^-1``; replacing the unknown ``M^-1`` by the current ``X``
+    gives Newton-Schulz, which converges quadratically once ``||I - X M|| < 1`` and, started from
+    ``X0 = M^T / (||M||_1 ||M||_inf)``, converges for every matrix to the pseudo-inverse (Ben-Israel, 1966). It stops
+    when the residual stops falling (the rounding floor) and returns the best iterate.
+    """
+    start_time = time.perf_counter()
+    mt = m.transpose(-1, -2)
+    norm1 = m.abs().sum(dim=-2).amax(dim=-1)
+    norm_inf = m.abs().sum(dim=-1).amax(dim=-1)
+    x = mt / (norm1 * norm_inf).clamp_min(1e-300)[..., None, None]
+    eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+    mse = lambda x: ((x @ m - eye) ** 2).mean(dim=(-2, -1))  # noqa: E731
+    best, best_loss = x, mse(x)
+    losses, times = [best_loss], [time.perf_counter() - start_time]
+    stalls = torch.zeros_like(best_loss, dtype=torch.long)
+    status = Status.MAX_STEPS
+    for _ in range(max_steps):
+        x = 2 * x - x @ m @ x
+        loss = mse(x)
+        losses.append(loss)
+        times.append(time.perf_counter() - start_time)
+        if not bool(torch.isfinite(loss).all()):
+            status = Status.NONFINITE
+            break
+        better = loss < best_loss
+        best = torch.where(better[..., None, None], x, best)
+        stalls = torch.where(better, torch.zeros_like(stalls), stalls + 1)
+        best_loss = torch.minimum(best_loss, loss)
+        # In exact arithmetic every step lowers the loss (the residual's eigenvalues are squared); two steps that
+        # do not mean the rounding floor is reached.
+        if bool((stalls >= 2).all()):
+            status = Status.CONVERGED_FTOL
+            break
+    losses[-1] = best_loss
+    return family_result(best, losses, times, status, "newton-schulz", {"max_steps": max_steps}, NEWTON_SCHULZ_REASON,
+                         m.ndim == 3)
+
+
+def _inverse_residual(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+    return scaled(x @ m - eye)
+
+
+def _solve_residual(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return scaled(a @ x - b)
+
+
+def inverse(
+    m: Any, *, solver: str = "auto", init: Any = "zeros", seed: int = 0, **options: Any
+) -> FitResult:
+    """The inverse ``X`` of a square matrix, minimising ``mean((X @ M - I)**2)``.
+
+    Args:
+        m: a square matrix ``(n, n)``, or a batch ``(B, n, n)`` solved in one call.
+        solver: ``"auto"`` or ``"newton-schulz"`` (see :func:`newton_schulz`), or any engine solver on the same
+            loss, e.g. ``"gd"`` with ``lr=0.9, momentum=0.9`` as in seed 003, or ``"gauss-newton"``.
+        init: ``"zeros"`` (default), ``"random"`` (uniform, seeded by ``seed``) or a tensor.
+        **options: stopping rules and solver options passed to :func:`lossfit.least_squares`.
+
+    Returns:
+        A :class:`~lossfit.FitResult` whose ``params`` is X and whose ``reference`` holds the relative residual,
+        the condition number and the error against ``torch.linalg.inv`` (or ``pinv`` when M is singular).
+
+    Example:
+        >>> import torch, lossfit
+        >>> result = lossfit.matrices.inverse(torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)))
+        >>> result.success, torch.diagonal(result.params).tolist()
+        (True, [1.0, 0.5, 0.25])
+    """
+    m = as_matrix(m, "m", square=True)
+    batch = m.ndim == 3
+    if solver in ("auto", "newton-schulz"):
+        result = newton_schulz(m, **options)
+    else:
+        x0 = start(tuple(m.shape), m, init, seed)
+        result = solve_least_squares(_inverse_residual, x0, (m,), batch, solver, options)
+    return _check(result, m, lambda x: x @ m - torch.eye(m.shape[-1], dtype=m.dtype), torch.linalg.pinv(m), m)
+
+
+def pinv(m: Any, *, solver: str = "auto", init: Any = "zeros", seed: int = 0, **options: Any) -> FitResult:
+    """The Moore-Penrose pseudo-inverse ``X`` (``(n, m)`` for an ``(m, n)`` matrix), minimising ``mean((X M - I)**2)``.
+
+    Started from zeros the iterates stay in the row space, so the minimiser reached is the minimum-norm one, which is
+    the pseudo-inverse. Arguments as for :func:`inverse`; a rank-deficient M is expected here and reported in
+    ``reference["rank"]`` without failing.
+    """
+    m = as_matrix(m, "m")
+    batch = m.ndim == 3
+    if solver in ("auto", "newton-schulz"):
+        result = newton_schulz(m, **options)
+    else:
+        shape = (*m.shape[:-2], m.shape[-1], m.shape[-2])
+        x0 = start(shape, m, init, seed)
+        result = solve_least_squares(_inverse_residual, x0, (m,), batch, solver, options)
+    eye = torch.eye(m.shape[-1], dtype=m.dtype)
+    return _check(result, m, lambda x: x @ m - eye, torch.linalg.pinv(m), m, rank_deficient_ok=True)
+
+
+def solve(a: Any, b: Any, *, solver: str = "auto", init: Any = "zeros", seed: int = 0, **options: Any) -> FitResult:
+    """The solution ``X`` of ``A X = B`` for a square ``A``, minimising ``mean((A X - B)**2)``.
+
+    ``b`` may be a vector ``(n,)`` or a matrix ``(n, k)`` (with a leading batch dimension if ``a`` has one).
+    """
+    a = as_matrix(a, "a", square=True)
+    b_t, vector = _right_side(b, a)
+    x0 = start(tuple(b_t.shape), a, init, seed)
+    result = solve_least_squares(_solve_residual, x0, (a, b_t), a.ndim == 3, solver, options)
+    reference = torch.linalg.lstsq(a, b_t, driver="gelsd").solution if a.device.type == "cpu" else torch.linalg.pinv(a) @ b_t
+    checked = _check(result, a, lambda x: a @ x - b_t, reference, a, target=b_t)
+    return _vector_params(checked, vector)
+
+
+def lstsq(a: Any, b: Any, *, solver: str = "auto", init: Any = "zeros", seed: int = 0, **options: Any) -> FitResult:
+    """The minimum-norm least-squares solution ``X`` of ``A X ~ B`` for any ``(m, n)`` ``A``.
+
+    Compared with ``torch.linalg.lstsq`` (driver ``gelsd``, which also returns the minimum-norm solution).
+    """
+    a = as_matrix(a, "a")
+    b_t, vector = _right_side(b, a)
+    shape = (*a.shape[:-2], a.shape[-1], b_t.shape[-1])
+    x0 = start(shape, a, init, seed)
+    result = solve_least_squares(_solve_residual, x0, (a, b_t), a.ndim == 3, solver, options)
+    reference = torch.linalg.lstsq(a, b_t, driver="gelsd").solution
+    checked = _check(result, a, lambda x: a @ x - b_t, reference, a, target=b_t, rank_deficient_ok=True)
+    return _vector_params(checked, vector)
+
+
+def _right_side(b: Any, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    b_t = as_matrix(b, "b", min_ndim=1) if _ndim(b) > 1 else None
+    if b_t is None:
+        b_t = as_matrix(torch.as_tensor(b).reshape(-1, 1) if _ndim(b) == 1 else b, "b")
+        vector = True
+    else:
+        vector = False
+        if a.ndim == 3 and b_t.ndim == 2 and _ndim(b) == 2 and b_t.shape[0] == a.shape[0] and b_t.shape[1] == a.shape[1]:
+            b_t, vector = b_t.unsqueeze(-1), True
+    if b_t.ndim != a.ndim or b_t.shape[-2] != a.shape[-2] or (a.ndim == 3 and b_t.shape[0] != a.shape[0]):
+        raise ValueError(
+            f"`b` must have {a.shape[-2]} rows to match `a` of shape {tuple(a.shape)}; got shape {tuple(b_t.shape)}"
+        )
+    return b_t.to(torch.promote_types(a.dtype, b_t.dtype)), vector
+
+
+def _ndim(value: Any) -> int:
+    return torch.as_tensor(value).ndim if not isinstance(value, torch.Tensor) else value.ndim
+
+
+def _vector_params(result: FitResult, vector: bool) -> FitResult:
+    if not vector:
+        return result
+    import dataclasses
+
+    return dataclasses.replace(result, params=result.params.squeeze(-1))
+
+
+def _check(
+    result: FitResult,
+    m: torch.Tensor,
+    residual: Any,
+    reference: torch.Tensor,
+    a: torch.Tensor,
+    target: torch.Tensor | None = None,
+    rank_deficient_ok: bool = False,
+) -> FitResult:
+    """Compare with the closed form and find rank deficiency from the singular values of the matrix."""
+    x = result.params
+    with torch.no_grad():
+        r = residual(x)
+        tgt = torch.eye(m.shape[-1], dtype=m.dtype) if target is None else target
+        rel_residual = _worst(r.norm(dim=(-2, -1)) / tgt.norm(dim=(-2, -1)).clamp_min(1e-300))
+        error = _worst((x - reference).norm(dim=(-2, -1)) / reference.norm(dim=(-2, -1)).clamp_min(1e-300))
+        sv = torch.linalg.svdvals(a)
+        tol = sv[..., :1] * max(a.shape[-2:]) * torch.finfo(a.dtype).eps
+        rank = (sv > tol).sum(dim=-1)
+        full = min(a.shape[-2:])
+        smallest = float(sv[..., -1].min())
+        cond = _worst(sv[..., 0] / sv[..., -1].clamp_min(1e-300))
+        ref_res = _worst(residual(reference).norm(dim=(-2, -1)) / tgt.norm(dim=(-2, -1)).clamp_min(1e-300))
+    reference_record = {
+        "relative_residual": rel_residual,
+        "torch_relative_residual": ref_res,
+        "error_vs_torch": error,
+        "condition_number": cond,
+        "rank": int(rank.min()),
+        "smallest_singular_value": smallest,
+    }
+    deficient = bool((rank < full).any())
+    status = Status.RANK_DEFICIENT if deficient and not rank_deficient_ok else None
+    return with_reference(result, reference_record, status, smallest_singular_value=smallest)
+
+
+def _worst(values: torch.Tensor) -> float:
+    return float(values.max()) if values.numel() else float("nan")
