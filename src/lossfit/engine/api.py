@@ -164,7 +164,8 @@ def _setup(
     x0, aux = spec.initial()
     obj = Objective(fn, spec, args, aux, kind=kind)
     if dtype is None:
-        out = obj.residual(x0, torch.arange(x0.shape[0])) if kind == "residual" else obj.value(x0, torch.arange(1))
+        rows = torch.arange(x0.shape[0])
+        out = obj.residual(x0, rows) if kind == "residual" else obj.value(x0, rows)
         wider = torch.promote_types(out.dtype, spec.dtype)
         if wider != spec.dtype and out.is_floating_point():
             spec = ParamSpec(params, constraints, batch, wider)
@@ -209,9 +210,10 @@ def _finish(obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: t
     x = outcome.x
     if obj.kind == "scalar":
         f, g = obj.value_and_grad(x, rows)
-        _, g0 = obj.value_and_grad(x0, rows)
+        f0, g0 = obj.value_and_grad(x0, rows)
         gm, gm0 = g.abs().amax(dim=1), g0.abs().amax(dim=1)
-        suspect = gm > torch.maximum(1e-4 * gm0, 1e-6 * f.abs().clamp_min(1.0))
+        # A minimum found by descent has a small gradient (against the start's) and a loss no higher than the start.
+        suspect = (gm > torch.maximum(1e-4 * gm0, 1e-6 * f0.abs().clamp_min(1.0))) | (f > f0)
     else:
         f0 = obj.cost(obj.residual(x0, rows))
         if spec.numel <= DENSE_LIMIT:

@@ -60,6 +60,9 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
     running = status == Status.RUNNING  # over `rows`
     trace: list[tuple[torch.Tensor, ...]] = []
     times: list[float] = []
+    if record:
+        trace.append((rows, state["f"], state["gm"], torch.zeros_like(state["f"])))
+        times.append(time.perf_counter() - start)
     while True:
         if not bool(running.all()):
             if not bool(running.any()):

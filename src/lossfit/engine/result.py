@@ -64,13 +64,14 @@ _MESSAGES = {
 
 @dataclass(frozen=True)
 class History:
-    """What happened at each step. Each array has one row per step (and one column per problem in a batch).
+    """What happened at each step. Row 0 is the start and row ``k`` the state after step ``k``; a batch has one
+    column per problem.
 
     Attributes:
-        loss: the loss after each step, shape ``(steps,)`` or ``(steps, B)``; NaN once a problem has stopped.
+        loss: the loss, shape ``(steps + 1,)`` or ``(steps + 1, B)``; NaN once a problem has stopped.
         grad_norm: the infinity norm of the gradient after each step, same shape.
         step_norm: the norm of each step taken, same shape (0 for a rejected step).
-        time: seconds since the start, after each step, shape ``(steps,)``.
+        time: seconds since the solver started, shape ``(steps + 1,)``.
     """
 
     loss: torch.Tensor

@@ -30,30 +30,35 @@ def newton_schulz(m: torch.Tensor, max_steps: int = 200) -> FitResult:
     when the residual stops falling (the rounding floor) and returns the best iterate.
     """
     start_time = time.perf_counter()
-    mt = m.transpose(-1, -2)
     norm1 = m.abs().sum(dim=-2).amax(dim=-1)
     norm_inf = m.abs().sum(dim=-1).amax(dim=-1)
-    x = mt / (norm1 * norm_inf).clamp_min(1e-300)[..., None, None]
+    x = m.transpose(-1, -2) / (norm1 * norm_inf).clamp_min(1e-300)[..., None, None]
     eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
-    mse = lambda x: ((x @ m - eye) ** 2).mean(dim=(-2, -1))  # noqa: E731
-    best, best_loss = x, mse(x)
+    residual = x @ m - eye
+    best, best_loss = x, (residual * residual).mean(dim=(-2, -1))
     losses, times = [best_loss], [time.perf_counter() - start_time]
     stalls = torch.zeros_like(best_loss, dtype=torch.long)
     status = Status.MAX_STEPS
     for _ in range(max_steps):
-        x = 2 * x - x @ m @ x
-        loss = mse(x)
+        # X <- 2X - X M X, written as X - R X with R = X M - I, which also gives the loss.
+        x = x - residual @ x
+        residual = x @ m - eye
+        loss = (residual * residual).mean(dim=(-2, -1))
         losses.append(loss)
         times.append(time.perf_counter() - start_time)
+        better = loss < best_loss
+        if bool(better.all()):
+            best, best_loss = x, loss
+            stalls.zero_()
+            continue
         if not bool(torch.isfinite(loss).all()):
             status = Status.NONFINITE
             break
-        better = loss < best_loss
         best = torch.where(better[..., None, None], x, best)
-        stalls = torch.where(better, torch.zeros_like(stalls), stalls + 1)
         best_loss = torch.minimum(best_loss, loss)
-        # In exact arithmetic every step lowers the loss (the residual's eigenvalues are squared); two steps that
-        # do not mean the rounding floor is reached.
+        stalls = torch.where(better, torch.zeros_like(stalls), stalls + 1)
+        # In exact arithmetic every step lowers the loss (the residual's eigenvalues are squared); two steps in a
+        # row that do not mean a problem has reached its rounding floor. Stop when every problem has.
         if bool((stalls >= 2).all()):
             status = Status.CONVERGED_FTOL
             break

@@ -58,9 +58,13 @@ def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=-1)
 
 
-def gradient_measure(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``||g||_inf / max(1, |f|)``: the gradient test for a scalar loss, invariant to scaling the loss up."""
-    return g.abs().amax(dim=-1) / f.abs().clamp_min(1.0)
+def gradient_measure(f0: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``||g||_inf / max(1, |f0|)``: the gradient test for a scalar loss, relative to the starting loss ``f0``.
+
+    Measuring against the start, not the current loss, keeps the test invariant to scaling the loss while a
+    diverging run (whose loss grows faster than its gradient) can never pass it.
+    """
+    return g.abs().amax(dim=-1) / f0.abs().clamp_min(1.0)
 
 
 def all_accepted(x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ class LBFGS(Solver):
         b, n, mem = x.shape[0], x.shape[1], self.options["memory"]
         return {
             "f": f,
+            "f0": f,
             "g": g,
             "gm": gradient_measure(f, g),
             "s": x.new_zeros(b, mem, n),
@@ -82,7 +83,15 @@ class LBFGS(Solver):
         rho = torch.where(keep.unsqueeze(1), rho_new, state["rho"])
         reset = bad & ok
         rho = torch.where(reset.unsqueeze(1) & ~keep.unsqueeze(1), torch.zeros_like(rho), rho)
-        new_state = {"f": f_new, "g": g_new, "gm": gradient_measure(f_new, g_new), "s": s, "y": y, "rho": rho}
+        new_state = {
+            "f": f_new,
+            "f0": state["f0"],
+            "g": g_new,
+            "gm": gradient_measure(state["f0"], g_new),
+            "s": s,
+            "y": y,
+            "rho": rho,
+        }
         step_norm = torch.where(ok, step.norm(dim=1), torch.zeros_like(f))
         return x_new, new_state, StepInfo(ok, step_norm, ~ok)
 

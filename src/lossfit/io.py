@@ -1,0 +1,104 @@
+"""Reading matrices from files and writing results without ever leaving a half-written file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+import numpy as np
+import torch
+
+from lossfit.errors import InputFileError
+
+MATRIX_SUFFIXES = (".npy", ".csv", ".txt", ".dat", ".tsv")
+
+
+def read_matrix(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read a 2-D array of numbers from ``.npy``, ``.csv`` (comma-separated) or whitespace-separated text.
+
+    Integer data become float64; float data keep their precision. Raises :class:`InputFileError` naming the file
+    for a missing or unreadable file, text where numbers should be, or ragged rows.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"{p}: no such file")
+    if not p.is_file():
+        raise InputFileError(f"{p}: not a file")
+    try:
+        if p.suffix.lower() == ".npy":
+            array = np.load(p, allow_pickle=False)
+        else:
+            delimiter = "," if p.suffix.lower() == ".csv" else None
+            array = np.loadtxt(p, delimiter=delimiter, ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise InputFileError(f"{p}: not a table of numbers ({_first_line(exc)})") from None
+    except (OSError, EOFError) as exc:
+        raise InputFileError(f"{p}: cannot be read ({_first_line(exc)})") from None
+    if array.dtype.kind not in "biuf":
+        raise InputFileError(f"{p}: holds {array.dtype} data, not real numbers")
+    if array.ndim == 1:
+        array = array.reshape(-1, 1)
+    if array.size == 0:
+        raise InputFileError(f"{p}: holds no numbers")
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.to(torch.float64) if not tensor.is_floating_point() else tensor
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed."""
+    target = Path(path)
+    if target.parent and not target.parent.exists():
+        raise InputFileError(f"{target}: the folder {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_arrays(path: str | os.PathLike[str], arrays: dict[str, torch.Tensor] | torch.Tensor) -> None:
+    """Write one array (``.npy``, ``.csv``, ``.txt``) or several (``.npz``), atomically."""
+    target = Path(path)
+    suffix = target.suffix.lower()
+    check_output_suffix(target, several=isinstance(arrays, dict))
+    with atomic_path(target) as tmp:
+        if isinstance(arrays, dict):
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+        else:
+            data = arrays.detach().cpu().numpy()
+            if suffix == ".npy":
+                with open(tmp, "wb") as handle:
+                    np.save(handle, data)
+            else:
+                np.savetxt(tmp, np.atleast_2d(data) if data.ndim < 2 else data, delimiter="," if suffix == ".csv" else " ",
+                           fmt="%.17g")
+
+
+def check_output_suffix(path: str | os.PathLike[str], several: bool) -> None:
+    """Refuse an output name whose suffix cannot hold the result, before any work is done."""
+    suffix = Path(path).suffix.lower()
+    allowed = (".npz",) if several else (".npy", ".csv", ".txt")
+    if suffix not in allowed:
+        raise InputFileError(f"{path}: the output must end in {' or '.join(allowed)}; got {suffix or 'no suffix'!r}")
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+

@@ -1,0 +1,70 @@
+"""Convergence plots (matplotlib, drawn off-screen)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(result: Any, ax: Any = None, label: str | None = None) -> Any:
+    """Draw a result's loss per step on a log scale; returns the axes. Batches draw their largest loss per step."""
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    history = result.history
+    if history is None or len(history) == 0:
+        raise ValueError("this result has no history to plot (it was run with `history=False` or took no steps)")
+    loss = history.loss if history.loss.ndim == 1 else torch.nan_to_num(history.loss, nan=0.0).amax(dim=1)
+    steps = torch.arange(len(loss))
+    positive = loss.clamp_min(torch.finfo(loss.dtype).tiny)
+    ax.plot(steps.numpy(), positive.detach().cpu().numpy(), label=label or result.solver.name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, which="both", alpha=0.3)
+    return ax
+
+
+def plot_comparison(results: Mapping[str, Any], title: str = "") -> Any:
+    """Loss against step and against time for several results, one line each; returns the figure."""
+    plt = _pyplot()
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, result in results.items():
+        loss = result.history.loss.clamp_min(torch.finfo(result.history.loss.dtype).tiny).detach().cpu()
+        steps = torch.arange(1, len(loss) + 1)
+        by_step.plot(steps.numpy(), loss.numpy(), label=label)
+        by_time.plot(result.history.time.numpy() * 1e3, loss.numpy(), label=label)
+    by_step.set_xscale("log")
+    by_step.set_xlabel("step")
+    by_time.set_xscale("log")
+    by_time.set_xlabel("time (ms)")
+    for ax in (by_step, by_time):
+        ax.set_yscale("log")
+        ax.set_ylabel("loss")
+        ax.grid(True, which="both", alpha=0.3)
+    by_step.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Any, path: str) -> None:
+    """Save a figure atomically (a temporary file renamed into place) and close it."""
+    from lossfit.io import atomic_path
+
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=str(path).rsplit(".", 1)[-1].lower())
+    plt.close(fig)

@@ -1,0 +1,341 @@
+"""The engine's contract: closed forms agreed with, batches equal to one-by-one, constraints, stopping, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+
+import lossfit
+from lossfit import Status
+
+F64 = torch.float64
+
+
+def exp_curve(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return p[0] * (1 - torch.exp(-p[1] * x)) - y
+
+
+def curve_batch(b: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.linspace(0, 3, 20, dtype=F64).expand(b, 20).contiguous()
+    a = 1 + torch.rand(b, 1, generator=g, dtype=F64)
+    k = 0.5 + 2 * torch.rand(b, 1, generator=g, dtype=F64)
+    y = a * (1 - torch.exp(-k * x)) + 0.01 * torch.randn(b, 20, generator=g, dtype=F64)
+    return x, y, torch.cat([a, k], dim=1)
+
+
+# -- closed forms -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["lm", "gauss-newton", "krylov", "lbfgs"])
+def test_linear_least_squares_matches_the_normal_equations(solver: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(30, 4, generator=g, dtype=F64)
+    y = torch.randn(30, generator=g, dtype=F64)
+    result = lossfit.least_squares(lambda p: a @ p - y, torch.zeros(4, dtype=F64), solver=solver)
+    exact = torch.linalg.solve(a.T @ a, a.T @ y)
+    assert result.success, result.message
+    # L-BFGS stops on a relative loss change of 1e-12, which leaves the parameters good to about sqrt(1e-12).
+    rtol = 1e-6 if solver == "lbfgs" else 1e-8
+    assert torch.allclose(result.params, exact, rtol=rtol, atol=rtol * 1e-2)
+
+
+def test_covariance_and_standard_errors_match_the_closed_form() -> None:
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(50, 3, generator=g, dtype=F64)
+    y = a @ torch.tensor([1.0, -2.0, 0.5], dtype=F64) + 0.1 * torch.randn(50, generator=g, dtype=F64)
+    result = lossfit.least_squares(lambda p: a @ p - y, torch.zeros(3, dtype=F64))
+    residual = a @ result.params - y
+    s2 = float(residual @ residual) / (50 - 3)
+    expected = s2 * torch.linalg.inv(a.T @ a)
+    assert result.covariance is not None and result.stderr is not None
+    assert torch.allclose(result.covariance, expected, rtol=1e-8)
+    assert torch.allclose(result.stderr, expected.diagonal().sqrt(), rtol=1e-8)
+
+
+def test_nonlinear_fit_agrees_with_scipy() -> None:
+    x, y, _ = curve_batch(1, seed=3)
+    x, y = x[0], y[0]
+    ours = lossfit.least_squares(exp_curve, torch.ones(2, dtype=F64), args=(x, y))
+    theirs = scipy.optimize.least_squares(
+        lambda p: p[0] * (1 - np.exp(-p[1] * x.numpy())) - y.numpy(), np.ones(2), method="lm", xtol=1e-15, ftol=1e-15
+    )
+    assert ours.success
+    np.testing.assert_allclose(ours.params.numpy(), theirs.x, rtol=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["huber", "soft_l1", "cauchy", "arctan"])
+def test_robust_losses_agree_with_scipy(loss: str) -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.linspace(0, 1, 40, dtype=F64)
+    y = 2 * x + 1 + 0.05 * torch.randn(40, generator=g, dtype=F64)
+    y[::7] += 5.0  # outliers
+    ours = lossfit.least_squares(
+        lambda p: p[0] * x + p[1] - y, torch.zeros(2, dtype=F64), loss=loss, f_scale=0.1, solver="lm"
+    )
+    theirs = scipy.optimize.least_squares(
+        lambda p: p[0] * x.numpy() + p[1] - y.numpy(),
+        np.zeros(2),
+        loss=loss,
+        f_scale=0.1,
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+    )
+    assert ours.success, ours.message
+    np.testing.assert_allclose(ours.params.numpy(), theirs.x, rtol=1e-6, atol=1e-8)
+    assert float(ours.loss) == pytest.approx(theirs.cost, rel=1e-8)
+
+
+def test_robust_loss_recovers_the_line_that_plain_least_squares_misses() -> None:
+    x = torch.linspace(0, 1, 30, dtype=F64)
+    y = 3 * x - 1
+    y[[3, 11, 19, 27]] += torch.tensor([8.0, -6.0, 7.0, 9.0], dtype=F64)
+    plain = lossfit.least_squares(lambda p: p[0] * x + p[1] - y, torch.zeros(2, dtype=F64))
+    robust = lossfit.least_squares(lambda p: p[0] * x + p[1] - y, torch.zeros(2, dtype=F64), loss="cauchy", f_scale=0.1)
+    truth = torch.tensor([3.0, -1.0], dtype=F64)
+    assert (robust.params - truth).abs().max() < 1e-3
+    assert (plain.params - truth).abs().max() > 0.5
+
+
+# -- batches ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["lm", "gauss-newton", "krylov", "lbfgs", "adam"])
+def test_batch_equals_one_by_one(solver: str) -> None:
+    x, y, _ = curve_batch(6, seed=5)
+    options = {"lr": 0.05, "max_steps": 400} if solver == "adam" else {}
+    start = torch.ones(6, 2, dtype=F64)
+    batch = lossfit.least_squares(exp_curve, start, args=(x, y), batch=True, solver=solver, **options)
+    for i in range(6):
+        single = lossfit.least_squares(exp_curve, start[i], args=(x[i], y[i]), solver=solver, **options)
+        assert batch.statuses[i] is single.status
+        assert int(batch.steps[i]) == single.num_steps
+        torch.testing.assert_close(batch.params[i], single.params, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(batch.loss[i], single.loss, rtol=1e-10, atol=1e-20)
+
+
+def test_batch_problems_stop_on_their_own() -> None:
+    x, y, truth = curve_batch(200, seed=6)
+    start = torch.ones(200, 2, dtype=F64)
+    start[0] = truth[0]  # one problem starts next to its answer
+    result = lossfit.least_squares(exp_curve, start, args=(x, y), batch=True)
+    assert result.success
+    assert int(result.steps.min()) < int(result.steps.max())
+    assert result.history is not None and result.history.loss.shape == (result.num_steps + 1, 200)
+    assert torch.isnan(result.history.loss[-1, int(result.steps.argmin())])
+    assert (result.params - truth).abs().max() < 0.1
+
+
+def test_batched_minimize_with_dict_parameters() -> None:
+    centres = torch.tensor([[1.0, 2.0], [-3.0, 0.5], [0.0, 0.0]], dtype=F64)
+
+    def loss(p: dict[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        return ((p["w"] - c) ** 2).sum() + (p["s"] - 2.0) ** 2
+
+    result = lossfit.minimize(
+        loss, {"w": torch.zeros(3, 2, dtype=F64), "s": torch.ones(3, dtype=F64)}, args=(centres,), batch=True
+    )
+    assert result.success and len(result.statuses) == 3
+    torch.testing.assert_close(result.params["w"], centres)
+    torch.testing.assert_close(result.params["s"], torch.full((3,), 2.0, dtype=F64))
+
+
+# -- constraints ------------------------------------------------------------------------------------------------------
+
+
+def test_bounds_hold_and_the_bounded_optimum_is_found() -> None:
+    result = lossfit.least_squares(lambda p: p - 3.0, torch.tensor([0.5, 0.5], dtype=F64), bounds=(0.0, 1.0))
+    torch.testing.assert_close(result.params, torch.ones(2, dtype=F64), atol=1e-6, rtol=0)
+    assert bool(((result.params >= 0) & (result.params <= 1)).all())
+
+
+def test_positive_constraint() -> None:
+    result = lossfit.minimize(lambda p: (p - 2.0) ** 2 + 1 / p, torch.tensor(5.0, dtype=F64), constraints="positive")
+    assert result.success and float(result.params) > 0
+    # d/dp: 2(p - 2) - 1/p^2 = 0
+    p = float(result.params)
+    assert 2 * (p - 2) - 1 / p**2 == pytest.approx(0.0, abs=1e-7)
+
+
+def test_orthogonal_constraint_solves_procrustes() -> None:
+    g = torch.Generator().manual_seed(7)
+    target, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))
+    if torch.linalg.det(target) < 0:
+        target[:, 0] = -target[:, 0]
+    noisy = target + 0.01 * torch.randn(3, 3, generator=g, dtype=F64)
+    result = lossfit.least_squares(lambda q: q - noisy, torch.eye(3, dtype=F64), constraints="orthogonal")
+    u, _, vh = torch.linalg.svd(noisy)
+    assert result.success
+    torch.testing.assert_close(result.params, u @ vh, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(result.params.T @ result.params, torch.eye(3, dtype=F64), rtol=0, atol=1e-12)
+
+
+def test_spd_and_symmetric_constraints() -> None:
+    target = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=F64)
+    spd = lossfit.least_squares(lambda s: s - target, torch.eye(2, dtype=F64), constraints="spd")
+    sym = lossfit.least_squares(lambda s: s - target, torch.zeros(2, 2, dtype=F64), constraints="symmetric")
+    assert spd.success and sym.success
+    torch.testing.assert_close(spd.params, target)
+    torch.testing.assert_close(sym.params, target)
+
+
+def test_constraints_per_entry_of_a_dict() -> None:
+    result = lossfit.minimize(
+        lambda p: (p["a"] - 2) ** 2 + (p["b"] + 1) ** 2,
+        {"a": torch.tensor(1.0, dtype=F64), "b": torch.tensor(0.0, dtype=F64)},
+        constraints={"a": "positive", "b": (0.0, 5.0)},
+    )
+    assert float(result.params["a"]) == pytest.approx(2.0, abs=1e-6)
+    assert float(result.params["b"]) == pytest.approx(0.0, abs=1e-6)
+
+
+# -- stopping, statuses, results --------------------------------------------------------------------------------------
+
+
+def test_max_steps_and_max_time_are_reported_as_failures() -> None:
+    rosen = lambda p: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2  # noqa: E731
+    start = torch.tensor([-1.2, 1.0], dtype=F64)
+    steps = lossfit.minimize(rosen, start, solver="gd", lr=1e-4, max_steps=5)
+    assert steps.status is Status.MAX_STEPS and not steps.success and steps.num_steps == 5
+    timed = lossfit.minimize(rosen, start, solver="gd", lr=1e-4, max_steps=10**9, max_time=0.05)
+    assert timed.status is Status.MAX_TIME and not timed.success
+
+
+def test_a_solver_that_diverges_says_so() -> None:
+    result = lossfit.minimize(lambda p: (p**2).sum(), torch.ones(2, dtype=F64), solver="gd", lr=10.0, max_steps=2000)
+    assert result.status is Status.NONFINITE and not result.success
+
+
+def test_a_stopped_solver_far_from_a_minimum_is_not_a_success() -> None:
+    # A huge ftol stops gradient descent at once; the check after convergence must catch the large gradient.
+    result = lossfit.minimize(
+        lambda p: ((p - 5) ** 2).sum(), torch.zeros(2, dtype=F64), solver="lbfgs", ftol=0.9, max_steps=1
+    )
+    assert not result.success
+
+
+def test_singular_jacobian_at_the_answer_is_a_warning() -> None:
+    x = torch.linspace(0, 1, 10, dtype=F64)
+    # p[0] and p[1] only enter as their sum: not identifiable.
+    result = lossfit.least_squares(lambda p: (p[0] + p[1]) * x - 2 * x, torch.zeros(2, dtype=F64))
+    assert result.status is Status.SINGULAR and not result.success
+    assert float(result.loss) < 1e-20
+
+
+def test_results_are_json_safe_and_summarised() -> None:
+    result = lossfit.least_squares(lambda p: p - torch.tensor([1.0, 2.0], dtype=F64), torch.zeros(2, dtype=F64))
+    text = json.dumps(result.to_dict())
+    data = json.loads(text)
+    assert data["success"] is True and data["params"] == pytest.approx([1.0, 2.0])
+    assert "converged" in result.summary()
+    assert result.solver.name == "lm" and "Levenberg" in result.solver.reason
+
+
+def test_history_starts_at_the_start_and_is_monotone_for_lm() -> None:
+    x, y, _ = curve_batch(1, seed=8)
+    result = lossfit.least_squares(exp_curve, torch.ones(2, dtype=F64), args=(x[0], y[0]))
+    assert result.history is not None
+    loss = result.history.loss
+    assert len(result.history) == result.num_steps + 1
+    assert float(loss[0]) == pytest.approx(float(0.5 * (exp_curve(torch.ones(2, dtype=F64), x[0], y[0]) ** 2).sum()))
+    assert bool((loss[1:] <= loss[:-1]).all())
+
+
+def test_same_inputs_give_the_same_result() -> None:
+    x, y, _ = curve_batch(50, seed=9)
+    first = lossfit.least_squares(exp_curve, torch.ones(50, 2, dtype=F64), args=(x, y), batch=True)
+    second = lossfit.least_squares(exp_curve, torch.ones(50, 2, dtype=F64), args=(x, y), batch=True)
+    assert torch.equal(first.params, second.params)
+
+
+def test_inputs_are_not_modified() -> None:
+    start = torch.ones(2, dtype=F64)
+    lossfit.least_squares(lambda p: p - 3.0, start)
+    assert torch.equal(start, torch.ones(2, dtype=F64))
+
+
+def test_float32_data_stay_float32_and_float64_data_promote() -> None:
+    single = lossfit.least_squares(lambda p: p - torch.tensor([1.0, 2.0]), torch.zeros(2))
+    assert single.params.dtype == torch.float32 and single.success
+    mixed = lossfit.least_squares(lambda p: p - torch.tensor([1.0, 2.0], dtype=F64), torch.zeros(2))
+    assert mixed.params.dtype == F64
+
+
+# -- gradients ---------------------------------------------------------------------------------------------------------
+
+
+def test_check_gradient_accepts_autograd_and_catches_a_wrong_gradient() -> None:
+    good = lossfit.check_gradient(lambda w: (torch.sin(w) * w**2).sum(), torch.tensor([0.3, -1.2]))
+    assert good.ok and good.max_rel_error < 1e-7
+
+    class WrongSquare(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+            return x**2
+
+        @staticmethod
+        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            return grad * 3.0  # wrong on purpose
+
+    bad = lossfit.check_gradient(lambda w: WrongSquare.apply(w).sum(), torch.tensor([1.0, 2.0]))
+    assert not bad.ok and bad.max_abs_error > 0.5
+
+
+def test_seed_002_gradient_by_hand() -> None:
+    # w = 2, x = 3, target 1: loss = (w x - 1)^2, d/dw = 2 (w x - 1) x = 30.
+    check = lossfit.check_gradient(lambda w: ((w * 3.0 - 1.0) ** 2).mean(), torch.tensor([2.0]))
+    assert float(check.autograd[0]) == pytest.approx(30.0) and float(check.numeric[0]) == pytest.approx(30.0)
+
+
+def test_robust_loss_weights_gradcheck() -> None:
+    from lossfit.losses import ROBUST
+
+    for name, rho in ROBUST.items():
+        z = torch.tensor([0.3, 0.9, 2.5, 7.0], dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(rho, (z,)), name
+        small = torch.tensor([1e-6], dtype=F64)
+        assert float(rho(small)) == pytest.approx(1e-6, rel=1e-5), name
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda: lossfit.minimize("not callable", torch.zeros(2)), TypeError, "loss_fn"),
+        (lambda: lossfit.least_squares(lambda p: p, "text"), TypeError, "params"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.tensor([1.0, math.nan])), ValueError, "finite"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.zeros(0)), ValueError, "params"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.zeros(2), solver="newton"), ValueError, "solver"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.zeros(2), loss="l3"), ValueError, "loss"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.zeros(2), f_scale=0), ValueError, "f_scale"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.zeros(2), ftol=-1), ValueError, "ftol"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.zeros(2), max_steps=1.5), ValueError, "max_steps"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.zeros(2), solver="lm", lr=0.1), TypeError, "options"),
+        (lambda: lossfit.minimize(lambda p: p.sum(), torch.zeros(2), solver="lm"), ValueError, "least_squares"),
+        (lambda: lossfit.minimize(lambda p: p, torch.zeros(2)), ValueError, "scalar"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.tensor(1.0), batch=True), ValueError, "batch"),
+        (lambda: lossfit.least_squares(lambda p: p, torch.zeros(2), bounds=(1.0, 2.0)), ValueError, "bounds"),
+        (lambda: lossfit.minimize(lambda p: p.sum(), torch.ones(2), constraints="round"), ValueError, "constraints"),
+        (
+            lambda: lossfit.least_squares(lambda p, a: p - a, torch.zeros(2, 1), args=(torch.zeros(3, 1),), batch=True),
+            ValueError,
+            "args",
+        ),
+    ],
+)
+def test_bad_input_names_the_argument(call: object, error: type[Exception], words: str) -> None:
+    with pytest.raises(error, match=words):
+        call()  # type: ignore[operator]
+
+
+def test_non_finite_start_is_refused() -> None:
+    with pytest.raises(lossfit.NonFiniteError, match="not finite at the starting point"):
+        lossfit.least_squares(lambda p: torch.log(p), torch.tensor([-1.0], dtype=F64))
