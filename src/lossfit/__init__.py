@@ -1,5 +1,6 @@
 """lossfit: derive the parameters of a transformation from a loss function, and prove the answer."""
 
+from lossfit import matrices
 from lossfit.engine import (
     SOLVERS,
     SPD,
@@ -18,7 +19,6 @@ from lossfit.engine import (
     least_squares,
     minimize,
 )
-from lossfit import matrices
 from lossfit.errors import InputFileError, LossfitError, NonFiniteError
 
 __version__ = "0.1.0"

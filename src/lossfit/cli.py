@@ -66,7 +66,9 @@ def matrix(
     rhs: Annotated[Path | None, typer.Argument(help="right-hand side B, for solve and lstsq")] = None,
     solver: Annotated[str, typer.Option(help="auto, or an engine solver: gd, adam, rmsprop, lbfgs, lm, ...")] = "auto",
     k: Annotated[int | None, typer.Option(help="rank, for low-rank and top-k svd")] = None,
-    out: Annotated[Path | None, typer.Option(help="write the answer (.npy/.csv/.txt; .npz for svd, eigh, polar)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write the answer (.npy/.csv/.txt; .npz for svd, eigh, polar)")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
     plot: Annotated[Path | None, typer.Option(help="save the convergence plot (.png/.svg/.pdf)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="most steps")] = None,

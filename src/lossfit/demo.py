@@ -23,11 +23,15 @@ def run_demo(out: Path, console: Console | None = None) -> dict[str, Path]:
     with console.status("seed 003 as published: SGD, lr 0.9, momentum 0.9, 10,000 steps, float32"):
         faithful = seed003(("gd",), 10_000, torch.float32)
     written["seed003"] = out / "seed003.png"
-    save_figure(plot_seed003(faithful, "Seed 003 reproduced: SGD (lr 0.9, momentum 0.9), float32"), str(written["seed003"]))
+    save_figure(
+        plot_seed003(faithful, "Seed 003 reproduced: SGD (lr 0.9, momentum 0.9), float32"), str(written["seed003"])
+    )
     with console.status("the same inverses with five solvers, float64"):
         compared = seed003(("gd", "adam", "lbfgs", "lm", "auto"), 10_000, torch.float64, targets=(1e-6, 1e-12))
     written["solvers"] = out / "seed003-solvers.png"
-    save_figure(plot_seed003(compared, "Seed 003 surpassed: the same loss, five solvers (float64)"), str(written["solvers"]))
+    save_figure(
+        plot_seed003(compared, "Seed 003 surpassed: the same loss, five solvers (float64)"), str(written["solvers"])
+    )
     table = Table(title="X M = I by optimisation (seed 003's matrices, float64)")
     for column in ("matrix", "solver", "steps", "status", "steps to 1e-6", "ms to 1e-6", "final residual"):
         table.add_column(column)

@@ -92,6 +92,7 @@ def plot_seed003(runs: list[Run], title: str = "Seed 003: a 4x4 inverse by optim
     plt = _pyplot()
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run in runs:
+        assert run.result.history is not None
         label = f"{run.matrix}, {run.result.solver.name}"
         y = run.relative_residual.clamp_min(1e-17).numpy()
         x = torch.arange(len(y)).numpy()

@@ -8,7 +8,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-
 import numpy as np
 import torch
 
@@ -77,15 +76,20 @@ def write_arrays(path: str | os.PathLike[str], arrays: dict[str, torch.Tensor] |
     with atomic_path(target) as tmp:
         if isinstance(arrays, dict):
             with open(tmp, "wb") as handle:
-                np.savez(handle, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+                named = {k: v.detach().cpu().numpy() for k, v in arrays.items()}
+                np.savez(handle, **named)  # type: ignore[arg-type]
         else:
             data = arrays.detach().cpu().numpy()
             if suffix == ".npy":
                 with open(tmp, "wb") as handle:
                     np.save(handle, data)
             else:
-                np.savetxt(tmp, np.atleast_2d(data) if data.ndim < 2 else data, delimiter="," if suffix == ".csv" else " ",
-                           fmt="%.17g")
+                np.savetxt(
+                    tmp,
+                    np.atleast_2d(data) if data.ndim < 2 else data,
+                    delimiter="," if suffix == ".csv" else " ",
+                    fmt="%.17g",
+                )
 
 
 def check_output_suffix(path: str | os.PathLike[str], several: bool) -> None:
@@ -100,5 +104,3 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
-
-

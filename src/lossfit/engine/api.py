@@ -15,7 +15,15 @@ from lossfit.engine.result import FitResult, SolverInfo, Status
 from lossfit.engine.solvers import DENSE_LIMIT, Solver, choose, resolve
 from lossfit.losses import robust_loss
 
-MAX_STEPS = {"gd": 10_000, "adam": 10_000, "rmsprop": 10_000, "lbfgs": 1000, "lm": 500, "gauss-newton": 500, "krylov": 200}
+MAX_STEPS = {
+    "gd": 10_000,
+    "adam": 10_000,
+    "rmsprop": 10_000,
+    "lbfgs": 1000,
+    "lm": 500,
+    "gauss-newton": 500,
+    "krylov": 200,
+}
 
 
 def minimize(
@@ -46,7 +54,8 @@ def minimize(
         constraints: a constraint for a tensor (``"positive"``, ``(lower, upper)``, ``"orthogonal"``, ``"spd"``,
             ``"symmetric"`` or a :class:`~lossfit.Constraint`), or a dict of them for a dict of parameters.
         batch: solve ``B`` independent problems at once; each stops on its own and has its own status.
-        ftol, xtol, gtol: stopping tolerances (defaults depend on the solver); see :class:`lossfit.engine.loop.Stopping`.
+        ftol, xtol, gtol: stopping tolerances (defaults depend on the solver); see
+            :class:`lossfit.engine.loop.Stopping`.
         max_steps, max_time: limits on steps and seconds.
         history: record the loss, gradient and step per step.
         dtype: compute in this dtype (default: the parameters'; integer input becomes float64).
@@ -64,7 +73,7 @@ def minimize(
     """
     _check_callable(loss_fn, "loss_fn")
     spec, obj = _setup(loss_fn, params, constraints, batch, dtype, tuple(args), kind="scalar")
-    x0, aux = spec.initial()
+    x0, _aux = spec.initial()
     name, reason = choose("scalar", spec.numel) if solver == "auto" else ("", "")
     chosen = resolve(name or solver, options)
     if chosen.needs != "gradient":
@@ -133,7 +142,7 @@ def least_squares(
     rho = None if loss == "linear" else robust_loss(loss)
     spec, obj = _setup(residual_fn, params, constraints, batch, dtype, tuple(args), kind="residual")
     obj.rho, obj.f_scale = rho, float(f_scale)
-    x0, aux = spec.initial()
+    x0, _aux = spec.initial()
     r0 = obj.residual(x0, torch.arange(x0.shape[0]))
     check_finite_start(r0, "the residuals")
     if r0.shape[1] == 0:
@@ -215,11 +224,10 @@ def _finish(obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: t
         # A minimum found by descent has a small gradient (against the start's) and a loss no higher than the start.
         suspect = (gm > torch.maximum(1e-4 * gm0, 1e-6 * f0.abs().clamp_min(1.0))) | (f > f0)
     else:
-        f0 = obj.cost(obj.residual(x0, rows))
+        f0 = outcome.f0
         if spec.numel <= DENSE_LIMIT:
             residuals, jac = obj.residual_and_jacobian(x, rows)
-            _, g0 = obj.value_and_grad(x0, rows)
-            suspect, singular, cov = _check_least_squares(obj, residuals, jac, g0)
+            suspect, singular, cov = _check_least_squares(obj, residuals, jac, f0)
             status = torch.where(_converged(status) & singular, Status.SINGULAR, status)
         else:
             residuals = obj.residual(x, rows)
@@ -230,7 +238,8 @@ def _finish(obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: t
         zero_residual = f <= 1e-24 * f0.clamp_min(1e-300)
         suspect = suspect & ~zero_residual
     status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
-    statuses = tuple(Status(int(s)) for s in status)
+    by_code = {int(s): s for s in Status}
+    statuses = tuple(by_code[c] for c in status.tolist())
     failing = [s for s in statuses if not s.success]
     params = spec.unflatten_batch(x, obj.aux)
     loss = f.detach() if spec.batch else f.detach()[0]
@@ -258,13 +267,13 @@ def _converged(status: torch.Tensor) -> torch.Tensor:
 
 
 def _check_least_squares(
-    obj: Objective, r: torch.Tensor, jac: torch.Tensor, g0: torch.Tensor
+    obj: Objective, r: torch.Tensor, jac: torch.Tensor, f0: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """First-order optimality, numerical rank and covariance from the Jacobian at the answer.
 
     An answer is suspect when the residuals still have a sizeable component along some column of the Jacobian
-    (MINPACK's cosine above 1e-4) and the gradient has not shrunk by 1e8 from the start (at a zero-residual answer
-    the cosine is rounding noise and means nothing).
+    (MINPACK's cosine above 1e-4), unless the loss fell below ``eps`` times its start (at such a zero-residual
+    answer the cosine is rounding noise and means nothing).
     """
     w = obj.weights(r)
     jw, rw = (jac, r) if w is None else (jac * w.sqrt().unsqueeze(-1), r * w.sqrt())
@@ -273,9 +282,10 @@ def _check_least_squares(
     g = torch.einsum("bmn,bm->bn", jw, rw)
     rnorm = rw.norm(dim=1, keepdim=True)
     cosine = torch.where(col > 0, g.abs() / (col * rnorm).clamp_min(1e-300), torch.zeros_like(g)).amax(dim=1)
-    suspect = (cosine > 1e-4) & (g.abs().amax(dim=1) > 1e-8 * g0.abs().amax(dim=1))
+    eps = torch.finfo(jw.dtype).eps
+    suspect = (cosine > 1e-4) & (obj.cost(r) > eps * f0)
     safe_col = torch.where(col > 0, col, torch.ones_like(col))
-    _, sv, vh = torch.linalg.svd(jw / safe_col.unsqueeze(1), full_matrices=False)
+    sv, vh = _singular(jw / safe_col.unsqueeze(1))
     rtol = torch.finfo(jw.dtype).eps ** 0.6
     singular = (sv[:, -1] <= rtol * sv[:, 0]) | (col == 0).any(dim=1) | (m < n)
     dof = m - n
@@ -286,6 +296,36 @@ def _check_least_squares(
     cov = cov_scaled / (safe_col.unsqueeze(2) * safe_col.unsqueeze(1)) * s2[:, None, None]
     cov = torch.where(singular[:, None, None], torch.full_like(cov, float("nan")), cov)
     return suspect, singular, cov
+
+
+def _singular(j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values (descending) and right singular vectors of a batch of ``(m, n)`` matrices.
+
+    One and two columns (most curve fits) are done in closed form from a Gram-Schmidt QR, far faster than a
+    batched LAPACK call for many tiny matrices; more columns use ``torch.linalg.svd``.
+    """
+    n = j.shape[-1]
+    if n == 1:
+        return j.norm(dim=1), torch.ones(j.shape[0], 1, 1, dtype=j.dtype, device=j.device)
+    if n != 2:
+        _, sv, vh = torch.linalg.svd(j, full_matrices=False)
+        return sv, vh
+    c1, c2 = j[:, :, 0], j[:, :, 1]
+    r11 = c1.norm(dim=1)
+    q1 = c1 / r11.clamp_min(1e-300).unsqueeze(1)
+    r12 = (q1 * c2).sum(dim=1)
+    r22 = (c2 - r12.unsqueeze(1) * q1).norm(dim=1)
+    # Singular values of R = [[r11, r12], [0, r22]]: from its Frobenius norm and |det| (no cancellation).
+    fro2 = r11 * r11 + r12 * r12 + r22 * r22
+    det = (r11 * r22).abs()
+    big = torch.sqrt((fro2 + torch.sqrt((fro2 * fro2 - 4 * det * det).clamp_min(0))) / 2)
+    small = det / big.clamp_min(1e-300)
+    # Right singular vectors: eigenvectors of R^T R = [[a, b], [b, c]].
+    a, b, c = r11 * r11, r11 * r12, r12 * r12 + r22 * r22
+    theta = 0.5 * torch.atan2(2 * b, a - c)
+    v1 = torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
+    v2 = torch.stack([-torch.sin(theta), torch.cos(theta)], dim=1)
+    return torch.stack([big, small], dim=1), torch.stack([v1, v2], dim=1)
 
 
 def _squeeze(value: torch.Tensor | None, batch: bool) -> torch.Tensor | None:
@@ -301,4 +341,3 @@ def _squeeze_history(outcome: Outcome, batch: bool) -> Any:
     from lossfit.engine.result import History
 
     return History(h.loss[:, 0], h.grad_norm[:, 0], h.step_norm[:, 0], h.time)
-

@@ -4,7 +4,8 @@ A constraint maps an unconstrained tensor ``u`` to a feasible parameter ``p = fo
 and every value they try is feasible. ``inverse(p)`` gives the ``u`` a starting value corresponds to.
 
 Constraints hold no state: what a transform needs beyond ``u`` (the base of an orthogonal parametrisation) comes
-back from ``inverse`` and is passed to ``forward``. Each transform is written for one problem (no batch dimension); the engine maps it over a batch.
+back from ``inverse`` and is passed to ``forward``. Each transform is written for one problem (no batch dimension);
+the engine maps it over a batch.
 """
 
 from __future__ import annotations
@@ -197,7 +198,9 @@ def as_constraint(value: Constraint | str | tuple | None, argument: str) -> Cons
     if isinstance(value, str):
         if value not in _NAMED:
             names = ", ".join(repr(n) for n in _NAMED)
-            raise ValueError(f"`{argument}` must be one of {names}, a (lower, upper) pair or a Constraint; got {value!r}")
+            raise ValueError(
+                f"`{argument}` must be one of {names}, a (lower, upper) pair or a Constraint; got {value!r}"
+            )
         return _NAMED[value]()
     if isinstance(value, tuple) and len(value) == 2:
         return Bounds(*value)

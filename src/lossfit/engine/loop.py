@@ -31,6 +31,7 @@ class Stopping:
 @dataclass
 class Outcome:
     x: torch.Tensor
+    f0: torch.Tensor
     f: torch.Tensor
     status: torch.Tensor
     steps: torch.Tensor
@@ -51,6 +52,7 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
     rows = torch.arange(b, device=device)
     state = solver.init(obj, x, rows)
     f_all = state["f"].clone()
+    f0 = state["f"].clone()
     # A loss at rounding level of its start is zero: nothing is left to minimise (for losses bounded below by 0).
     zero_level = (torch.finfo(x0.dtype).eps ** 2) * f_all.abs() if obj.kind == "residual" else None
     status = _initial_status(state, stop)
@@ -108,14 +110,14 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
             status[rows[done]] = code[done]
             running = running & ~done
     history = _history(trace, times, b, x0) if record else None
-    return Outcome(x, f_all, status, steps, history, time.perf_counter() - start)
+    return Outcome(x, f0, f_all, status, steps, history, time.perf_counter() - start)
 
 
 def _history(trace: list[tuple[torch.Tensor, ...]], times: list[float], b: int, like: torch.Tensor) -> History:
     n = len(trace)
     arrays = [torch.full((n, b), float("nan"), dtype=like.dtype, device=like.device) for _ in range(3)]
     for i, (live, *values) in enumerate(trace):
-        for array, value in zip(arrays, values):
+        for array, value in zip(arrays, values, strict=False):
             array[i, live] = value.detach().to(like.dtype)
     return History(arrays[0], arrays[1], arrays[2], torch.tensor(times, dtype=torch.float64))
 

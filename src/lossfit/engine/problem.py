@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.func import jacfwd, jacrev, jvp, vmap
+from torch.func import jacfwd, jacrev, vmap
 
 from lossfit.engine.constraints import Constraint, as_constraint
 from lossfit.errors import NonFiniteError
@@ -86,7 +86,7 @@ class ParamSpec:
         self.batch = batch
         self.leaves: list[_Leaf] = []
         flats, auxes = [], []
-        for (name, _), t in zip(items, tensors):
+        for (name, _), t in zip(items, tensors, strict=False):
             argument = "params" if name is None else f"params[{name!r}]"
             constraint = as_constraint(cons.get(name), f"constraints for {argument}")
             if constraint is None:
@@ -149,7 +149,9 @@ def _as_param(value: Any, argument: str, dtype: torch.dtype | None) -> torch.Ten
             else:
                 raise TypeError
         except TypeError:
-            raise TypeError(f"`{argument}` must be a tensor, an array or a number; got {type(value).__name__}") from None
+            raise TypeError(
+                f"`{argument}` must be a tensor, an array or a number; got {type(value).__name__}"
+            ) from None
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"`{argument}` must be real; got dtype {t.dtype}")
     if not t.is_floating_point():
@@ -168,12 +170,11 @@ def batch_args(args: tuple, batch_size: int, batch: bool) -> tuple:
     """Check the extra arguments: with ``batch`` each tensor must lead with the batch dimension."""
     out = []
     for i, a in enumerate(args):
-        if batch and isinstance(a, torch.Tensor):
-            if a.ndim == 0 or a.shape[0] != batch_size:
-                raise ValueError(
-                    f"with `batch=True` each tensor in `args` must lead with the batch dimension {batch_size}; "
-                    f"args[{i}] has shape {tuple(a.shape)}"
-                )
+        if batch and isinstance(a, torch.Tensor) and (a.ndim == 0 or a.shape[0] != batch_size):
+            raise ValueError(
+                f"with `batch=True` each tensor in `args` must lead with the batch dimension {batch_size}; "
+                f"args[{i}] has shape {tuple(a.shape)}"
+            )
         out.append(a)
     return tuple(out)
 
@@ -233,7 +234,7 @@ class Objective:
         """Apply ``function(x_row, aux_row, *args_row)`` to every row."""
         aux, args = self._rows_args(rows)
         if self.spec.batch:
-            dims = (0, 0) + tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
+            dims = (0, 0, *tuple(0 if isinstance(a, torch.Tensor) else None for a in args))
             return vmap(function, in_dims=dims)(x, aux, *args)
         result = function(x[0], aux[0], *args)
         return tuple(r.unsqueeze(0) for r in result) if isinstance(result, tuple) else result.unsqueeze(0)
@@ -297,21 +298,6 @@ class Objective:
         r, jac = self._map(one, x, rows)
         self.num_residuals = int(r.shape[1])
         return r, jac
-
-    def jvp(self, x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residuals and ``J v`` for each row (forward mode, no Jacobian formed)."""
-        self.evals += 1
-        _load_forward_ad()
-
-        def one(x1: torch.Tensor, v1: torch.Tensor, aux: torch.Tensor, *args: Any) -> tuple[torch.Tensor, ...]:
-            return jvp(lambda z: self._one(z, aux, *args), (x1,), (v1,))
-
-        aux, args = self._rows_args(rows)
-        if self.spec.batch:
-            dims = (0, 0, 0) + tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
-            return vmap(one, in_dims=dims)(x, v, aux, *args)
-        r, jv = one(x[0], v[0], aux[0], *args)
-        return r.unsqueeze(0), jv.unsqueeze(0)
 
     def linearize(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, Callable, Callable]:
         """Residuals ``(B, m)`` with functions ``v -> J v`` and ``w -> J^T w`` at ``x`` (matrix-free).

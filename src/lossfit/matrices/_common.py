@@ -29,8 +29,10 @@ def as_matrix(value: Any, argument: str, *, square: bool = False, min_ndim: int 
             import numpy as np
 
             array = np.asarray(value)
-        except Exception:  # noqa: BLE001 - any conversion failure is a type error for the user
-            raise TypeError(f"`{argument}` must be a matrix (tensor, array or nested list); got {type(value).__name__}") from None
+        except Exception:
+            raise TypeError(
+                f"`{argument}` must be a matrix (tensor, array or nested list); got {type(value).__name__}"
+            ) from None
         if array.dtype.kind not in "biuf":
             raise TypeError(f"`{argument}` must hold real numbers; got array of dtype {array.dtype}")
         t = torch.from_numpy(array.astype(np.float64) if array.dtype.kind in "biu" else array.copy())
@@ -50,7 +52,7 @@ def as_matrix(value: Any, argument: str, *, square: bool = False, min_ndim: int 
 
 
 def start(shape: tuple[int, ...], like: torch.Tensor, init: Any, seed: int) -> torch.Tensor:
-    """The starting value: ``"zeros"`` (gives the minimum-norm answer), ``"random"`` (uniform [0, 1), seeded) or a tensor."""
+    """The start: ``"zeros"`` (gives the minimum-norm answer), ``"random"`` (uniform [0, 1), seeded) or a tensor."""
     if isinstance(init, str):
         if init == "zeros":
             return torch.zeros(shape, dtype=like.dtype, device=like.device)
@@ -94,7 +96,9 @@ def scaled(r: torch.Tensor) -> torch.Tensor:
     return r * math.sqrt(2.0 / r.numel())
 
 
-def with_reference(result: FitResult, reference: dict[str, float], status: Status | None = None, **extras: Any) -> FitResult:
+def with_reference(
+    result: FitResult, reference: dict[str, float], status: Status | None = None, **extras: Any
+) -> FitResult:
     """A copy of ``result`` with its reference comparison, and a status that overrides a success (never a failure)."""
     changes: dict[str, Any] = {"reference": reference, "extras": {**result.extras, **extras}}
     if status is not None and result.success:

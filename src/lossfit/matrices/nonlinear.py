@@ -42,8 +42,9 @@ def sqrtm(a: Any, *, solver: str = "auto", **options: Any) -> FitResult:
     n = a.shape[-1]
     level = torch.sqrt(torch.diagonal(sym, dim1=-2, dim2=-1).sum(-1) / n)
     x0 = level[..., None, None] * torch.eye(n, dtype=a.dtype)
-    result = least_squares(_sqrt_residual, x0, args=(sym,), batch=a.ndim == 3, solver=solver,
-                           constraints="symmetric", **options)
+    result = least_squares(
+        _sqrt_residual, x0, args=(sym,), batch=a.ndim == 3, solver=solver, constraints="symmetric", **options
+    )
     x = result.params
     with torch.no_grad():
         exact = (v * w.sqrt().unsqueeze(-2)) @ v.transpose(-1, -2)
@@ -93,8 +94,9 @@ def low_rank(m: Any, k: int, *, solver: str = "auto", seed: int = 0, **options: 
             "excess": float((got - best).max()),
         }
     status = result.statuses[0] if result.status is not Status.SINGULAR else Status.CONVERGED_FTOL
-    result = dataclasses.replace(result, success=status.success, status=status,
-                                 statuses=tuple(status for _ in result.statuses))
+    result = dataclasses.replace(
+        result, success=status.success, status=status, statuses=tuple(status for _ in result.statuses)
+    )
     return with_reference(result, reference, approximation=approx)
 
 

@@ -69,16 +69,13 @@ def _jacobi_loop(
     ps, qs = _schedule(n)
     eps = torch.finfo(work.dtype).eps
     tol = (n * eps) ** 2
-    if two_sided:
-        floor = (eps * work.norm(dim=(-2, -1))) ** 2
-    else:
-        floor = (eps * (work * work).sum(-2).amax(-1)) ** 2
+    floor = (eps * work.norm(dim=(-2, -1))) ** 2 if two_sided else (eps * (work * work).sum(-2).amax(-1)) ** 2
     floor = floor.clamp_min(1e-300).unsqueeze(-1)
     losses: list[torch.Tensor] = []
     times: list[float] = []
     for _ in range(max_sweeps):
         worst = torch.zeros_like(floor.squeeze(-1))
-        for p, q in zip(ps, qs):
+        for p, q in zip(ps, qs, strict=False):
             if two_sided:
                 app, aqq, apq = work[..., p, p], work[..., q, q], work[..., p, q]
             else:
@@ -163,7 +160,9 @@ def eigh(a: Any, *, solver: str = "auto", max_sweeps: int = 60, **options: Any) 
         losses, times, status = _jacobi_loop(work, vectors, True, max_sweeps)
         values = torch.diagonal(work, dim1=-2, dim2=-1)[..., :n]
         vectors = vectors[..., :n, :n]
-        result = family_result({}, losses, times, status, "jacobi", {"max_sweeps": max_sweeps}, JACOBI_REASON, a.ndim == 3)
+        result = family_result(
+            {}, losses, times, status, "jacobi", {"max_sweeps": max_sweeps}, JACOBI_REASON, a.ndim == 3
+        )
     else:
         if a.ndim == 3:
             raise ValueError("engine solvers take one matrix at a time here; use solver='jacobi' for a batch")
@@ -209,7 +208,9 @@ def svd(m: Any, k: int | None = None, *, solver: str = "auto", max_sweeps: int =
         v = _eye_like(work, work.shape[-1])
         losses, times, status = _jacobi_loop(work, v, False, max_sweeps)
         us, v = work[..., :, :n], v[..., :n, :n]
-        result = family_result({}, losses, times, status, "jacobi", {"max_sweeps": max_sweeps}, JACOBI_REASON, m.ndim == 3)
+        result = family_result(
+            {}, losses, times, status, "jacobi", {"max_sweeps": max_sweeps}, JACOBI_REASON, m.ndim == 3
+        )
     else:
         if m.ndim == 3:
             raise ValueError("engine solvers take one matrix at a time here; use solver='jacobi' for a batch")
@@ -283,7 +284,7 @@ def polar(m: Any, *, solver: str = "auto", **options: Any) -> FitResult:
     _check_solver(solver)
     if solver in ("auto", "jacobi"):
         decomposition = svd(m, **options)
-        w, s, vh = (decomposition.params[k] for k in ("U", "S", "Vh"))
+        w, _s, vh = (decomposition.params[k] for k in ("U", "S", "Vh"))
         u = w @ vh
         result = decomposition
     else:

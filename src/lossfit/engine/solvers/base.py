@@ -48,7 +48,9 @@ class Solver:
         """Evaluate the start; the state must hold ``f`` (loss) and ``gm`` (the gradient measure ``gtol`` tests)."""
         raise NotImplementedError
 
-    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+    def step(
+        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, State, StepInfo]:
         """Take one step from ``x``; return the new point, its state and what happened."""
         raise NotImplementedError
 

@@ -31,7 +31,9 @@ class _FirstOrder(Solver):
     def _direction(self, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
-    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+    def step(
+        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, State, StepInfo]:
         delta, buffers = self._direction(state)
         x_new = x + delta
         f, g = obj.value_and_grad(x_new, rows)

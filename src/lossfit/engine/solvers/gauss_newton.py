@@ -45,7 +45,9 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return x, bad
 
 
-def normal_equations(obj: Objective, r: torch.Tensor, jac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def normal_equations(
+    obj: Objective, r: torch.Tensor, jac: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradient ``J^T W r``, the Gauss-Newton matrix ``J^T W J`` and the loss, for residuals and Jacobians."""
     w = obj.weights(r)
     if w is None:
@@ -92,7 +94,9 @@ class LevenbergMarquardt(_Dense):
         state["scale"] = torch.diagonal(state["a"], dim1=-2, dim2=-1).clamp_min(1e-300)
         return state
 
-    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+    def step(
+        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, State, StepInfo]:
         g, a, f, lam, scale = state["g"], state["a"], state["f"], state["lam"], state["scale"]
         damped = a + torch.diag_embed(lam.unsqueeze(1) * scale)
         step, bad = solve_spd(damped, -g)
@@ -128,7 +132,9 @@ class GaussNewton(_Dense):
     def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
         return self._evaluate(obj, x, rows)
 
-    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+    def step(
+        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, State, StepInfo]:
         g, a, f = state["g"], state["a"], state["f"]
         # A tiny ridge keeps rank-deficient problems solvable; it does not change a well-posed step.
         ridge = 1e-14 * torch.diagonal(a, dim1=-2, dim2=-1).amax(dim=1).clamp_min(1e-300)

@@ -9,8 +9,8 @@ tight near it), which keeps the outer iteration superlinear.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -41,9 +41,16 @@ class KrylovGaussNewton(Solver):
     def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
         r = obj.residual(x, rows)
         f = obj.cost(r)
-        return {"f": f, "gm": torch.full_like(f, float("inf")), "g0": torch.zeros_like(f), "lam": torch.full_like(f, float(self.options["damping"]))}
+        return {
+            "f": f,
+            "gm": torch.full_like(f, float("inf")),
+            "g0": torch.zeros_like(f),
+            "lam": torch.full_like(f, float(self.options["damping"])),
+        }
 
-    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+    def step(
+        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, State, StepInfo]:
         r, forward, backward = obj.linearize(x, rows)
         w = obj.weights(r)
         root = None if w is None else w.sqrt()
@@ -77,7 +84,9 @@ class KrylovGaussNewton(Solver):
         step_norm = torch.where(accept, step.norm(dim=1), torch.zeros_like(f))
         return x_new, new, StepInfo(accept, step_norm, stalled, predicted, f - f_trial)
 
-    def _cg(self, product: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, shift: torch.Tensor, rtol: torch.Tensor) -> torch.Tensor:
+    def _cg(
+        self, product: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, shift: torch.Tensor, rtol: torch.Tensor
+    ) -> torch.Tensor:
         """Solve ``(J^T W J + shift) p = -g`` row by row by conjugate gradients."""
         n = g.shape[1]
         cg_max = self.options["cg_max"] or min(n, 1000)

@@ -57,7 +57,9 @@ class LBFGS(Solver):
             r = r + (alphas[i] - b).unsqueeze(1) * s[:, i]
         return -r
 
-    def step(self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+    def step(
+        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, State, StepInfo]:
         g, f = state["g"], state["f"]
         d = self._direction(state)
         slope = rowdot(g, d)
