@@ -224,10 +224,10 @@ def _finish(obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: t
         # A minimum found by descent has a small gradient (against the start's) and a loss no higher than the start.
         suspect = (gm > torch.maximum(1e-4 * gm0, 1e-6 * f0.abs().clamp_min(1.0))) | (f > f0)
     else:
-        f0 = outcome.f0
         if spec.numel <= DENSE_LIMIT:
             residuals, jac = obj.residual_and_jacobian(x, rows)
-            suspect, singular, cov = _check_least_squares(obj, residuals, jac, f0)
+            g0 = outcome.g0 if outcome.g0 is not None else obj.value_and_grad(x0, rows)[1].abs().amax(dim=1)
+            suspect, singular, cov = _check_least_squares(obj, residuals, jac, g0)
             status = torch.where(_converged(status) & singular, Status.SINGULAR, status)
         else:
             residuals = obj.residual(x, rows)
@@ -235,7 +235,7 @@ def _finish(obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: t
             _, g0 = obj.value_and_grad(x0, rows)
             suspect = g.abs().amax(dim=1) > 1e-4 * g0.abs().amax(dim=1)
         f = obj.cost(residuals)
-        zero_residual = f <= 1e-24 * f0.clamp_min(1e-300)
+        zero_residual = f <= (torch.finfo(f.dtype).eps ** 2) * outcome.f0.abs()
         suspect = suspect & ~zero_residual
     status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
     by_code = {int(s): s for s in Status}
@@ -267,13 +267,13 @@ def _converged(status: torch.Tensor) -> torch.Tensor:
 
 
 def _check_least_squares(
-    obj: Objective, r: torch.Tensor, jac: torch.Tensor, f0: torch.Tensor
+    obj: Objective, r: torch.Tensor, jac: torch.Tensor, g0: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """First-order optimality, numerical rank and covariance from the Jacobian at the answer.
 
     An answer is suspect when the residuals still have a sizeable component along some column of the Jacobian
-    (MINPACK's cosine above 1e-4), unless the loss fell below ``eps`` times its start (at such a zero-residual
-    answer the cosine is rounding noise and means nothing).
+    (MINPACK's cosine above 1e-4) and the gradient has not shrunk by 1e8 from the start's ``g0`` (at a
+    zero-residual answer the cosine is rounding noise and means nothing).
     """
     w = obj.weights(r)
     jw, rw = (jac, r) if w is None else (jac * w.sqrt().unsqueeze(-1), r * w.sqrt())
@@ -282,8 +282,7 @@ def _check_least_squares(
     g = torch.einsum("bmn,bm->bn", jw, rw)
     rnorm = rw.norm(dim=1, keepdim=True)
     cosine = torch.where(col > 0, g.abs() / (col * rnorm).clamp_min(1e-300), torch.zeros_like(g)).amax(dim=1)
-    eps = torch.finfo(jw.dtype).eps
-    suspect = (cosine > 1e-4) & (obj.cost(r) > eps * f0)
+    suspect = (cosine > 1e-4) & (g.abs().amax(dim=1) > 1e-8 * g0)
     safe_col = torch.where(col > 0, col, torch.ones_like(col))
     sv, vh = _singular(jw / safe_col.unsqueeze(1))
     rtol = torch.finfo(jw.dtype).eps ** 0.6

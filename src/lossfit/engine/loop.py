@@ -32,6 +32,7 @@ class Stopping:
 class Outcome:
     x: torch.Tensor
     f0: torch.Tensor
+    g0: torch.Tensor | None  # the start's largest gradient entry, where the solver computed it
     f: torch.Tensor
     status: torch.Tensor
     steps: torch.Tensor
@@ -53,6 +54,7 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
     state = solver.init(obj, x, rows)
     f_all = state["f"].clone()
     f0 = state["f"].clone()
+    g0 = state["g"].abs().amax(dim=1) if "g" in state else None
     # A loss at rounding level of its start is zero: nothing is left to minimise (for losses bounded below by 0).
     zero_level = (torch.finfo(x0.dtype).eps ** 2) * f_all.abs() if obj.kind == "residual" else None
     status = _initial_status(state, stop)
@@ -110,7 +112,7 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
             status[rows[done]] = code[done]
             running = running & ~done
     history = _history(trace, times, b, x0) if record else None
-    return Outcome(x, f0, f_all, status, steps, history, time.perf_counter() - start)
+    return Outcome(x, f0, g0, f_all, status, steps, history, time.perf_counter() - start)
 
 
 def _history(trace: list[tuple[torch.Tensor, ...]], times: list[float], b: int, like: torch.Tensor) -> History:

@@ -60,13 +60,13 @@ def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=-1)
 
 
-def gradient_measure(f0: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``||g||_inf / max(1, |f0|)``: the gradient test for a scalar loss, relative to the starting loss ``f0``.
+def gradient_measure(f: torch.Tensor, f0: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``||g||_inf / max(1, min(|f|, |f0|))``: the gradient test for a scalar loss.
 
-    Measuring against the start, not the current loss, keeps the test invariant to scaling the loss while a
-    diverging run (whose loss grows faster than its gradient) can never pass it.
+    Relative to the loss, so invariant to scaling it; against the smaller of the current and the starting loss, so
+    that neither a diverging run (whose loss outgrows its gradient) nor a huge start can make it pass early.
     """
-    return g.abs().amax(dim=-1) / f0.abs().clamp_min(1.0)
+    return g.abs().amax(dim=-1) / torch.minimum(f.abs(), f0.abs()).clamp_min(1.0)
 
 
 def all_accepted(x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ class _FirstOrder(Solver):
 
     def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
         f, g = obj.value_and_grad(x, rows)
-        return {"f": f, "f0": f, "g": g, "gm": gradient_measure(f, g), **self._buffers(x)}
+        return {"f": f, "f0": f, "g": g, "gm": gradient_measure(f, f, g), **self._buffers(x)}
 
     def _buffers(self, x: torch.Tensor) -> State:
         return {}
@@ -38,7 +38,7 @@ class _FirstOrder(Solver):
         x_new = x + delta
         f, g = obj.value_and_grad(x_new, rows)
         info = StepInfo(all_accepted(x), delta.norm(dim=-1), none_stalled(x))
-        new = {"f": f, "f0": state["f0"], "g": g, "gm": gradient_measure(state["f0"], g), **buffers}
+        new = {"f": f, "f0": state["f0"], "g": g, "gm": gradient_measure(f, state["f0"], g), **buffers}
         return x_new, new, info
 
 
