@@ -70,7 +70,7 @@ def _unskew(s: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def rotation(w: torch.Tensor, d: int) -> torch.Tensor:
-    """The rotation ``exp(skew(w))``: in 2-D ``w`` is the angle (radians, counter-clockwise), in 3-D the axis times angle."""
+    """The rotation ``exp(skew(w))``: in 2-D ``w`` is the angle (radians, counter-clockwise), in 3-D axis * angle."""
     return torch.linalg.matrix_exp(_skew(w, d))
 
 
