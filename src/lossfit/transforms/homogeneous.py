@@ -160,7 +160,7 @@ def params(model: str, m: torch.Tensor) -> torch.Tensor:
 
 
 def apply(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Map points ``(..., N, d)`` by homogeneous matrices ``(..., d + 1, d + 1)`` (dividing by w for projective ones)."""
+    """Map points ``(..., N, d)`` by homogeneous matrices ``(..., d + 1, d + 1)``, dividing by w (projective)."""
     d = m.shape[-1] - 1
     if points.shape[-1] != d:
         raise ValueError(
