@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,13 +32,17 @@ def read_matrix(path: str | os.PathLike[str]) -> torch.Tensor:
         if p.suffix.lower() == ".npy":
             array = np.load(p, allow_pickle=False)
         else:
+            if not p.read_text(encoding="utf-8", errors="replace").strip():
+                raise InputFileError(f"{p}: holds no numbers")
             delimiter = "," if p.suffix.lower() == ".csv" else None
-            array = np.loadtxt(p, delimiter=delimiter, ndmin=2, dtype=np.float64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                array = np.loadtxt(p, delimiter=delimiter, ndmin=2, dtype=np.float64)
     except ValueError as exc:
         raise InputFileError(f"{p}: not a table of numbers ({_first_line(exc)})") from None
     except (OSError, EOFError) as exc:
         raise InputFileError(f"{p}: cannot be read ({_first_line(exc)})") from None
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "iuf":
         raise InputFileError(f"{p}: holds {array.dtype} data, not real numbers")
     if array.ndim == 1:
         array = array.reshape(-1, 1)

@@ -102,6 +102,7 @@ def least_squares(
     max_time: float | None = None,
     history: bool = True,
     dtype: torch.dtype | None = None,
+    rank_check: bool = True,
     **options: Any,
 ) -> FitResult:
     """Minimise ``0.5 * sum(rho(r**2))`` over parameters, for residuals ``r = residual_fn(params, *args)``.
@@ -116,6 +117,8 @@ def least_squares(
         loss: the robust loss ``rho``: ``"linear"``, ``"huber"``, ``"soft_l1"``, ``"cauchy"``, ``"arctan"`` or a
             callable; residuals are divided by ``f_scale`` first (the cost is ``0.5 * f_scale**2 * rho(z)``).
         bounds: ``(lower, upper)`` for a tensor of parameters (a shorthand for ``constraints=Bounds(lower, upper)``).
+        rank_check: report a numerically singular Jacobian at the answer as ``SINGULAR``; turn it off where a
+            rank-deficient problem is intended and the start picks the answer (a minimum-norm solution from zero).
 
     Returns:
         A :class:`FitResult` with ``residuals``, and for the dense solvers ``jacobian`` and ``covariance``
@@ -152,7 +155,7 @@ def least_squares(
     stop = _stopping(chosen, ftol, xtol, gtol, max_steps, max_time)
     # Scalar solvers see the (robust) cost of the residuals through `Objective.value`.
     outcome = run(obj, chosen, x0, stop, record=history)
-    return _finish(obj, chosen, outcome, reason, x0)
+    return _finish(obj, chosen, outcome, reason, x0, rank_check)
 
 
 def _setup(
@@ -210,7 +213,9 @@ def _stopping(
     return Stopping(values["ftol"], values["xtol"], values["gtol"], steps, max_time)
 
 
-def _finish(obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: torch.Tensor) -> FitResult:
+def _finish(
+    obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: torch.Tensor, rank_check: bool = True
+) -> FitResult:
     """Check the answers the solver calls converged, and assemble the result."""
     spec = obj.spec
     rows = torch.arange(outcome.x.shape[0], device=outcome.x.device)
@@ -228,7 +233,12 @@ def _finish(obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: t
             residuals, jac = obj.residual_and_jacobian(x, rows)
             g0 = outcome.g0 if outcome.g0 is not None else obj.value_and_grad(x0, rows)[1].abs().amax(dim=1)
             suspect, singular, cov = _check_least_squares(obj, residuals, jac, g0)
-            status = torch.where(_converged(status) & singular, Status.SINGULAR, status)
+            if rank_check:
+                status = torch.where(_converged(status) & singular, Status.SINGULAR, status)
+            # Residuals at the rounding level of the model (|r| <= eps |J| |x|) are zero: the cosine means nothing.
+            eps = torch.finfo(residuals.dtype).eps
+            model_scale = jac.flatten(1).norm(dim=1) * x.norm(dim=1).clamp_min(1.0)
+            suspect = suspect & ~(residuals.norm(dim=1) <= 10 * eps * model_scale)
         else:
             residuals = obj.residual(x, rows)
             _, g = obj.value_and_grad(x, rows)

@@ -105,7 +105,10 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
         code = torch.where(ftol_hit, Status.CONVERGED_FTOL, code)
         code = torch.where(state["gm"] <= stop.gtol, Status.CONVERGED_GTOL, code)
         if zero_level is not None:
-            code = torch.where(f <= zero_level[rows], Status.CONVERGED_ZERO, code)
+            at_zero = f <= zero_level[rows]
+            # A step that cannot lower a loss already within rounding of zero (relative to the start) is done too.
+            at_zero = at_zero | (~info.accepted & (f <= torch.finfo(f.dtype).eps * f0[rows].abs()))
+            code = torch.where(at_zero, Status.CONVERGED_ZERO, code)
         code = torch.where(~torch.isfinite(f), Status.NONFINITE, code)
         done = running & (code != Status.RUNNING)
         if bool(done.any()):

@@ -33,16 +33,16 @@ def as_matrix(value: Any, argument: str, *, square: bool = False, min_ndim: int 
             raise TypeError(
                 f"`{argument}` must be a matrix (tensor, array or nested list); got {type(value).__name__}"
             ) from None
-        if array.dtype.kind not in "biuf":
+        if array.dtype.kind not in "iuf":
             raise TypeError(f"`{argument}` must hold real numbers; got array of dtype {array.dtype}")
         t = torch.from_numpy(array.astype(np.float64) if array.dtype.kind in "biu" else array.copy())
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"`{argument}` must be real; got dtype {t.dtype}")
     if not t.is_floating_point():
         t = t.to(torch.float64)
-    if t.ndim not in (2, 3) or t.ndim < min_ndim:
+    if t.ndim not in (1, 2, 3) or t.ndim < min_ndim:
         raise ValueError(f"`{argument}` must be a 2-D matrix (or a 3-D batch of them); got shape {tuple(t.shape)}")
-    if t.shape[-1] == 0 or t.shape[-2] == 0 or (t.ndim == 3 and t.shape[0] == 0):
+    if t.numel() == 0:
         raise ValueError(f"`{argument}` must not be empty; got shape {tuple(t.shape)}")
     if square and t.shape[-1] != t.shape[-2]:
         raise ValueError(f"`{argument}` must be square; got shape {tuple(t.shape)}")
@@ -73,6 +73,7 @@ def solve_least_squares(
     batch: bool,
     solver: str,
     options: dict[str, Any],
+    min_norm: bool = False,
 ) -> FitResult:
     """Minimise ``mean(residual**2)`` over X.
 
@@ -88,7 +89,7 @@ def solve_least_squares(
     if solver not in SOLVERS:
         names = ", ".join(repr(n) for n in ["auto", *SOLVERS])
         raise ValueError(f"`solver` must be one of {names}; got {solver!r}")
-    return least_squares(residual, x0, args=args, batch=batch, solver=solver, **options)
+    return least_squares(residual, x0, args=args, batch=batch, solver=solver, rank_check=not min_norm, **options)
 
 
 def scaled(r: torch.Tensor) -> torch.Tensor:
@@ -97,12 +98,19 @@ def scaled(r: torch.Tensor) -> torch.Tensor:
 
 
 def with_reference(
-    result: FitResult, reference: dict[str, float], status: Status | None = None, **extras: Any
+    result: FitResult, reference: dict[str, float], status: Status | None = None, which: Any = None, **extras: Any
 ) -> FitResult:
-    """A copy of ``result`` with its reference comparison, and a status that overrides a success (never a failure)."""
+    """A copy of ``result`` with its reference comparison, and ``status`` for the problems ``which`` selects (a bool
+    per problem; all when None), overriding successes only (never a failure)."""
     changes: dict[str, Any] = {"reference": reference, "extras": {**result.extras, **extras}}
-    if status is not None and result.success:
-        changes.update(status=status, success=status.success, statuses=tuple(status for _ in result.statuses))
+    if status is not None:
+        n = len(result.statuses)
+        flags = [True] * n if which is None else [bool(v) for v in torch.as_tensor(which).reshape(-1)]
+        statuses = tuple(
+            status if flag and old.success else old for old, flag in zip(result.statuses, flags, strict=True)
+        )
+        failing = [s for s in statuses if not s.success]
+        changes.update(statuses=statuses, success=not failing, status=failing[0] if failing else statuses[0])
     return dataclasses.replace(result, **changes)
 
 

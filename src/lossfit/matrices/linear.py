@@ -35,34 +35,36 @@ def newton_schulz(m: torch.Tensor, max_steps: int = 200) -> FitResult:
     x = m.transpose(-1, -2) / (norm1 * norm_inf).clamp_min(1e-300)[..., None, None]
     eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
     residual = x @ m - eye
-    best, best_loss = x, (residual * residual).mean(dim=(-2, -1))
-    losses, times = [best_loss], [time.perf_counter() - start_time]
-    stalls = torch.zeros_like(best_loss, dtype=torch.long)
+    loss = (residual * residual).mean(dim=(-2, -1))
+    losses, times = [loss], [time.perf_counter() - start_time]
+    best, best_loss, best_step = x, loss, torch.full_like(loss, float("inf"))
+    stalls = torch.zeros_like(loss, dtype=torch.long)
     status = Status.MAX_STEPS
     for _ in range(max_steps):
         # X <- 2X - X M X, written as X - R X with R = X M - I, which also gives the loss.
-        x = x - residual @ x
+        step = residual @ x
+        x = x - step
         residual = x @ m - eye
         loss = (residual * residual).mean(dim=(-2, -1))
         losses.append(loss)
         times.append(time.perf_counter() - start_time)
-        better = loss < best_loss
-        if bool(better.all()):
-            best, best_loss = x, loss
-            stalls.zero_()
-            continue
         if not bool(torch.isfinite(loss).all()):
             status = Status.NONFINITE
             break
+        # Progress: a lower loss (every step lowers it in exact arithmetic, slowly at first while X grows from its
+        # small start) or a shorter step (which keeps shrinking quadratically for a rank-deficient M, whose loss has a
+        # positive floor). Two steps with neither mean the rounding floor is reached.
+        size = step.norm(dim=(-2, -1))
+        better = (loss < best_loss) | (size < best_step)
         best = torch.where(better[..., None, None], x, best)
         best_loss = torch.minimum(best_loss, loss)
+        best_step = torch.minimum(best_step, size)
         stalls = torch.where(better, torch.zeros_like(stalls), stalls + 1)
-        # In exact arithmetic every step lowers the loss (the residual's eigenvalues are squared); two steps in a
-        # row that do not mean a problem has reached its rounding floor. Stop when every problem has.
         if bool((stalls >= 2).all()):
-            status = Status.CONVERGED_FTOL
+            status = Status.CONVERGED_XTOL
             break
-    losses[-1] = best_loss
+    best_residual = best @ m - eye
+    losses[-1] = (best_residual * best_residual).mean(dim=(-2, -1))
     return family_result(
         best, losses, times, status, "newton-schulz", {"max_steps": max_steps}, NEWTON_SCHULZ_REASON, m.ndim == 3
     )
@@ -121,7 +123,7 @@ def pinv(m: Any, *, solver: str = "auto", init: Any = "zeros", seed: int = 0, **
     else:
         shape = (*m.shape[:-2], m.shape[-1], m.shape[-2])
         x0 = start(shape, m, init, seed)
-        result = solve_least_squares(_inverse_residual, x0, (m,), batch, solver, options)
+        result = solve_least_squares(_inverse_residual, x0, (m,), batch, solver, options, min_norm=True)
     eye = torch.eye(m.shape[-1], dtype=m.dtype)
     return _check(result, m, lambda x: x @ m - eye, None, m, rank_deficient_ok=True)
 
@@ -151,36 +153,24 @@ def lstsq(a: Any, b: Any, *, solver: str = "auto", init: Any = "zeros", seed: in
     b_t, vector = _right_side(b, a)
     shape = (*a.shape[:-2], a.shape[-1], b_t.shape[-1])
     x0 = start(shape, a, init, seed)
-    result = solve_least_squares(_solve_residual, x0, (a, b_t), a.ndim == 3, solver, options)
+    result = solve_least_squares(_solve_residual, x0, (a, b_t), a.ndim == 3, solver, options, min_norm=True)
     reference = torch.linalg.lstsq(a, b_t, driver="gelsd").solution
     checked = _check(result, a, lambda x: a @ x - b_t, reference, a, target=b_t, rank_deficient_ok=True)
     return _vector_params(checked, vector)
 
 
 def _right_side(b: Any, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    b_t = as_matrix(b, "b", min_ndim=1) if _ndim(b) > 1 else None
-    if b_t is None:
-        b_t = as_matrix(torch.as_tensor(b).reshape(-1, 1) if _ndim(b) == 1 else b, "b")
-        vector = True
-    else:
-        vector = False
-        if (
-            a.ndim == 3
-            and b_t.ndim == 2
-            and _ndim(b) == 2
-            and b_t.shape[0] == a.shape[0]
-            and b_t.shape[1] == a.shape[1]
-        ):
-            b_t, vector = b_t.unsqueeze(-1), True
+    b_t = as_matrix(b, "b", min_ndim=1)
+    vector = False
+    if b_t.ndim == 1:
+        b_t, vector = b_t.reshape(-1, 1), True
+    elif a.ndim == 3 and b_t.ndim == 2 and b_t.shape[0] == a.shape[0] and b_t.shape[1] == a.shape[1]:
+        b_t, vector = b_t.unsqueeze(-1), True
     if b_t.ndim != a.ndim or b_t.shape[-2] != a.shape[-2] or (a.ndim == 3 and b_t.shape[0] != a.shape[0]):
         raise ValueError(
             f"`b` must have {a.shape[-2]} rows to match `a` of shape {tuple(a.shape)}; got shape {tuple(b_t.shape)}"
         )
     return b_t.to(torch.promote_types(a.dtype, b_t.dtype)), vector
-
-
-def _ndim(value: Any) -> int:
-    return torch.as_tensor(value).ndim if not isinstance(value, torch.Tensor) else value.ndim
 
 
 def _vector_params(result: FitResult, vector: bool) -> FitResult:
@@ -228,9 +218,9 @@ def _check(
         "rank": int(rank.min()),
         "smallest_singular_value": smallest,
     }
-    deficient = bool((rank < full).any())
-    status = Status.RANK_DEFICIENT if deficient and not rank_deficient_ok else None
-    return with_reference(result, reference_record, status, smallest_singular_value=smallest)
+    deficient = (rank < full).reshape(-1)
+    status = Status.RANK_DEFICIENT if bool(deficient.any()) and not rank_deficient_ok else None
+    return with_reference(result, reference_record, status, deficient, smallest_singular_value=smallest)
 
 
 def _worst(values: torch.Tensor) -> float:

@@ -122,12 +122,28 @@ class LevenbergMarquardt(_Dense):
 
 @dataclass
 class GaussNewton(_Dense):
-    """Gauss-Newton with a backtracking (Armijo) line search. Options: ``max_backtracks`` (30)."""
+    """Gauss-Newton with a backtracking (Armijo) line search. Options: ``max_backtracks`` (30).
+
+    The step is the minimum-norm least-squares solution of ``J step = -r`` (by a complete orthogonal
+    decomposition, not the normal equations), so it keeps the accuracy of the Jacobian's own condition number and,
+    for a rank-deficient Jacobian, moves only within its row space: from a zero start a linear problem is solved
+    in one step with the minimum-norm answer.
+    """
 
     name: ClassVar[str] = "gauss-newton"
 
     def __post_init__(self) -> None:
         self.options = {"max_backtracks": 30, **self.options}
+
+    def _evaluate(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+        r, jac = obj.residual_and_jacobian(x, rows)
+        w = obj.weights(r)
+        root = torch.ones_like(r) if w is None else w.sqrt()
+        jw, rw = jac * root.unsqueeze(-1), r * root
+        g = torch.einsum("bmn,bm->bn", jw, rw)
+        a = torch.einsum("bmi,bmj->bij", jw, jw)
+        f = obj.cost(r)
+        return {"f": f, "g": g, "a": a, "jw": jw, "rw": rw, "gm": column_cosine(g, a, f)}
 
     def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
         return self._evaluate(obj, x, rows)
@@ -136,10 +152,8 @@ class GaussNewton(_Dense):
         self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
         g, a, f = state["g"], state["a"], state["f"]
-        # A tiny ridge keeps rank-deficient problems solvable; it does not change a well-posed step.
-        ridge = 1e-14 * torch.diagonal(a, dim1=-2, dim2=-1).amax(dim=1).clamp_min(1e-300)
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-        step, bad = solve_spd(a + ridge[:, None, None] * eye, -g)
+        step = _min_norm_step(state["jw"], state["rw"])
+        bad = ~torch.isfinite(step).all(dim=1)
         step = torch.where(bad.unsqueeze(1), -g, step)
         slope = rowdot(g, step)
         predicted = -(slope + 0.5 * rowdot(step, torch.einsum("bij,bj->bi", a, step)))
@@ -157,9 +171,19 @@ class GaussNewton(_Dense):
         accept = torch.isfinite(f_trial) & (f_trial <= f + 1e-4 * t * slope) & (slope < 0)
         taken = t.unsqueeze(1) * step
         x_new = torch.where(accept.unsqueeze(1), x + taken, x)
-        new = self._evaluate(obj, x_new, rows) if bool(accept.any()) else state
+        if bool(accept.any()):
+            fresh = self._evaluate(obj, x_new, rows)
+            new = {k: torch.where(_expand(accept, v), fresh[k], state[k]) for k, v in fresh.items()}
+        else:
+            new = state
         step_norm = torch.where(accept, taken.norm(dim=1), torch.zeros_like(f))
         return x_new, new, StepInfo(accept, step_norm, ~accept, predicted, actual)
+
+
+def _min_norm_step(jac: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """The minimum-norm solution of ``jac @ step = -r`` for each problem (SVD-based on CPU, QR-based elsewhere)."""
+    driver = "gelsd" if jac.device.type == "cpu" else None
+    return torch.linalg.lstsq(jac, -r.unsqueeze(-1), driver=driver).solution.squeeze(-1)
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
