@@ -53,7 +53,7 @@ def seed_method(m: torch.Tensor, steps: int) -> tuple[dict[float, tuple[int, flo
         elapsed = time.perf_counter() - start
         loss = ((x @ m - eye) ** 2).mean()
         # The seed records every loss; the residual after `step` updates follows from it: sqrt(n * mse).
-        res = (n * float(loss)) ** 0.5
+        res = (n * float(loss.detach())) ** 0.5
         for t in TARGETS:
             if reached[t] is None and res <= t:
                 reached[t] = (step, elapsed)

@@ -8,6 +8,7 @@ answer (the pseudo-inverse's), reported with the status ``RANK_DEFICIENT`` and t
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -27,7 +28,8 @@ def newton_schulz(m: torch.Tensor, max_steps: int = 200) -> FitResult:
     For ``r = X M - I`` the Gauss-Newton step is ``-R M^-1``; replacing the unknown ``M^-1`` by the current ``X``
     gives Newton-Schulz, which converges quadratically once ``||I - X M|| < 1`` and, started from
     ``X0 = M^T / (||M||_1 ||M||_inf)``, converges for every matrix to the pseudo-inverse (Ben-Israel, 1966). It stops
-    when the residual stops falling (the rounding floor) and returns the best iterate.
+    when two steps in a row lower neither the loss nor the step length (the rounding floor) and returns the last
+    iterate that did.
     """
     start_time = time.perf_counter()
     norm1 = m.abs().sum(dim=-2).amax(dim=-1)
@@ -37,32 +39,10 @@ def newton_schulz(m: torch.Tensor, max_steps: int = 200) -> FitResult:
     residual = x @ m - eye
     loss = (residual * residual).mean(dim=(-2, -1))
     losses, times = [loss], [time.perf_counter() - start_time]
-    best, best_loss, best_step = x, loss, torch.full_like(loss, float("inf"))
-    stalls = torch.zeros_like(loss, dtype=torch.long)
-    status = Status.MAX_STEPS
-    for _ in range(max_steps):
-        # X <- 2X - X M X, written as X - R X with R = X M - I, which also gives the loss.
-        step = residual @ x
-        x = x - step
-        residual = x @ m - eye
-        loss = (residual * residual).mean(dim=(-2, -1))
-        losses.append(loss)
-        times.append(time.perf_counter() - start_time)
-        if not bool(torch.isfinite(loss).all()):
-            status = Status.NONFINITE
-            break
-        # Progress: a lower loss (every step lowers it in exact arithmetic, slowly at first while X grows from its
-        # small start) or a shorter step (which keeps shrinking quadratically for a rank-deficient M, whose loss has a
-        # positive floor). Two steps with neither mean the rounding floor is reached.
-        size = step.norm(dim=(-2, -1))
-        better = (loss < best_loss) | (size < best_step)
-        best = torch.where(better[..., None, None], x, best)
-        best_loss = torch.minimum(best_loss, loss)
-        best_step = torch.minimum(best_step, size)
-        stalls = torch.where(better, torch.zeros_like(stalls), stalls + 1)
-        if bool((stalls >= 2).all()):
-            status = Status.CONVERGED_XTOL
-            break
+    if m.ndim == 2:
+        best, status = _newton_schulz_single(m, x, residual, float(loss), eye, max_steps, losses, times, start_time)
+    else:
+        best, status = _newton_schulz_batch(m, x, residual, loss, eye, max_steps, losses, times, start_time)
     best_residual = best @ m - eye
     losses[-1] = (best_residual * best_residual).mean(dim=(-2, -1))
     return family_result(
@@ -77,6 +57,76 @@ def _inverse_residual(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 def _solve_residual(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return scaled(a @ x - b)
+
+
+def _newton_schulz_single(
+    m: torch.Tensor,
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    loss: float,
+    eye: torch.Tensor,
+    max_steps: int,
+    losses: list[torch.Tensor],
+    times: list[float],
+    start_time: float,
+) -> tuple[torch.Tensor, Status]:
+    """Newton-Schulz for one matrix, with its bookkeeping in Python floats (a few tensor operations per step)."""
+    best, best_loss, best_step, stalls = x, loss, math.inf, 0
+    for _ in range(max_steps):
+        step = residual @ x
+        x = x - step
+        residual = x @ m - eye
+        loss_t = (residual * residual).mean()
+        losses.append(loss_t)
+        times.append(time.perf_counter() - start_time)
+        value, size = float(loss_t), float(step.norm())
+        if not math.isfinite(value):
+            return best, Status.NONFINITE
+        # Progress: a lower loss (every step lowers it in exact arithmetic, slowly at first while X grows from its
+        # small start) or a shorter step (which keeps shrinking quadratically for a rank-deficient M, whose loss has
+        # a positive floor). Two steps with neither mean the rounding floor is reached.
+        if value < best_loss or size < best_step:
+            best, stalls = x, 0
+            best_loss, best_step = min(best_loss, value), min(best_step, size)
+        else:
+            stalls += 1
+            if stalls >= 2:
+                return best, Status.CONVERGED_XTOL
+    return best, Status.MAX_STEPS
+
+
+def _newton_schulz_batch(
+    m: torch.Tensor,
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    loss: torch.Tensor,
+    eye: torch.Tensor,
+    max_steps: int,
+    losses: list[torch.Tensor],
+    times: list[float],
+    start_time: float,
+) -> tuple[torch.Tensor, Status]:
+    """Newton-Schulz for a batch: the same progress test as for one matrix, per problem."""
+    best, best_loss, best_step = x, loss, torch.full_like(loss, float("inf"))
+    stalls = torch.zeros_like(loss, dtype=torch.long)
+    for _ in range(max_steps):
+        step = residual @ x
+        x = x - step
+        residual = x @ m - eye
+        loss = (residual * residual).mean(dim=(-2, -1))
+        losses.append(loss)
+        times.append(time.perf_counter() - start_time)
+        if not bool(torch.isfinite(loss).all()):
+            return best, Status.NONFINITE
+        size = step.norm(dim=(-2, -1))
+        better = (loss < best_loss) | (size < best_step)
+        best = torch.where(better[..., None, None], x, best)
+        best_loss = torch.minimum(best_loss, loss)
+        best_step = torch.minimum(best_step, size)
+        stalls = torch.where(better, torch.zeros_like(stalls), stalls + 1)
+        if bool((stalls >= 2).all()):
+            return best, Status.CONVERGED_XTOL
+    return best, Status.MAX_STEPS
 
 
 def inverse(m: Any, *, solver: str = "auto", init: Any = "zeros", seed: int = 0, **options: Any) -> FitResult:
