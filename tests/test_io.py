@@ -275,3 +275,15 @@ def test_other_suffixes_are_refused_naming_the_file(name: str) -> None:
         assert name in str(info.value)
     with pytest.raises(InputFileError, match="no suffix"):
         check_output_suffix("x", several=False)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    from lossfit.io import write_arrays
+
+    target = tmp_path / "x.npy"
+    write_arrays(target, torch.zeros(2, 2))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -191,7 +191,10 @@ def _table(rows: list[dict[str, Any]], title: str) -> None:
         table.add_column(key)
     for row in rows:
         table.add_row(*(_cell(v) for v in row.values()))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # a pipe or a log: do not cut the table to 80 columns
+    console.print(table)
 
 
 def _cell(value: Any) -> str:

@@ -17,7 +17,10 @@ def run_demo(out: Path, console: Console | None = None) -> dict[str, Path]:
 
     Returns the paths written.
     """
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=120)  # a pipe or a log: do not cut the table to 80 columns
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     with console.status("seed 003 as published: SGD, lr 0.9, momentum 0.9, 10,000 steps, float32"):
