@@ -1,6 +1,6 @@
 """lossfit: derive the parameters of a transformation from a loss function, and prove the answer."""
 
-from lossfit import matrices
+from lossfit import matrices, transforms
 from lossfit.engine import (
     SOLVERS,
     SPD,
@@ -20,12 +20,14 @@ from lossfit.engine import (
     minimize,
 )
 from lossfit.errors import InputFileError, LossfitError, NonFiniteError
+from lossfit.points import Alignment, align
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SOLVERS",
     "SPD",
+    "Alignment",
     "Bounds",
     "Constraint",
     "FitResult",
@@ -41,8 +43,10 @@ __all__ = [
     "Status",
     "Symmetric",
     "__version__",
+    "align",
     "check_gradient",
     "least_squares",
     "matrices",
     "minimize",
+    "transforms",
 ]

@@ -103,6 +103,7 @@ def least_squares(
     history: bool = True,
     dtype: torch.dtype | None = None,
     rank_check: bool = True,
+    group: int = 1,
     **options: Any,
 ) -> FitResult:
     """Minimise ``0.5 * sum(rho(r**2))`` over parameters, for residuals ``r = residual_fn(params, *args)``.
@@ -117,6 +118,9 @@ def least_squares(
         loss: the robust loss ``rho``: ``"linear"``, ``"huber"``, ``"soft_l1"``, ``"cauchy"``, ``"arctan"`` or a
             callable; residuals are divided by ``f_scale`` first (the cost is ``0.5 * f_scale**2 * rho(z)``).
         bounds: ``(lower, upper)`` for a tensor of parameters (a shorthand for ``constraints=Bounds(lower, upper)``).
+        group: apply the robust loss to consecutive blocks of ``group`` residuals, by their Euclidean length (the
+            coordinates of one point, say, so that the loss does not depend on the axes); ``r.numel()`` must be a
+            multiple of it.
         rank_check: report a numerically singular Jacobian at the answer as ``SINGULAR``; turn it off where a
             rank-deficient problem is intended and the start picks the answer (a minimum-norm solution from zero).
 
@@ -145,11 +149,16 @@ def least_squares(
     rho = None if loss == "linear" else robust_loss(loss)
     spec, obj = _setup(residual_fn, params, constraints, batch, dtype, tuple(args), kind="residual")
     obj.rho, obj.f_scale = rho, float(f_scale)
+    if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+        raise ValueError(f"`group` must be a positive integer; got {group!r}")
+    obj.group = group
     x0, _aux = spec.initial()
     r0 = obj.residual(x0, torch.arange(x0.shape[0]))
     check_finite_start(r0, "the residuals")
     if r0.shape[1] == 0:
         raise ValueError("`residual_fn` must return at least one residual; got an empty tensor")
+    if r0.shape[1] % group:
+        raise ValueError(f"`group` ({group}) must divide the number of residuals ({r0.shape[1]})")
     name, reason = choose("residual", spec.numel) if solver == "auto" else ("", "")
     chosen = resolve(name or solver, options)
     stop = _stopping(chosen, ftol, xtol, gtol, max_steps, max_time)

@@ -202,6 +202,7 @@ class Objective:
         self.args = batch_args(args, spec.batch_size, spec.batch)
         self.aux = aux
         self.rho, self.f_scale = rho, f_scale
+        self.group = 1
         self.evals = 0
         self.num_residuals: int | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor, tuple] | None = None
@@ -262,18 +263,25 @@ class Objective:
         self.num_residuals = int(r.shape[1])
         return r
 
+    def _lengths(self, r: torch.Tensor) -> torch.Tensor:
+        """The residuals the robust loss sees: each entry, or each group's Euclidean length."""
+        if self.group == 1:
+            return r
+        return r.reshape(r.shape[0], -1, self.group).norm(dim=-1)
+
     def cost(self, r: torch.Tensor) -> torch.Tensor:
         """The loss of residuals ``(B, m)``: half the sum of (robust) squares."""
         if self.rho is None:
             return 0.5 * (r * r).sum(dim=1)
-        value, _ = rho_and_weight(self.rho, r, self.f_scale)
+        value, _ = rho_and_weight(self.rho, self._lengths(r), self.f_scale)
         return 0.5 * value.sum(dim=1)
 
     def weights(self, r: torch.Tensor) -> torch.Tensor | None:
         """``rho'`` at each residual (None for plain least squares): the re-weighting of a robust step."""
         if self.rho is None:
             return None
-        return rho_and_weight(self.rho, r, self.f_scale)[1]
+        weight = rho_and_weight(self.rho, self._lengths(r), self.f_scale)[1]
+        return weight if self.group == 1 else weight.repeat_interleave(self.group, dim=1)
 
     def residual_and_jacobian(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals ``(B, m)`` and the Jacobian ``(B, m, n)`` of each row, in one pass.

@@ -1,0 +1,164 @@
+"""Point alignment: ground truth with noise and outliers, closed forms, independent references, batches, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+import lossfit
+from lossfit import transforms as T
+from lossfit.points import closed_form
+
+F64 = torch.float64
+CASES = [(model, d) for model in T.MODELS for d in (2, 3)]
+
+
+def true_matrix(model: str, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    p = 0.3 * torch.randn(T.num_params(model, d), generator=g, dtype=F64)
+    if model in ("linear", "affine"):
+        p[: d * d] += torch.eye(d, dtype=F64).reshape(-1)
+    if model == "projective":
+        p += torch.eye(d + 1, dtype=F64).reshape(-1)[:-1]
+        p[d * (d + 1) : d * (d + 1) + d] *= 0.1
+    return T.matrix(model, p, d)
+
+
+def make_points(
+    model: str, d: int, seed: int, n: int = 60, noise: float = 0.01, outliers: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 100)
+    m = true_matrix(model, d, seed)
+    src = 10 * torch.rand(n, d, generator=g, dtype=F64)
+    dst = T.apply(m, src) + noise * torch.randn(n, d, generator=g, dtype=F64)
+    bad = torch.zeros(n, dtype=torch.bool)
+    bad[torch.randperm(n, generator=g)[: int(outliers * n)]] = True
+    dst[bad] += 5 * torch.randn(int(bad.sum()), d, generator=g, dtype=F64)
+    return src, dst, m, bad
+
+
+def mean_error(m: torch.Tensor, truth: torch.Tensor, src: torch.Tensor) -> float:
+    return float((T.apply(m, src) - T.apply(truth, src)).norm(dim=-1).mean())
+
+
+@pytest.mark.parametrize(("model", "d"), CASES)
+def test_exact_points_give_the_exact_transform(model: str, d: int) -> None:
+    src, dst, m, _ = make_points(model, d, 0, noise=0.0)
+    fit = lossfit.align(src, dst, model=model)
+    assert fit.success, fit.message
+    torch.testing.assert_close(fit.matrix, m, rtol=1e-8, atol=1e-8)
+    assert fit.matrix.shape == (d + 1, d + 1)
+
+
+@pytest.mark.parametrize(("model", "d"), CASES)
+def test_noisy_points_recover_the_transform_to_the_noise_level(model: str, d: int) -> None:
+    src, dst, m, _ = make_points(model, d, 1, noise=0.01)
+    fit = lossfit.align(src, dst, model=model)
+    assert fit.success and mean_error(fit.matrix, m, src) < 0.01
+    assert bool(fit.inliers.all())
+
+
+@pytest.mark.parametrize(("model", "d"), CASES)
+@pytest.mark.parametrize("loss", ["cauchy", "huber", "soft_l1", "mae"])
+def test_forty_percent_outliers_still_give_the_transform(model: str, d: int, loss: str) -> None:
+    src, dst, m, bad = make_points(model, d, 2, outliers=0.4)
+    fit = lossfit.align(src, dst, model=model, loss=loss)
+    plain = lossfit.align(src, dst, model=model)
+    assert fit.success, fit.message
+    # Cauchy's loss redescends (far outliers lose all influence); the convex ones keep a bounded bias.
+    assert mean_error(fit.matrix, m, src) < (0.02 if loss == "cauchy" else 0.05)
+    assert mean_error(plain.matrix, m, src) > 0.1  # least squares is pulled away: the robust fit is what helps
+    assert bool((fit.inliers == ~bad).all())
+
+
+@pytest.mark.parametrize(("model", "d"), [c for c in CASES if c[0] != "projective"])
+def test_closed_form_is_the_least_squares_optimum(model: str, d: int) -> None:
+    src, dst, _, _ = make_points(model, d, 3, noise=0.05)
+    fit = lossfit.align(src, dst, model=model)
+    # The refinement starts at the closed form and finds nothing to improve.
+    assert fit.reference is not None and fit.reference["max_matrix_change_from_closed_form"] < 1e-8
+    assert fit.reference["rms_distance"] == pytest.approx(fit.reference["closed_form_rms_distance"], rel=1e-10)
+
+
+def test_rigid_closed_form_agrees_with_scipy_kabsch() -> None:
+    src, dst, _, _ = make_points("rigid", 3, 4, noise=0.05)
+    m = closed_form("rigid", src, dst)
+    sc, dc = src - src.mean(0), dst - dst.mean(0)
+    rotation, _ = Rotation.align_vectors(dc.numpy(), sc.numpy())
+    torch.testing.assert_close(m[:3, :3], torch.from_numpy(rotation.as_matrix()), rtol=1e-10, atol=1e-10)
+
+
+def test_similarity_recovers_scale_and_rigid_keeps_it_one() -> None:
+    src, _, _, _ = make_points("rigid", 2, 5)
+    scaled = T.apply(T.matrix("similarity", torch.tensor([0.3, 1.0, 2.0, 0.7], dtype=F64), 2), src)
+    sim = lossfit.align(src, scaled, model="similarity")
+    rig = lossfit.align(src, scaled, model="rigid")
+    assert float(torch.linalg.det(sim.matrix[:2, :2])) == pytest.approx(float(torch.exp(torch.tensor(1.4))))
+    assert float(torch.linalg.det(rig.matrix[:2, :2])) == pytest.approx(1.0)
+
+
+def test_zero_weights_equal_dropping_the_points() -> None:
+    src, dst, _, bad = make_points("affine", 2, 6, outliers=0.2)
+    weighted = lossfit.align(src, dst, model="affine", weights=(~bad).to(F64))
+    dropped = lossfit.align(src[~bad], dst[~bad], model="affine")
+    torch.testing.assert_close(weighted.matrix, dropped.matrix, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(("model", "loss"), [("affine", "mse"), ("rigid", "cauchy"), ("projective", "huber")])
+def test_batch_equals_one_by_one(model: str, loss: str) -> None:
+    sets = [make_points(model, 2, 10 + i, outliers=0.2 if loss != "mse" else 0.0) for i in range(3)]
+    src = torch.stack([s[0] for s in sets])
+    dst = torch.stack([s[1] for s in sets])
+    batch = lossfit.align(src, dst, model=model, loss=loss, f_scale=0.05)
+    for i in range(3):
+        one = lossfit.align(src[i], dst[i], model=model, loss=loss, f_scale=0.05)
+        torch.testing.assert_close(batch.matrix[i], one.matrix, rtol=1e-7, atol=1e-7)
+    assert batch.matrix.shape == (3, 3, 3) and len(batch.statuses) == 3
+
+
+def test_same_seed_same_answer() -> None:
+    src, dst, _, _ = make_points("affine", 2, 7, outliers=0.3)
+    a = lossfit.align(src, dst, loss="cauchy", seed=3)
+    b = lossfit.align(src, dst, loss="cauchy", seed=3)
+    assert torch.equal(a.matrix, b.matrix)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda: lossfit.align(torch.zeros(2, 2), torch.zeros(2, 2), model="affine"), ValueError, "at least 3"),
+        (lambda: lossfit.align(torch.rand(5, 2), torch.rand(6, 2)), ValueError, "same shape"),
+        (lambda: lossfit.align(torch.rand(5, 2), torch.rand(5, 3)), ValueError, "same shape"),
+        (lambda: lossfit.align(torch.full((5, 2), float("nan")), torch.rand(5, 2)), ValueError, "finite"),
+        (lambda: lossfit.align(torch.rand(5), torch.rand(5)), ValueError, "points"),
+        (lambda: lossfit.align([["a", "b"]], [[1, 2]]), TypeError, "real numbers"),
+        (lambda: lossfit.align(torch.rand(5, 2), torch.rand(5, 2), model="shear"), ValueError, "model"),
+        (lambda: lossfit.align(torch.rand(5, 2), torch.rand(5, 2), loss="l0"), ValueError, "loss"),
+        (
+            lambda: lossfit.align(torch.rand(5, 2), torch.rand(5, 2), weights=-torch.ones(5)),
+            ValueError,
+            "weights",
+        ),
+        (lambda: lossfit.align(torch.rand(5, 1), torch.rand(5, 1), model="rigid"), ValueError, "2 or more"),
+    ],
+)
+def test_bad_input_names_the_argument(call: object, error: type[Exception], words: str) -> None:
+    with pytest.raises(error, match=words):
+        call()  # type: ignore[operator]
+
+
+def test_collinear_points_are_degenerate_for_an_affine_map() -> None:
+    t = torch.linspace(0, 1, 10, dtype=F64)
+    line = torch.stack([t, 2 * t + 1], dim=1)
+    with pytest.raises(ValueError, match="degenerate"):
+        lossfit.align(line, line + 1.0, model="affine")
+    # ... but they determine a translation.
+    assert lossfit.align(line, line + 1.0, model="translation").success
+
+
+def test_inputs_are_not_modified() -> None:
+    src, dst, _, _ = make_points("affine", 2, 8, outliers=0.3)
+    before = (src.clone(), dst.clone())
+    lossfit.align(src, dst, loss="cauchy")
+    assert torch.equal(src, before[0]) and torch.equal(dst, before[1])
