@@ -20,6 +20,7 @@ from lossfit.engine import (
     minimize,
 )
 from lossfit.errors import InputFileError, LossfitError, NonFiniteError
+from lossfit.models import Regression, curve_fit, fit
 from lossfit.points import Alignment, align
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "NonFiniteError",
     "Orthogonal",
     "Positive",
+    "Regression",
     "Solver",
     "SolverInfo",
     "Status",
@@ -45,6 +47,8 @@ __all__ = [
     "__version__",
     "align",
     "check_gradient",
+    "curve_fit",
+    "fit",
     "least_squares",
     "matrices",
     "minimize",

@@ -1,0 +1,291 @@
+"""Fitting models and curves to data: ``curve_fit`` (nonlinear regression) and ``fit`` (regression, classification,
+any ``nn.Module``).
+
+Both state a loss over data, solve it with the engine and return a :class:`~lossfit.FitResult` subclass with the
+statistics that apply: standard errors, covariance, correlations and confidence intervals for least squares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lossfit.engine import FitResult, least_squares, minimize
+from lossfit.stats import t_quantile
+
+DATA_LOSSES = ("mse", "mae", "huber", "bce", "cross_entropy")
+
+
+@dataclass(frozen=True)
+class Regression(FitResult):
+    """A fit with its statistics. ``stderr``, ``covariance`` come from the FitResult (least-squares fits only).
+
+    Attributes:
+        dof: degrees of freedom, ``m - n`` (residuals minus parameters).
+        names: parameter names, for tables.
+    """
+
+    dof: int = 0
+    names: tuple[str, ...] = ()
+
+    @property
+    def correlation(self) -> torch.Tensor | None:
+        """Correlations of the parameters (from the covariance)."""
+        if self.covariance is None:
+            return None
+        sd = torch.diagonal(self.covariance, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+        return self.covariance / (sd.unsqueeze(-1) * sd.unsqueeze(-2)).clamp_min(1e-300)
+
+    def confidence_interval(self, level: float = 0.95) -> torch.Tensor:
+        """``(n, 2)`` lower and upper bounds of each flat parameter, from Student's t with ``dof`` degrees of
+        freedom."""
+        if not 0 < level < 1:
+            raise ValueError(f"`level` must be between 0 and 1; got {level}")
+        if self.stderr is None or self.dof <= 0:
+            raise ValueError("no confidence intervals: the fit has no covariance (or no degrees of freedom)")
+        q = t_quantile(0.5 + level / 2, self.dof)
+        centre = _flat(self.params)
+        return torch.stack([centre - q * self.stderr, centre + q * self.stderr], dim=-1)
+
+
+def _flat(params: Any) -> torch.Tensor:
+    if isinstance(params, dict):
+        return torch.cat([v.reshape(-1) for v in params.values()])
+    return params.reshape(-1) if params.ndim <= 1 else params.reshape(params.shape[0], -1)
+
+
+def _tensor(value: Any, argument: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    try:
+        t = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"`{argument}` must be an array of numbers; got {type(value).__name__}") from None
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"`{argument}` must hold real numbers; got {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(dtype or torch.float64)
+    elif dtype is not None:
+        t = t.to(dtype)
+    if t.numel() == 0:
+        raise ValueError(f"`{argument}` must not be empty")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"`{argument}` must be finite; it holds NaN or infinity")
+    return t
+
+
+def curve_fit(
+    f: Callable[..., torch.Tensor],
+    x: Any,
+    y: Any,
+    p0: Any,
+    *,
+    sigma: Any = None,
+    bounds: tuple[Any, Any] | None = None,
+    loss: str = "linear",
+    f_scale: float = 1.0,
+    batch: bool = False,
+    **options: Any,
+) -> Regression:
+    """Fit ``y ~ f(x, p)`` by (robust, weighted) least squares; ``p`` is a tensor or a dict of tensors.
+
+    Args:
+        f: ``f(x, p) -> prediction`` with the shape of ``y`` (written for one data set when ``batch``).
+        x, y: the data (any shapes ``f`` accepts); with ``batch=True`` both lead with the batch dimension.
+        p0: the start.
+        sigma: the standard deviation of each ``y`` (residuals are divided by it, as in scipy's ``curve_fit``).
+        bounds, loss, f_scale, **options: as for :func:`lossfit.least_squares`.
+
+    Returns:
+        A :class:`Regression` with ``stderr``, ``covariance``, ``correlation`` and ``confidence_interval()``; the
+        covariance is scaled by the residual variance ``2 * loss / dof`` (scipy's ``absolute_sigma=False``).
+
+    Example:
+        >>> import torch, lossfit
+        >>> x = torch.linspace(0, 4, 30, dtype=torch.float64)
+        >>> y = 3.0 * torch.exp(-0.7 * x) + 0.5
+        >>> fit = lossfit.curve_fit(lambda x, p: p[0] * torch.exp(-p[1] * x) + p[2], x, y, torch.ones(3))
+        >>> fit.success, [round(v, 9) for v in fit.params.tolist()]
+        (True, [3.0, 0.7, 0.5])
+    """
+    if not callable(f):
+        raise TypeError(f"`f` must be callable; got {type(f).__name__}")
+    x_t = _tensor(x, "x")
+    y_t = _tensor(y, "y")
+    w = None
+    if sigma is not None:
+        s = _tensor(sigma, "sigma", y_t.dtype)
+        if bool((s <= 0).any()):
+            raise ValueError("`sigma` must be positive")
+        w = torch.broadcast_to(1 / s, y_t.shape).clone()
+    weight = torch.ones_like(y_t) if w is None else w
+
+    def residual(p: Any, xx: torch.Tensor, yy: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
+        prediction = f(xx, p)
+        if prediction.shape != yy.shape:
+            raise ValueError(f"`f(x, p)` must have the shape of `y` {tuple(yy.shape)}; got {tuple(prediction.shape)}")
+        return (prediction - yy) * ww
+
+    result = least_squares(
+        residual, p0, args=(x_t, y_t, weight), bounds=bounds, loss=loss, f_scale=f_scale, batch=batch, **options
+    )
+    m = y_t[0].numel() if batch else y_t.numel()
+    n = _flat(p0 if not isinstance(p0, torch.Tensor) else p0[0] if batch else p0).numel()
+    return Regression(**_fields(result), dof=m - n)
+
+
+def _fields(result: FitResult) -> dict[str, Any]:
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(FitResult)}
+
+
+def _huber_scale(r: torch.Tensor) -> float:
+    """1.345 robust standard deviations (median absolute deviation): Huber's 95%-efficiency threshold."""
+    mad = (r - r.median()).abs().median()
+    return float(1.345 * 1.4826 * mad.clamp_min(1e-12))
+
+
+def fit(
+    model: str | nn.Module,
+    x: Any,
+    y: Any,
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    weights: Any = None,
+    solver: str = "auto",
+    f_scale: float | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> Regression:
+    """Fit a model to data ``x (N, k)``, ``y (N,)`` (or ``(N, j)``) by minimising a loss over the samples.
+
+    Args:
+        model: ``"linear"`` (``y = x W + b``), ``"logistic"`` (binary, ``P(y=1) = sigmoid(x w + b)``),
+            ``"softmax"`` (classes ``0 .. C-1``), or any ``nn.Module`` (its parameters are fitted; it is not modified:
+            the fitted values come back in ``params``, keyed by parameter name).
+        loss: ``"mse"``, ``"mae"`` (absolute error, smoothed at 1e-6 of the data scale), ``"huber"``, ``"bce"``,
+            ``"cross_entropy"``, or ``callable(prediction, y) -> per-sample losses``. Default: ``mse`` for linear,
+            ``bce`` for logistic and ``cross_entropy`` for softmax.
+        weights: a weight per sample.
+        solver: ``"auto"``: least squares (Levenberg-Marquardt) for mse, mae and huber on a linear model,
+            L-BFGS otherwise; or any engine solver.
+        f_scale: Huber's threshold (default 1.345 robust standard deviations of the least-squares residuals).
+        seed: seeds an ``nn.Module``'s start only through the module's own initialisation (not used otherwise).
+
+    Returns:
+        A :class:`Regression`; for least-squares fits with ``stderr``, ``covariance`` and confidence intervals.
+    """
+    del seed
+    x_t = _tensor(x, "x")
+    if x_t.ndim == 1:
+        x_t = x_t.unsqueeze(1)
+    if x_t.ndim != 2:
+        raise ValueError(f"`x` must be (N, features); got shape {tuple(x_t.shape)}")
+    n = x_t.shape[0]
+    kind = model if isinstance(model, str) else "module"
+    if isinstance(model, str) and model not in ("linear", "logistic", "softmax"):
+        raise ValueError(f"`model` must be 'linear', 'logistic', 'softmax' or an nn.Module; got {model!r}")
+    if not isinstance(model, (str, nn.Module)):
+        raise TypeError(f"`model` must be a name or an nn.Module; got {type(model).__name__}")
+    loss = loss or {"linear": "mse", "logistic": "bce", "softmax": "cross_entropy", "module": "mse"}[kind]
+    if isinstance(loss, str) and loss not in DATA_LOSSES:
+        raise ValueError(f"`loss` must be one of {', '.join(repr(v) for v in DATA_LOSSES)} or a callable; got {loss!r}")
+    if kind == "softmax":
+        y_t = _tensor(y, "y").reshape(-1)
+        if bool((y_t != y_t.round()).any()) or bool((y_t < 0).any()):
+            raise ValueError("`y` for a softmax model must be class indices 0, 1, ..., C-1")
+        y_t = y_t.long()
+    else:
+        y_t = _tensor(y, "y", x_t.dtype)
+        if kind == "logistic":
+            y_t = y_t.reshape(-1)
+            if bool(((y_t != 0) & (y_t != 1)).any()):
+                raise ValueError("`y` for a logistic model must be 0 or 1")
+    if y_t.shape[0] != n:
+        raise ValueError(f"`x` and `y` must have the same number of samples; got {n} and {y_t.shape[0]}")
+    w = None
+    if weights is not None:
+        w = _tensor(weights, "weights", x_t.dtype).reshape(-1)
+        if w.shape[0] != n or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError(f"`weights` must be {n} non-negative values, not all zero")
+
+    predict, p0 = _model(model, kind, x_t, y_t)
+    per_sample = _per_sample_loss(loss)
+    sample_w = torch.ones(n, dtype=x_t.dtype) if w is None else w / w.mean()
+
+    least_squares_loss = isinstance(loss, str) and loss in ("mse", "mae", "huber") and kind in ("linear", "module")
+    if least_squares_loss and solver in ("auto", "lm", "gauss-newton", "krylov"):
+
+        def residual(p: Any, xx: torch.Tensor, yy: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
+            r = predict(p, xx) - yy
+            return (r * ww.sqrt().reshape(-1, *([1] * (r.ndim - 1)))).reshape(-1)
+
+        robust: dict[str, Any] = {}
+        if loss == "huber":
+            plain = least_squares(residual, p0, args=(x_t, y_t, sample_w), history=False, rank_check=False)
+            delta = f_scale or _huber_scale(residual(plain.params, x_t, y_t, sample_w))
+            robust = {"loss": "huber", "f_scale": delta}
+        elif loss == "mae":
+            robust = {"loss": "soft_l1", "f_scale": 1e-6 * float(y_t.abs().max().clamp_min(1e-12))}
+        # A network's parameters are not identifiable (permuted units fit as well): its Jacobian is rank deficient
+        # by construction, so only convergence is judged there.
+        result = least_squares(
+            residual, p0, args=(x_t, y_t, sample_w), solver=solver, rank_check=kind != "module", **robust, **options
+        )
+        dof = n * (y_t[0].numel() if y_t.ndim > 1 else 1) - _flat(p0).numel()
+        return Regression(**_fields(result), dof=dof)
+
+    def objective(p: Any, xx: torch.Tensor, yy: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
+        return (per_sample(predict(p, xx), yy) * ww).mean()
+
+    chosen = "lbfgs" if solver == "auto" else solver
+    result = minimize(objective, p0, args=(x_t, y_t, sample_w), solver=chosen, **options)
+    return Regression(**_fields(result), dof=0)
+
+
+def _model(
+    model: str | nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor
+) -> tuple[Callable[..., torch.Tensor], Any]:
+    k = x.shape[1]
+    if kind == "linear":
+        outputs = y.shape[1] if y.ndim > 1 else 0
+        shape = (k, outputs) if outputs else (k,)
+        p0 = {"weight": torch.zeros(shape, dtype=x.dtype), "bias": torch.zeros(shape[1:], dtype=x.dtype)}
+        return (lambda p, xx: xx @ p["weight"] + p["bias"]), p0
+    if kind == "logistic":
+        p0 = {"weight": torch.zeros(k, dtype=x.dtype), "bias": torch.zeros((), dtype=x.dtype)}
+        return (lambda p, xx: xx @ p["weight"] + p["bias"]), p0
+    if kind == "softmax":
+        classes = int(y.max()) + 1
+        p0 = {"weight": torch.zeros(k, classes, dtype=x.dtype), "bias": torch.zeros(classes, dtype=x.dtype)}
+        return (lambda p, xx: xx @ p["weight"] + p["bias"]), p0
+    assert isinstance(model, nn.Module)
+    start = {name: value.detach().clone().to(x.dtype) for name, value in model.named_parameters()}
+    if not start:
+        raise ValueError("`model` has no parameters to fit")
+
+    def predict(p: dict[str, torch.Tensor], xx: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model, p, (xx,))
+        return out
+
+    return predict, start
+
+
+def _per_sample_loss(loss: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if callable(loss):
+        return loss
+
+    def reduce(values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(values.shape[0], -1).mean(dim=1) if values.ndim > 1 else values
+
+    if loss == "mse":
+        return lambda p, y: reduce((p - y) ** 2)
+    if loss == "mae":
+        return lambda p, y: reduce((p - y).abs())
+    if loss == "huber":
+        return lambda p, y: reduce(torch.nn.functional.huber_loss(p, y, reduction="none"))
+    if loss == "bce":
+        return lambda p, y: torch.nn.functional.binary_cross_entropy_with_logits(p.reshape(-1), y, reduction="none")
+    return lambda p, y: torch.nn.functional.cross_entropy(p, y, reduction="none")
