@@ -105,11 +105,23 @@ def matrix(
     _emit(result, out, json_out, plot)
 
 
-def _emit(result: Any, out: Path | None, json_out: bool, plot: Path | None) -> None:
+def _emit(
+    result: Any,
+    out: Path | None,
+    json_out: bool,
+    plot: Path | None,
+    params_out: Path | None = None,
+    matrix_out: Path | None = None,
+) -> None:
     from lossfit.io import write_arrays
 
     if out is not None:
         write_arrays(out, result.params)
+    if params_out is not None:
+        params = result.params if isinstance(result.params, dict) else {"params": result.params}
+        write_arrays(params_out, params)
+    if matrix_out is not None:
+        write_arrays(matrix_out, result.matrix)
     if plot is not None:
         from lossfit.plotting import _pyplot, save_figure
 
@@ -119,6 +131,8 @@ def _emit(result: Any, out: Path | None, json_out: bool, plot: Path | None) -> N
         save_figure(fig, str(plot))
     if json_out:
         summary = result.to_dict()
+        if getattr(result, "matrix", None) is not None:
+            summary["matrix"] = result.matrix.tolist()
         if _size(result.params) > 10_000:
             summary["params"] = "omitted (large); use --out"
         typer.echo(json.dumps(summary, indent=2))
@@ -132,6 +146,104 @@ def _size(params: Any) -> int:
     if isinstance(params, dict):
         return sum(v.numel() for v in params.values())
     return int(params.numel())
+
+
+def _parse_start(text: str) -> dict[str, float]:
+    start: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--start must look like a=1,b=0.1; got {text!r}")
+        try:
+            start[name.strip()] = float(value)
+        except ValueError:
+            fail(f"--start: {value.strip()!r} is not a number (for {name.strip()!r})")
+    return start
+
+
+@app.command()
+@guarded
+def fit(
+    data: Annotated[Path, typer.Argument(help="a CSV table whose first line names the columns")],
+    model: Annotated[str, typer.Option(help="linear, logistic, softmax, or a formula such as 'a*exp(-b*x)+c'")],
+    start: Annotated[str | None, typer.Option(help="starting values of a formula's parameters: a=1,b=0.1")] = None,
+    target: Annotated[str, typer.Option(help="the column to predict")] = "y",
+    loss: Annotated[str | None, typer.Option(help="mse, mae, huber (and bce, cross_entropy for classifiers)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the fitted parameters (.npz)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    plot: Annotated[Path | None, typer.Option(help="save the convergence plot (.png/.svg/.pdf)")] = None,
+) -> None:
+    """Fit a model or a formula to a table of data."""
+    import torch
+
+    from lossfit.io import check_output_suffix, read_table
+    from lossfit.models import curve_fit
+    from lossfit.models import fit as fit_model
+
+    if out is not None:
+        check_output_suffix(out, several=True)
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+    table = read_table(data)
+    if target not in table:
+        fail(f"{data}: no column {target!r} to predict (columns: {', '.join(table)}); name it with --target")
+    y = table[target]
+    if model in ("linear", "logistic", "softmax"):
+        features = [name for name in table if name != target]
+        if not features:
+            fail(f"{data}: no feature columns besides {target!r}")
+        x = torch.stack([table[name] for name in features], dim=1)
+        result = fit_model(model, x, y, loss=loss)
+    else:
+        from lossfit.formula import parse
+
+        formula = parse(model)
+        if start is None:
+            fail("a formula model needs --start with a value for each parameter, e.g. --start a=1,b=0.1")
+        starts = _parse_start(start)  # type: ignore[arg-type]
+        unknown = [name for name in starts if name not in formula.names]
+        if unknown:
+            fail(f"--start names {', '.join(unknown)}, which the formula {model!r} does not use")
+        params = [name for name in formula.names if name not in table]
+        missing = [name for name in params if name not in starts]
+        if missing:
+            fail(f"the formula uses {', '.join(missing)}: not a column of {data} and not given in --start")
+        if target in formula.names:
+            fail(f"the formula must not use the target column {target!r}")
+        columns = {name: table[name] for name in formula.names if name in table}
+        robust = {"mse": "linear", None: "linear", "mae": "soft_l1", "huber": "huber"}
+        if loss not in robust:
+            fail(f"--loss for a formula must be mse, mae or huber; got {loss!r}")
+
+        def predict(_: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return torch.broadcast_to(formula({**columns, **p}), y.shape)
+
+        p0 = {name: torch.tensor(starts[name], dtype=torch.float64) for name in params}
+        result = curve_fit(predict, y, y, p0, loss=robust[loss])
+    _emit(result, None, json_out, plot, params_out=out)
+
+
+@app.command()
+@guarded
+def align(
+    src: Annotated[Path, typer.Argument(help="source points (N, d): .npy, .csv or text")],
+    dst: Annotated[Path, typer.Argument(help="destination points (N, d), in the same order")],
+    model: Annotated[str, typer.Option(help="translation, linear, affine, rigid, similarity or projective")] = "affine",
+    loss: Annotated[str, typer.Option(help="mse, mae, huber, cauchy or soft_l1")] = "mse",
+    out: Annotated[Path | None, typer.Option(help="write the (d+1)x(d+1) matrix (.npy/.csv/.txt)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    plot: Annotated[Path | None, typer.Option(help="save the convergence plot (.png/.svg/.pdf)")] = None,
+) -> None:
+    """Fit the transform that maps SRC points onto DST points."""
+    from lossfit.io import check_output_suffix, read_matrix
+    from lossfit.points import align as align_points
+
+    if out is not None:
+        check_output_suffix(out, several=False)
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+    result = align_points(read_matrix(src), read_matrix(dst), model=model, loss=loss)
+    _emit(result, None, json_out, plot, matrix_out=out)
 
 
 @app.command()

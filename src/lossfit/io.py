@@ -113,3 +113,39 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def read_table(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a comma-separated table whose first line names the columns; every other cell must be a number.
+
+    Raises :class:`InputFileError` naming the file, and the row and column of the first cell that is not a number.
+    """
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    try:
+        with open(p, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(f"{p}: cannot be read ({_first_line(exc)})") from None
+    if len(rows) < 2:
+        raise InputFileError(f"{p}: needs a header line of column names and at least one row of numbers")
+    header = [name.strip() for name in rows[0]]
+    if len(set(header)) != len(header) or not all(header):
+        raise InputFileError(f"{p}: the column names in the header must be unique and non-empty")
+    columns: list[list[float]] = [[] for _ in header]
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InputFileError(f"{p}: line {number} has {len(row)} cells; the header has {len(header)}")
+        for cells, name, cell in zip(columns, header, row, strict=True):
+            try:
+                cells.append(float(cell))
+            except ValueError:
+                raise InputFileError(f"{p}: line {number}, column {name!r}: {cell.strip()!r} is not a number") from None
+    table = {name: torch.tensor(values, dtype=torch.float64) for name, values in zip(header, columns, strict=True)}
+    for name, values in table.items():
+        if not bool(torch.isfinite(values).all()):
+            raise InputFileError(f"{p}: column {name!r} holds NaN or infinity")
+    return table

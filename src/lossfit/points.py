@@ -252,7 +252,8 @@ def align(
     robust_kwargs: dict[str, Any] = {}
     if loss != "mse":
         noise = float(scale.max()) if scale.numel() else 1.0
-        chosen_scale = f_scale if f_scale is not None else max(_SCALE[loss] * noise, 1e-12 * _spread(dst_t))
+        # Exact inliers have no noise scale: the floor keeps the robust loss well scaled (1e-6 of the data's extent).
+        chosen_scale = f_scale if f_scale is not None else max(_SCALE[loss] * noise, 1e-6 * _spread(dst_t))
         robust_kwargs = {"loss": "soft_l1" if loss == "mae" else loss, "f_scale": chosen_scale, "group": d}
     fit = least_squares(residual, p0, args=(src_t, dst_t, root_w), batch=batch, **robust_kwargs, **options)
     m = T.matrix(model, fit.params, d)

@@ -159,9 +159,33 @@ class FitResult:
             f"steps:   {self.num_steps}   evaluations: {self.num_evals}   time: {self.time:.4g} s",
             f"solver:  {self.solver.name}" + (f" ({self.solver.reason})" if self.solver.reason else ""),
         ]
+        table = self._params_table()
+        if table:
+            lines.append("params:  " + table)
         if self.reference:
             lines.append("reference: " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.reference.items()))
         return "\n".join(lines)
+
+    def _params_table(self, limit: int = 20) -> str:
+        """``name=value +- stderr`` for up to ``limit`` parameter values of a single problem, else ''."""
+        if len(self.statuses) != 1:
+            return ""
+        items = self.params.items() if isinstance(self.params, dict) else [("p", self.params)]
+        names: list[str] = []
+        values: list[float] = []
+        for name, value in items:
+            flat = value.detach().reshape(-1)
+            names += [name] if flat.numel() == 1 else [f"{name}[{i}]" for i in range(flat.numel())]
+            values += flat.tolist()
+        if not values or len(values) > limit:
+            return ""
+        errors = self.stderr.reshape(-1).tolist() if self.stderr is not None else [None] * len(values)
+        if len(errors) != len(values):
+            errors = [None] * len(values)
+        return ", ".join(
+            f"{n}={v:.8g}" + (f" +- {e:.3g}" if e is not None and math.isfinite(e) else "")
+            for n, v, e in zip(names, values, errors, strict=True)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe summary (parameters as nested lists; NaN and infinity as None)."""
