@@ -21,3 +21,15 @@ def test_seed003_example_runs_and_plots(tmp_path: Path) -> None:
     assert "seed's method" in out.stdout and "newton-schulz" in out.stdout
     assert plot.stat().st_size > 10_000
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed000_and_seed001_examples_run_their_own_checks() -> None:
+    for name, expect in (("seed000_transforms.py", "network fit"), ("seed001_losses.py", "softmax regression")):
+        out = subprocess.run(
+            [sys.executable, "-W", "error", str(ROOT / "examples" / name)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        assert expect in out.stdout
