@@ -32,9 +32,8 @@ def main() -> None:
     for loss in ("mse", "mae", "huber"):
         fitted = lossfit.fit("linear", x, dirty, loss=loss)
         slopes[loss] = float(fitted.params["weight"][0])
-        print(
-            f"{loss:5s} with 20% outliers: slope {slopes[loss]:.3f}, bias {float(fitted.params['bias']):.3f} (truth 2, 1)"
-        )
+        bias = float(fitted.params["bias"])
+        print(f"{loss:5s} with 20% outliers: slope {slopes[loss]:.3f}, bias {bias:.3f} (truth 2, 1)")
     assert abs(slopes["mae"] - 2) < abs(slopes["mse"] - 2) and abs(slopes["huber"] - 2) < abs(slopes["mse"] - 2)
 
     # Example 2: binary classification with binary cross-entropy (a logistic model: a linear layer and a sigmoid).
