@@ -8,12 +8,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lossfit import transforms
 from lossfit.experiments import plot_seed003, seed003
-from lossfit.plotting import save_figure
+from lossfit.models import curve_fit
+from lossfit.plotting import _pyplot, save_figure
+from lossfit.points import align
 
 
 def run_demo(out: Path, console: Console | None = None) -> dict[str, Path]:
-    """Run seed 003's experiment as published and a comparison of solvers on it; write plots into ``out``.
+    """Run seed 003's experiment and a comparison of solvers on it, a point alignment with outliers and a curve fit
+    with uncertainties; write their plots into ``out``.
 
     Returns the paths written.
     """
@@ -50,6 +54,74 @@ def run_demo(out: Path, console: Console | None = None) -> dict[str, Path]:
             f"{float(run.relative_residual[-1]):.2e}",
         )
     console.print(table)
+    with console.status("a similarity transform from 60 point pairs, 40% of them outliers"):
+        written["align"] = _alignment_demo(out, console)
+    with console.status("a curve fit with standard errors"):
+        written["curve"] = _curve_demo(out, console)
     for name, path in written.items():
         console.print(f"wrote {name}: {path}")
     return written
+
+
+def _alignment_demo(out: Path, console: Console) -> Path:
+    g = torch.Generator().manual_seed(0)
+    truth = transforms.matrix("similarity", torch.tensor([0.35, 2.0, -1.0, 0.15], dtype=torch.float64), 2)
+    src = 10 * torch.rand(60, 2, generator=g, dtype=torch.float64)
+    dst = transforms.apply(truth, src) + 0.02 * torch.randn(60, 2, generator=g, dtype=torch.float64)
+    bad = torch.zeros(60, dtype=torch.bool)
+    bad[torch.randperm(60, generator=g)[:24]] = True
+    dst[bad] += 6 * torch.randn(24, 2, generator=g, dtype=torch.float64)
+    robust = align(src, dst, model="similarity", loss="cauchy")
+    plain = align(src, dst, model="similarity")
+    assert robust.matrix is not None and plain.matrix is not None and robust.inliers is not None
+    error = float((robust.matrix - truth).abs().max())
+    console.print(
+        f"alignment, 40% outliers: robust fit {robust.status.name.lower()}, largest matrix error {error:.1e} "
+        f"(least squares: {float((plain.matrix - truth).abs().max()):.1e}); "
+        f"{int((robust.inliers == ~bad).sum())} of 60 points classified right"
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    mapped = transforms.apply(robust.matrix, src)
+    ax.scatter(dst[~bad, 0], dst[~bad, 1], s=18, label="destination (inliers)")
+    ax.scatter(dst[bad, 0], dst[bad, 1], s=18, marker="x", label="destination (outliers)")
+    ax.scatter(mapped[:, 0], mapped[:, 1], s=40, facecolors="none", edgecolors="k", label="source mapped (Cauchy fit)")
+    least = transforms.apply(plain.matrix, src)
+    ax.scatter(least[:, 0], least[:, 1], s=8, alpha=0.5, label="source mapped (least squares)")
+    ax.set_title(f"Similarity from points with 40% outliers: max matrix error {error:.1e}")
+    ax.legend(fontsize=7)
+    path = out / "align.png"
+    save_figure(fig, str(path))
+    return path
+
+
+def _curve_demo(out: Path, console: Console) -> Path:
+    g = torch.Generator().manual_seed(1)
+    x = torch.linspace(0, 5, 40, dtype=torch.float64)
+    y = 2.5 * (1 - torch.exp(-0.8 * x)) + 0.03 * torch.randn(40, generator=g, dtype=torch.float64)
+    fit = curve_fit(
+        lambda x, p: p["a"] * (1 - torch.exp(-p["b"] * x)),
+        x,
+        y,
+        {"a": torch.tensor(1.0, dtype=torch.float64), "b": torch.tensor(1.0, dtype=torch.float64)},
+    )
+    assert fit.stderr is not None
+    ci = fit.confidence_interval(0.95)
+    console.print(
+        f"curve fit y = a (1 - exp(-b x)): {fit.status.name.lower()}; "
+        + ", ".join(
+            f"{n} = {float(v):.4f} (95% CI {float(lo):.4f} .. {float(hi):.4f})"
+            for n, v, (lo, hi) in zip(("a", "b"), (fit.params["a"], fit.params["b"]), ci.tolist(), strict=True)
+        )
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, y, "o", ms=4, label="data")
+    fine = torch.linspace(0, 5, 200, dtype=torch.float64)
+    ax.plot(fine, fit.params["a"] * (1 - torch.exp(-fit.params["b"] * fine)), label="fit")
+    a, b = float(fit.params["a"]), float(fit.params["b"])
+    ax.set_title(f"a = {a:.3f} +- {float(fit.stderr[0]):.3f}, b = {b:.3f} +- {float(fit.stderr[1]):.3f}")
+    ax.legend()
+    path = out / "curve.png"
+    save_figure(fig, str(path))
+    return path
