@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/matrix_inverse.py
 	$(BIN)/python benchmarks/curve_batch.py
+	$(BIN)/python benchmarks/points.py
 
 clean:
 	rm -rf $(VENV) lossfit-demo .pytest_cache .mypy_cache .ruff_cache

@@ -127,16 +127,32 @@ def _dlt(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return m / m[..., d : d + 1, d : d + 1]
 
 
+def sample_count(k: int, outliers: float = 0.5, confidence: float = 0.999) -> int:
+    """Random minimal samples of ``k`` points needed to draw one free of outliers with the given confidence."""
+    return math.ceil(math.log(1 - confidence) / math.log(1 - (1 - outliers) ** k))
+
+
 def robust_start(
-    model: str, src: torch.Tensor, dst: torch.Tensor, hypotheses: int = 500, seed: int = 0
+    model: str, src: torch.Tensor, dst: torch.Tensor, hypotheses: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Least median of squares over random minimal samples, batched; returns the start matrix and the noise scale.
 
     Each hypothesis is the closed form on a minimal sample; the one with the smallest median squared distance wins
-    (Rousseeuw, 1984), and the closed form is refitted on its inliers (within 2.5 robust standard deviations).
+    (Rousseeuw, 1984), and the closed form is refitted on its inliers (within 2.5 robust standard deviations). The
+    number of samples (default) gives 99.9% confidence of one clean sample with half the points outliers, the
+    breakdown point of the median. Batches are processed in chunks that bound the memory used.
     """
     n, d = src.shape[-2], src.shape[-1]
     k = T.min_points(model, d)
+    hypotheses = hypotheses or sample_count(k)
+    if src.ndim == 3:
+        chunk = max(1, 4_000_000 // (hypotheses * n * d))
+        if src.shape[0] > chunk:
+            parts = [
+                robust_start(model, src[i : i + chunk], dst[i : i + chunk], hypotheses, seed + i)
+                for i in range(0, src.shape[0], chunk)
+            ]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     g = torch.Generator().manual_seed(seed)
     picks = torch.argsort(torch.rand(*src.shape[:-2], hypotheses, n, generator=g), dim=-1)[..., :k].to(src.device)
     gather = picks.unsqueeze(-1).expand(*picks.shape, d)
