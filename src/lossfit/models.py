@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, least_squares, minimize
 from lossfit.stats import t_quantile
 
@@ -60,21 +61,8 @@ def _flat(params: Any) -> torch.Tensor:
 
 
 def _tensor(value: Any, argument: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    try:
-        t = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"`{argument}` must be an array of numbers; got {type(value).__name__}") from None
-    if t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"`{argument}` must hold real numbers; got {t.dtype}")
-    if not t.is_floating_point():
-        t = t.to(dtype or torch.float64)
-    elif dtype is not None:
-        t = t.to(dtype)
-    if t.numel() == 0:
-        raise ValueError(f"`{argument}` must not be empty")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"`{argument}` must be finite; it holds NaN or infinity")
-    return t
+    t = as_real_tensor(value, argument)
+    return t if dtype is None else t.to(dtype)
 
 
 def curve_fit(

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from lossfit import transforms as T
+from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, least_squares
 from lossfit.transforms.homogeneous import _check_model
 
@@ -299,30 +300,11 @@ def align(
 
 
 def _points(value: Any, argument: str, ndim: int | None = None) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        t = value.detach()
-    else:
-        try:
-            import numpy as np
-
-            array = np.asarray(value)
-        except Exception:
-            raise TypeError(f"`{argument}` must be an array of numbers; got {type(value).__name__}") from None
-        if array.dtype.kind not in "iuf":
-            raise TypeError(f"`{argument}` must hold real numbers; got an array of {array.dtype}")
-        t = torch.from_numpy(array.astype(np.float64) if array.dtype.kind in "iu" else array.copy())
-    if t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"`{argument}` must hold real numbers; got {t.dtype}")
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
+    t = as_real_tensor(value, argument)
     if ndim is None and t.ndim not in (2, 3):
         raise ValueError(f"`{argument}` must be points (N, d) or a batch (B, N, d); got shape {tuple(t.shape)}")
     if ndim is not None and t.ndim != ndim:
         raise ValueError(f"`{argument}` must have {ndim} dimension(s); got shape {tuple(t.shape)}")
-    if t.numel() == 0:
-        raise ValueError(f"`{argument}` must not be empty; got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"`{argument}` must be finite; it holds NaN or infinity")
     return t
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, Status, least_squares, minimize
 from lossfit.engine.solvers import DENSE_LIMIT, SOLVERS
 
@@ -22,32 +23,11 @@ def as_matrix(value: Any, argument: str, *, square: bool = False, min_ndim: int 
     Integer input becomes float64; float input keeps its dtype. Raises ``TypeError`` for a non-numeric value and
     ``ValueError`` for a wrong shape, an empty matrix or NaN/infinity, naming ``argument``.
     """
-    if isinstance(value, torch.Tensor):
-        t = value.detach()
-    else:
-        try:
-            import numpy as np
-
-            array = np.asarray(value)
-        except Exception:
-            raise TypeError(
-                f"`{argument}` must be a matrix (tensor, array or nested list); got {type(value).__name__}"
-            ) from None
-        if array.dtype.kind not in "iuf":
-            raise TypeError(f"`{argument}` must hold real numbers; got array of dtype {array.dtype}")
-        t = torch.from_numpy(array.astype(np.float64) if array.dtype.kind in "biu" else array.copy())
-    if t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"`{argument}` must be real; got dtype {t.dtype}")
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
+    t = as_real_tensor(value, argument)
     if t.ndim not in (1, 2, 3) or t.ndim < min_ndim:
         raise ValueError(f"`{argument}` must be a 2-D matrix (or a 3-D batch of them); got shape {tuple(t.shape)}")
-    if t.numel() == 0:
-        raise ValueError(f"`{argument}` must not be empty; got shape {tuple(t.shape)}")
     if square and t.shape[-1] != t.shape[-2]:
         raise ValueError(f"`{argument}` must be square; got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"`{argument}` must be finite; it holds NaN or infinity")
     return t
 
 
