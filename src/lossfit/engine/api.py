@@ -241,7 +241,7 @@ def _finish(
         if spec.numel <= DENSE_LIMIT:
             residuals, jac = obj.residual_and_jacobian(x, rows)
             g0 = outcome.g0 if outcome.g0 is not None else obj.value_and_grad(x0, rows)[1].abs().amax(dim=1)
-            suspect, singular, cov = _check_least_squares(obj, residuals, jac, g0)
+            suspect, singular, cov = _check_least_squares(obj, residuals, jac, g0, x)
             if rank_check:
                 status = torch.where(_converged(status) & singular, Status.SINGULAR, status)
             # Residuals at the rounding level of the model (|r| <= eps |J| |x|) are zero: the cosine means nothing.
@@ -286,7 +286,7 @@ def _converged(status: torch.Tensor) -> torch.Tensor:
 
 
 def _check_least_squares(
-    obj: Objective, r: torch.Tensor, jac: torch.Tensor, g0: torch.Tensor
+    obj: Objective, r: torch.Tensor, jac: torch.Tensor, g0: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """First-order optimality, numerical rank and covariance from the Jacobian at the answer.
 
@@ -305,7 +305,12 @@ def _check_least_squares(
     safe_col = torch.where(col > 0, col, torch.ones_like(col))
     sv, vh = _singular(jw / safe_col.unsqueeze(1))
     rtol = torch.finfo(jw.dtype).eps ** 0.6
-    singular = (sv[:, -1] <= rtol * sv[:, 0]) | (col == 0).any(dim=1) | (m < n)
+    # A parameter whose full-scale change (|x| or 1) moves the residuals by less than rounding, against the most
+    # influential parameter, is not determined by the data (a rate run off to a plateau, say): normalising the
+    # columns would hide that, so it is tested on the scaled column norms.
+    influence = col * x.abs().clamp_min(1.0)
+    vanishing = (influence <= torch.finfo(jw.dtype).eps * influence.amax(dim=1, keepdim=True)).any(dim=1)
+    singular = (sv[:, -1] <= rtol * sv[:, 0]) | (col == 0).any(dim=1) | (m < n) | vanishing
     dof = m - n
     s2 = 2 * obj.cost(r) / dof if dof > 0 else torch.full_like(r[:, 0], float("nan"))
     inv_sv2 = torch.where(singular.unsqueeze(1), torch.full_like(sv, float("inf")), 1 / sv.clamp_min(1e-300) ** 2)
