@@ -20,7 +20,6 @@ Run: ``taskset -c 1 python benchmarks/curves.py`` (one core; ``--threads`` sets 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -38,7 +37,7 @@ import torch
 import lossfit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from hard_curves import PROBLEMS, HardCurve
+from hard_curves import PROBLEMS, HardCurve, correct_digits
 
 DIGITS = 6.0
 
@@ -49,19 +48,6 @@ class Run:
     success: bool
     seconds: float
     note: str = ""
-
-
-def lre(estimate: float, certified: float) -> float:
-    if not math.isfinite(estimate):
-        return 0.0
-    if estimate == certified:
-        return 15.0
-    return max(0.0, min(15.0, -math.log10(abs(estimate - certified) / abs(certified))))
-
-
-def correct_digits(problem: HardCurve, params: list[float]) -> float:
-    cert = problem.cert()
-    return max(min(lre(e, c) for e, c in zip(p, cert, strict=True)) for p in problem.labellings(params))
 
 
 def run_lossfit(problem: HardCurve, p0: tuple[float, ...]) -> Run:

@@ -895,3 +895,18 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def lre(estimate: float, certified: float) -> float:
+    """Correct significant digits of ``estimate`` (capped at 15: the certified literals carry 16)."""
+    if not math.isfinite(estimate):
+        return 0.0
+    if estimate == certified:
+        return 15.0
+    return max(0.0, min(15.0, -math.log10(abs(estimate - certified) / abs(certified))))
+
+
+def correct_digits(problem: HardCurve, params: list[float]) -> float:
+    """The smallest LRE over the parameters, for the best relabelling of ``params``."""
+    cert = problem.cert()
+    return max(min(lre(e, c) for e, c in zip(p, cert, strict=True)) for p in problem.labellings(params))

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import lossfit
-from hard_curves import PROBLEMS, HardCurve
+from hard_curves import PROBLEMS, HardCurve, correct_digits
 from lossfit import Status
 
 DIGITS = 6.0
@@ -66,21 +66,6 @@ WRONG: dict[tuple[str, str], str] = {
         "convergence is linear and the relative loss change of one step fell below ftol = 1e-12"
     ),
 }
-
-
-def lre(estimate: float, certified: float) -> float:
-    """Correct significant digits of ``estimate`` (capped at 15: the certified literals carry 16)."""
-    if not math.isfinite(estimate):
-        return 0.0
-    if estimate == certified:
-        return 15.0
-    return max(0.0, min(15.0, -math.log10(abs(estimate - certified) / abs(certified))))
-
-
-def correct_digits(problem: HardCurve, params: list[float]) -> float:
-    """The smallest LRE over the parameters, for the best relabelling of ``params``."""
-    cert = problem.cert()
-    return max(min(lre(e, c) for e, c in zip(p, cert, strict=True)) for p in problem.labellings(params))
 
 
 @dataclass(frozen=True)
