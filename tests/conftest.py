@@ -1,6 +1,19 @@
-"""Test set-up: the MGH bank is imported as a plain module from this folder."""
+"""Test set-up: the problem banks are imported as plain modules from this folder; a one-thread fixture."""
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Small float64 products are much slower with several BLAS threads on a busy machine; use one, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,7 +7,7 @@ factors, so the condition number of every problem is known and every tolerance s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,13 +40,7 @@ log_conds = st.floats(min_value=0.0, max_value=8.0)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small float64 products are much slower with several BLAS threads on a busy machine; use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- building matrices with a known spectrum --------------------------------------------------------------------------
