@@ -162,3 +162,38 @@ def test_align_command_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "same shape" in result.stderr
     result = runner.invoke(app, ["align", str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")])
     assert result.exit_code == 2 and "no such file" in result.stderr
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.parametrize("model", ["formula", "linear", "logistic"])
+def test_fit_plot_shows_the_data_beside_the_convergence(tmp_path: Path, model: str) -> None:
+    plot = tmp_path / "fit.png"
+    if model == "formula":
+        args = [str(write_curve(tmp_path)), "--model", "a*exp(-b*x)+c", "--start", "a=1,b=0.1,c=0"]
+    else:
+        rng = np.random.default_rng(2)
+        u = rng.normal(size=60)
+        label = (u + 0.5 * rng.normal(size=60) > 0).astype(int) if model == "logistic" else 2 * u + 1
+        (tmp_path / "t.csv").write_text("u,y\n" + "\n".join(f"{a},{b}" for a, b in zip(u, label, strict=True)) + "\n")
+        args = [str(tmp_path / "t.csv"), "--model", model]
+    result = runner.invoke(app, ["fit", *args, "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    width, height = _png_size(plot)
+    assert width > 2 * height  # two panels side by side: the data with the fit, and the convergence
+
+
+def test_align_plot_shows_the_points_beside_the_convergence(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    src = rng.uniform(0, 10, (30, 2))
+    np.save(tmp_path / "a.npy", src)
+    np.save(tmp_path / "b.npy", src + [1.0, 2.0])
+    plot = tmp_path / "align.png"
+    result = runner.invoke(app, ["align", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    width, height = _png_size(plot)
+    assert width > 2 * height

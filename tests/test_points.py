@@ -162,3 +162,16 @@ def test_inputs_are_not_modified() -> None:
     before = (src.clone(), dst.clone())
     lossfit.align(src, dst, loss="cauchy")
     assert torch.equal(src, before[0]) and torch.equal(dst, before[1])
+
+
+def test_exact_inliers_are_reported_as_inliers() -> None:
+    """Noise-free inliers (distances at rounding level) must not fall outside a vanishing noise scale."""
+    g = torch.Generator().manual_seed(5)
+    src = 10 * torch.rand(50, 2, generator=g, dtype=torch.float64)
+    truth = lossfit.transforms.matrix("rigid", torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64), 2)
+    dst = lossfit.transforms.apply(truth, src)
+    dst[:10] += 5 * torch.randn(10, 2, generator=g, dtype=torch.float64)
+    fitted = lossfit.align(src, dst, model="rigid", loss="huber")
+    clean = torch.arange(50) >= 10
+    assert fitted.inliers is not None
+    assert bool((fitted.inliers == clean).all())

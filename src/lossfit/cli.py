@@ -112,6 +112,7 @@ def _emit(
     plot: Path | None,
     params_out: Path | None = None,
     matrix_out: Path | None = None,
+    draw: Any = None,
 ) -> None:
     from lossfit.io import write_arrays
 
@@ -125,9 +126,14 @@ def _emit(
     if plot is not None:
         from lossfit.plotting import _pyplot, save_figure
 
-        fig, ax = _pyplot().subplots(figsize=(6, 4))
+        if draw is None:
+            fig, ax = _pyplot().subplots(figsize=(6, 4))
+        else:
+            fig, (data_ax, ax) = _pyplot().subplots(1, 2, figsize=(11, 4.2))
+            draw(data_ax)
         result.plot(ax=ax)
         ax.set_title(f"{result.solver.name}: {result.status.name.lower()}")
+        fig.tight_layout()
         save_figure(fig, str(plot))
     if json_out:
         summary = result.to_dict()
@@ -140,6 +146,31 @@ def _emit(
         typer.echo(result.summary())
     if not result.success:
         raise typer.Exit(EXIT_NOT_CONVERGED)
+
+
+def _draw_model_fit(model: str, x: Any, y: Any, result: Any, features: list[str]) -> Any:
+    """The data panel of ``fit --plot`` for the named models: predictions (probabilities for logistic, the
+    predicted class for softmax) against the data."""
+    import torch
+
+    params = result.params
+    scores = x @ params["weight"] + params["bias"]
+    if model == "logistic":
+        fitted = torch.sigmoid(scores)
+    elif model == "softmax":
+        fitted = scores.argmax(dim=1).to(y.dtype)
+    else:
+        fitted = scores
+
+    def draw(ax: Any) -> None:
+        from lossfit.plotting import plot_data_fit
+
+        plot_data_fit(x[:, 0] if len(features) == 1 else None, y, fitted, ax)
+        ax.set_title(f"{model} model")
+        if len(features) == 1:
+            ax.set_xlabel(features[0])
+
+    return draw
 
 
 def _size(params: Any) -> int:
@@ -171,7 +202,7 @@ def fit(
     loss: Annotated[str | None, typer.Option(help="mse, mae, huber (and bce, cross_entropy for classifiers)")] = None,
     out: Annotated[Path | None, typer.Option(help="write the fitted parameters (.npz)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
-    plot: Annotated[Path | None, typer.Option(help="save the convergence plot (.png/.svg/.pdf)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="save data, fit and convergence (.png/.svg/.pdf)")] = None,
 ) -> None:
     """Fit a model or a formula to a table of data."""
     import torch
@@ -194,6 +225,7 @@ def fit(
             fail(f"{data}: no feature columns besides {target!r}")
         x = torch.stack([table[name] for name in features], dim=1)
         result = fit_model(model, x, y, loss=loss)
+        draw = _draw_model_fit(model, x, y, result, features)
     else:
         from lossfit.formula import parse
 
@@ -220,7 +252,16 @@ def fit(
 
         p0 = {name: torch.tensor(starts[name], dtype=torch.float64) for name in params}
         result = curve_fit(predict, y, y, p0, loss=robust[loss])
-    _emit(result, None, json_out, plot, params_out=out)
+        fitted = predict(y, result.params).detach()
+        only = [name for name in columns] if len(columns) == 1 else []
+
+        def draw(ax: Any) -> None:
+            from lossfit.plotting import plot_data_fit
+
+            plot_data_fit(columns[only[0]] if only else None, y, fitted, ax)
+            ax.set_title(model)
+
+    _emit(result, None, json_out, plot, params_out=out, draw=draw)
 
 
 @app.command()
@@ -232,7 +273,7 @@ def align(
     loss: Annotated[str, typer.Option(help="mse, mae, huber, cauchy or soft_l1")] = "mse",
     out: Annotated[Path | None, typer.Option(help="write the (d+1)x(d+1) matrix (.npy/.csv/.txt)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
-    plot: Annotated[Path | None, typer.Option(help="save the convergence plot (.png/.svg/.pdf)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="save points, fit and convergence (.png/.svg/.pdf)")] = None,
 ) -> None:
     """Fit the transform that maps SRC points onto DST points."""
     from lossfit.io import check_output_suffix, read_matrix
@@ -242,8 +283,19 @@ def align(
         check_output_suffix(out, several=False)
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         fail(f"{plot}: the plot must end in .png, .svg or .pdf")
-    result = align_points(read_matrix(src), read_matrix(dst), model=model, loss=loss)
-    _emit(result, None, json_out, plot, matrix_out=out)
+    src_points, dst_points = read_matrix(src), read_matrix(dst)
+    result = align_points(src_points, dst_points, model=model, loss=loss)
+
+    def draw(ax: Any) -> None:
+        from lossfit import transforms
+        from lossfit.plotting import plot_alignment
+
+        assert result.matrix is not None
+        mapped = transforms.apply(result.matrix.to(src_points.dtype), src_points)
+        plot_alignment(src_points, dst_points, mapped, result.inliers, ax)
+        ax.set_title(f"{model}, loss {loss}")
+
+    _emit(result, None, json_out, plot, matrix_out=out, draw=draw)
 
 
 @app.command()

@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lossfit._validation import as_real_tensor
-from lossfit.engine import FitResult, least_squares, minimize
+from lossfit.engine import FitResult, Status, least_squares, minimize
+from lossfit.engine.minibatch import minimize_minibatches
 from lossfit.stats import t_quantile
 
 DATA_LOSSES = ("mse", "mae", "huber", "bce", "cross_entropy")
@@ -76,6 +78,7 @@ def curve_fit(
     loss: str = "linear",
     f_scale: float = 1.0,
     batch: bool = False,
+    restarts: int | str = "auto",
     **options: Any,
 ) -> Regression:
     """Fit ``y ~ f(x, p)`` by (robust, weighted) least squares; ``p`` is a tensor or a dict of tensors.
@@ -86,6 +89,11 @@ def curve_fit(
         p0: the start.
         sigma: the standard deviation of each ``y`` (residuals are divided by it, as in scipy's ``curve_fit``).
         bounds, loss, f_scale, **options: as for :func:`lossfit.least_squares`.
+        restarts: ``"auto"``: when a fit fails, or succeeds but looks like a local minimum — its loss is above the best
+            constant's, or its residuals in order of ``x`` change sign far less often than chance allows
+            (:func:`runs_z` below -3: the model missed a feature of the data) — refit from 8 perturbed starts
+            (log-normal, seeded) and keep the lowest loss; an int always tries that many;
+            ``0`` never. What happened is in ``extras["restarts"]``. Single problems with a tensor ``p0`` only.
 
     Returns:
         A :class:`Regression` with ``stderr``, ``covariance``, ``correlation`` and ``confidence_interval()``; the
@@ -120,9 +128,91 @@ def curve_fit(
     result = least_squares(
         residual, p0, args=(x_t, y_t, weight), bounds=bounds, loss=loss, f_scale=f_scale, batch=batch, **options
     )
+    if restarts and not batch and isinstance(p0, torch.Tensor) and result.residuals is not None:
+        result = _restart(result, residual, p0, (x_t, y_t, weight), restarts, bounds, loss, f_scale, options)
     m = y_t[0].numel() if batch else y_t.numel()
     n = _flat(p0 if not isinstance(p0, torch.Tensor) else p0[0] if batch else p0).numel()
     return Regression(**_fields(result), dof=m - n)
+
+
+def runs_z(residuals: torch.Tensor) -> float:
+    """Wald-Wolfowitz runs test on the signs of ``residuals`` in their order: the z score of the number of runs.
+
+    Residuals of a good fit change sign at random (z near 0); a fit that misses a feature of the data leaves long runs
+    of one sign (z strongly negative). Returns 0 when the test has nothing to say (under 20 values, or one sign only).
+    """
+    signs = residuals.reshape(-1) > 0
+    m = signs.numel()
+    n1 = int(signs.sum())
+    n2 = m - n1
+    if m < 20 or n1 == 0 or n2 == 0:
+        return 0.0
+    runs = 1 + int((signs[1:] != signs[:-1]).sum())
+    mean = 2 * n1 * n2 / m + 1
+    var = (mean - 1) * (mean - 2) / (m - 1)
+    return (runs - mean) / var**0.5 if var > 0 else 0.0
+
+
+def _restart(
+    result: FitResult,
+    residual: Callable[..., torch.Tensor],
+    p0: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    restarts: int | str,
+    bounds: tuple[Any, Any] | None,
+    loss: str,
+    f_scale: float,
+    options: dict[str, Any],
+) -> FitResult:
+    """Refit from perturbed starts when the residuals suggest a local minimum; keep the lowest loss found."""
+    x_t, y_t, weight = data
+    r = result.residuals
+    assert r is not None
+    order = torch.argsort(x_t.reshape(-1)) if x_t.numel() == r.numel() else torch.arange(r.numel())
+    z = runs_z(r.reshape(-1)[order])
+    # The best constant's loss, for the same loss function: a fit worse than a flat line is suspect too.
+    flat = least_squares(
+        lambda c, yy, ww: (c - yy) * ww, y_t.mean().reshape(1), args=(y_t, weight), loss=loss, f_scale=f_scale
+    )
+    worse_than_flat = bool(result.loss > flat.loss)
+    failed = not bool(result.success) and result.status not in (Status.NONFINITE, Status.MAX_TIME)
+    if restarts == "auto" and not (failed or z < -RUNS_Z or worse_than_flat):
+        return result
+    count = RESTARTS if restarts == "auto" else int(restarts)
+    generator = torch.Generator().manual_seed(0)
+    spread = torch.tensor([0.1, 0.3, 1.0], dtype=p0.dtype).repeat(count)[:count]
+    noise = torch.randn((count, *p0.shape), generator=generator, dtype=p0.dtype).to(p0.device)
+    starts = p0 * torch.exp(spread.to(p0.device).reshape(-1, *([1] * p0.dim())) * noise)
+    expand = [t.unsqueeze(0).expand(count, *t.shape) for t in (x_t, y_t, weight)]
+    tried = least_squares(
+        residual, starts, args=tuple(expand), bounds=bounds, loss=loss, f_scale=f_scale, batch=True, **options
+    )
+    ok = torch.tensor([status.success for status in tried.statuses], device=tried.loss.device)
+    losses = torch.where(ok, tried.loss, torch.inf)
+    best = int(torch.argmin(losses))
+    # A lower loss wins; after a failure, a verified minimum at (about) the same loss wins too.
+    slack = 1 + 1e-6 if failed else 1 - 1e-9
+    improved = bool(losses[best] < result.loss * slack)
+    note = {
+        "tried": count,
+        "runs_z": z,
+        "improved": improved,
+        "reason": "requested"
+        if restarts != "auto"
+        else f"the fit failed ({result.status.name})"
+        if failed
+        else f"the fit is worse than the best constant (loss {float(result.loss):.6g} > {float(flat.loss):.6g})"
+        if worse_than_flat
+        else f"residuals in order of x form too few sign runs (z = {z:.1f} < -{RUNS_Z:g})",
+    }
+    if not improved:
+        return dataclasses.replace(result, extras={**result.extras, "restarts": note})
+    single = least_squares(residual, starts[best], args=data, bounds=bounds, loss=loss, f_scale=f_scale, **options)
+    return dataclasses.replace(single, extras={**single.extras, "restarts": note})
+
+
+RUNS_Z = 3.0
+RESTARTS = 8
 
 
 def _fields(result: FitResult) -> dict[str, Any]:
@@ -138,7 +228,7 @@ def _huber_scale(r: torch.Tensor) -> float:
 def fit(
     model: str | nn.Module,
     x: Any,
-    y: Any,
+    y: Any = None,
     loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     *,
     weights: Any = None,
@@ -161,25 +251,27 @@ def fit(
             L-BFGS otherwise; or any engine solver.
         f_scale: Huber's threshold (default 1.345 robust standard deviations of the least-squares residuals).
         seed: seeds an ``nn.Module``'s start only through the module's own initialisation (not used otherwise).
+        x may also be a ``torch.utils.data.DataLoader`` yielding ``(x, y)`` minibatches (``y`` and ``weights`` then
+            None), for data that does not fit one step: a first-order solver (``"adam"`` for ``"auto"``; ``lr=``,
+            ``epochs=``, ``ftol=``, ``patience=`` as for :func:`lossfit.engine.minibatch.minimize_minibatches`) takes
+            one step per minibatch, and convergence is judged on the whole-data loss once per epoch.
 
     Returns:
         A :class:`Regression`; for least-squares fits with ``stderr``, ``covariance`` and confidence intervals.
     """
     del seed
+    if isinstance(x, DataLoader):
+        return _fit_minibatches(model, x, y, loss, weights, solver, f_scale, options)
+    if y is None:
+        raise ValueError("`y` is required unless `x` is a DataLoader of (x, y) minibatches")
     x_t = _tensor(x, "x")
     if x_t.ndim == 1:
         x_t = x_t.unsqueeze(1)
     if x_t.ndim != 2:
         raise ValueError(f"`x` must be (N, features); got shape {tuple(x_t.shape)}")
     n = x_t.shape[0]
-    kind = model if isinstance(model, str) else "module"
-    if isinstance(model, str) and model not in ("linear", "logistic", "softmax"):
-        raise ValueError(f"`model` must be 'linear', 'logistic', 'softmax' or an nn.Module; got {model!r}")
-    if not isinstance(model, (str, nn.Module)):
-        raise TypeError(f"`model` must be a name or an nn.Module; got {type(model).__name__}")
-    loss = loss or {"linear": "mse", "logistic": "bce", "softmax": "cross_entropy", "module": "mse"}[kind]
-    if isinstance(loss, str) and loss not in DATA_LOSSES:
-        raise ValueError(f"`loss` must be one of {', '.join(repr(v) for v in DATA_LOSSES)} or a callable; got {loss!r}")
+    kind = _check_model(model)
+    loss = _check_loss(loss, kind)
     if kind == "softmax":
         y_t = _tensor(y, "y").reshape(-1)
         if bool((y_t != y_t.round()).any()) or bool((y_t < 0).any()):
@@ -233,6 +325,60 @@ def fit(
     return Regression(**_fields(result), dof=0)
 
 
+def _check_model(model: Any) -> str:
+    if isinstance(model, str) and model not in ("linear", "logistic", "softmax"):
+        raise ValueError(f"`model` must be 'linear', 'logistic', 'softmax' or an nn.Module; got {model!r}")
+    if not isinstance(model, (str, nn.Module)):
+        raise TypeError(f"`model` must be a name or an nn.Module; got {type(model).__name__}")
+    return model if isinstance(model, str) else "module"
+
+
+def _check_loss(loss: Any, kind: str) -> Any:
+    loss = loss or {"linear": "mse", "logistic": "bce", "softmax": "cross_entropy", "module": "mse"}[kind]
+    if isinstance(loss, str) and loss not in DATA_LOSSES:
+        raise ValueError(f"`loss` must be one of {', '.join(repr(v) for v in DATA_LOSSES)} or a callable; got {loss!r}")
+    return loss
+
+
+def _fit_minibatches(
+    model: str | nn.Module,
+    loader: DataLoader,
+    y: Any,
+    loss: Any,
+    weights: Any,
+    solver: str,
+    f_scale: float | None,
+    options: dict[str, Any],
+) -> Regression:
+    """``fit`` over a DataLoader of ``(x, y)`` minibatches: a first-order solver, one step per minibatch."""
+    if y is not None or weights is not None:
+        raise ValueError("with a DataLoader as `x`, `y` and `weights` must be None: the loader yields (x, y) pairs")
+    kind = _check_model(model)
+    loss = _check_loss(loss, kind)
+    if loss == "huber" and f_scale is None:
+        raise ValueError("`loss='huber'` over minibatches needs `f_scale` (the threshold cannot be estimated first)")
+    first = next(iter(loader), None)
+    if not (isinstance(first, (tuple, list)) and len(first) == 2):
+        raise ValueError("the DataLoader given as `x` must yield (x, y) pairs")
+    xb = _tensor(first[0], "x")
+    xb = xb.unsqueeze(1) if xb.ndim == 1 else xb
+    yb = _tensor(first[1], "y")
+    if kind == "softmax":  # the class count needs every label: one pass
+        classes = max(int(_tensor(batch[1], "y").max()) for batch in loader) + 1
+        yb = torch.tensor([classes - 1])
+    predict, p0 = _model(model, kind, xb, yb)
+    per_sample = _per_sample_loss(loss, f_scale)
+
+    def objective(p: Any, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+        xx = xx.to(xb.dtype)
+        xx = xx.unsqueeze(1) if xx.ndim == 1 else xx
+        yy = yy.long().reshape(-1) if kind == "softmax" else yy.to(xb.dtype).reshape(-1) if kind == "logistic" else yy
+        return per_sample(predict(p, xx), yy.to(xb.dtype) if kind != "softmax" else yy).mean()
+
+    result = minimize_minibatches(objective, p0, loader, solver="adam" if solver == "auto" else solver, **options)
+    return Regression(**_fields(result), dof=0)
+
+
 def _model(
     model: str | nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[Callable[..., torch.Tensor], Any]:
@@ -261,7 +407,7 @@ def _model(
     return predict, start
 
 
-def _per_sample_loss(loss: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _per_sample_loss(loss: Any, delta: float | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if callable(loss):
         return loss
 
@@ -273,7 +419,7 @@ def _per_sample_loss(loss: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.
     if loss == "mae":
         return lambda p, y: reduce((p - y).abs())
     if loss == "huber":
-        return lambda p, y: reduce(torch.nn.functional.huber_loss(p, y, reduction="none"))
+        return lambda p, y: reduce(torch.nn.functional.huber_loss(p, y, reduction="none", delta=delta or 1.0))
     if loss == "bce":
         return lambda p, y: torch.nn.functional.binary_cross_entropy_with_logits(p.reshape(-1), y, reduction="none")
     return lambda p, y: torch.nn.functional.cross_entropy(p, y, reduction="none")

@@ -60,6 +60,44 @@ def plot_comparison(results: Mapping[str, Any], title: str = "") -> Any:
     return fig
 
 
+def plot_alignment(src: torch.Tensor, dst: torch.Tensor, mapped: torch.Tensor, inliers: Any, ax: Any) -> Any:
+    """Destination points (inliers dots, outliers crosses) and the source points mapped by the fit (rings).
+
+    3-D points are drawn by their first two coordinates (x, y)."""
+    d, m = dst.detach().cpu().double(), mapped.detach().cpu().double()
+    keep = torch.ones(len(d), dtype=torch.bool) if inliers is None else inliers.detach().cpu().reshape(-1).bool()
+    ax.scatter(d[keep, 0].numpy(), d[keep, 1].numpy(), s=16, label="destination")
+    if not bool(keep.all()):
+        ax.scatter(d[~keep, 0].numpy(), d[~keep, 1].numpy(), s=22, marker="x", label="treated as outliers")
+    ax.scatter(m[:, 0].numpy(), m[:, 1].numpy(), s=40, facecolors="none", edgecolors="k", label="source, mapped")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("x" if src.shape[1] == 2 else "x (3-D points: first two coordinates)")
+    ax.set_ylabel("y")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_data_fit(x: torch.Tensor | None, y: torch.Tensor, fitted: torch.Tensor, ax: Any) -> Any:
+    """The data and the fitted values: against ``x`` for one explanatory column (the fit as a line), otherwise
+    fitted against observed with the identity line."""
+    yy, ff = y.detach().cpu().double().reshape(-1), fitted.detach().cpu().double().reshape(-1)
+    if x is not None and x.numel() == yy.numel():
+        xx = x.detach().cpu().double().reshape(-1)
+        order = torch.argsort(xx)
+        ax.plot(xx.numpy(), yy.numpy(), "o", ms=3, label="data")
+        ax.plot(xx[order].numpy(), ff[order].numpy(), "-", label="fit")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+    else:
+        ax.plot(yy.numpy(), ff.numpy(), "o", ms=3, label="samples")
+        low, high = float(torch.minimum(yy.min(), ff.min())), float(torch.maximum(yy.max(), ff.max()))
+        ax.plot([low, high], [low, high], "k--", lw=1, label="fitted = observed")
+        ax.set_xlabel("observed")
+        ax.set_ylabel("fitted")
+    ax.legend(fontsize=7)
+    return ax
+
+
 def save_figure(fig: Any, path: str) -> None:
     """Save a figure atomically (a temporary file renamed into place) and close it."""
     from lossfit.io import atomic_path

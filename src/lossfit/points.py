@@ -280,7 +280,9 @@ def align(
         if loss == "mse":
             inliers = torch.ones_like(distances, dtype=torch.bool)
         else:
-            inliers = distances <= 2.5 * scale.unsqueeze(-1)
+            # The same floor as the loss's scale: exact inliers (noise at rounding level) are inliers.
+            floor = 1e-6 * _spread(dst_t)
+            inliers = distances <= 2.5 * torch.clamp_min(scale, floor).unsqueeze(-1)
     reference = {
         "rms_distance": float(distances.pow(2).mean(-1).sqrt().max()),
         "closed_form_rms_distance": float(start_distances.pow(2).mean(-1).sqrt().max()),

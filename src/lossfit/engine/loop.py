@@ -95,6 +95,11 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
         if info.predicted is not None and info.actual is not None:
             tiny = stop.ftol * f.abs()
             ftol_hit = ftol_hit | ((info.predicted <= tiny) & (info.actual.abs() <= tiny))
+        # A loss that has settled to ftol lies within about sqrt(ftol) of the minimiser, relative to each parameter; a
+        # step still longer than that is slow (linear) convergence that has further to go, not convergence.
+        root = stop.ftol**0.5
+        moved = ((x_new - x_rows).abs() / (root + x_new.abs())).amax(dim=1)
+        ftol_hit = ftol_hit & (moved <= root)
         xtol_hit = info.accepted & (info.step_norm <= stop.xtol * (stop.xtol + x_new.norm(dim=1)))
         code = torch.zeros_like(rows)
         code = torch.where(info.stalled, Status.STALLED, code)

@@ -1,0 +1,521 @@
+"""Reading and writing images with their world geometry: NIfTI, DICOM, PNG/JPEG/TIFF/BMP and NumPy files.
+
+Geometry follows :mod:`lossfit.registration.image` (LPS millimetres, data in (nz, ny, nx) order). NIfTI's RAS
+affine is flipped to LPS on load and back on save. Every write goes through :func:`lossfit.io.atomic_path`, so a
+failed save leaves no file behind and never touches an existing one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lossfit.errors import InputFileError
+from lossfit.io import _first_line, atomic_path
+from lossfit.registration.image import Image, Matrix, Vector, check_direction, check_vector
+
+Geometry = tuple[Vector, Vector, Matrix]
+
+_RASTER = (".png", ".jpg", ".jpeg", ".bmp")
+_TIFF = (".tif", ".tiff")
+_DICOM = (".dcm", ".ima")
+READ_SUFFIXES = (".nii", ".nii.gz", *_DICOM, *_RASTER, *_TIFF, ".npy")
+SAVE_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".npy", ".dcm")
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
+_LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # flips x and y; its own inverse
+_IN_PLANE_TOL = 1e-4  # |z| of both DICOM cosines below this: the slice is axial and loads as a 2-D image
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    *,
+    spacing: Any = None,
+    origin: Any = None,
+    direction: Any = None,
+    dtype: torch.dtype = torch.float32,
+    series: str | None = None,
+) -> Image:
+    """Read an image and its world geometry (LPS, mm); the suffix picks the reader (case-insensitive).
+
+    - ``.nii``, ``.nii.gz``: nibabel's best affine (sform, else qform), RAS flipped to LPS; scl_slope/inter
+      applied. A singleton 4th dimension is dropped; a 2-D file loads as 3-D with one slice.
+    - DICOM: a ``.dcm``/``.ima`` file, a file with no suffix (or an all-digit one, as UID names have), or a folder
+      holding one series (files directly in it; others, and files without pixel data, are skipped; pass
+      ``series=`` a SeriesInstanceUID when it holds several). Slices are sorted along the slice normal and must
+      be evenly spaced (within 1%); the third direction column is the step from one slice's position to the next
+      (the normal, unless the series is tilted). RescaleSlope/Intercept are applied; colour becomes luminance;
+      MONOCHROME1 values are kept as stored (not inverted); multi-frame files are refused.
+      A single slice whose row and column cosines both lie in the x-y plane (|z| <= 1e-4) loads as a 2-D image:
+      spacing (dx, dy), origin (x, y) of ImagePositionPatient, direction from the cosines' x, y parts. Any other
+      single slice loads as 3-D with one slice (slice spacing SpacingBetweenSlices, else SliceThickness, else 1).
+    - ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``: 2-D (multi-page TIFF: 3-D, one page per
+      slice) with spacing 1, origin 0, identity direction; colour becomes luminance (BT.601), alpha is dropped.
+    - ``.npy``: the array as stored, (ny, nx) or (nz, ny, nx); spacing 1, origin 0, identity direction.
+
+    Args:
+        path: the file, or a folder of DICOM files.
+        spacing, origin, direction: when given, replace the file's geometry (validated as in :class:`Image`).
+        dtype: floating dtype of the data.
+        series: the SeriesInstanceUID to read from a DICOM folder or file.
+
+    Raises:
+        InputFileError: one line naming the path: a missing, unreadable or truncated file, an unsupported suffix,
+            content that is not real numbers, a 4-D volume, several DICOM series, uneven slices.
+        TypeError, ValueError: a bad keyword argument.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> load_image(get_testdata_file("CT_small.dcm"))
+        Image(size=(128, 128), spacing=(0.661468, 0.661468), origin=(-158.136, -179.036), dtype=float32)
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"`dtype` must be a floating torch dtype; got {dtype!r}")
+    if spacing is not None:
+        check_vector(spacing, "spacing", None, positive=True)
+    if origin is not None:
+        check_vector(origin, "origin", None)
+    if direction is not None:
+        check_direction(direction, None)
+    if series is not None and not isinstance(series, str):
+        raise TypeError(f"`series` must be a SeriesInstanceUID string; got {type(series).__name__}")
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"{p}: no such file or folder")
+    suffix = _suffix(p)
+    dicom = p.is_dir() or suffix in _DICOM or suffix == "" or suffix[1:].isdigit()
+    if series is not None and not dicom:
+        raise ValueError(f"`series` applies to DICOM files and folders; got {p}")
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    geometry: Geometry | None = None
+    if p.is_dir():
+        array, geometry = _read_dicom_folder(p, series)
+    elif dicom:
+        array, geometry = _read_dicom_file(p, series)
+    elif suffix in (".nii", ".nii.gz"):
+        array, geometry = _read_nifti(p, np_dtype)
+    elif suffix in _TIFF:
+        array = _read_tiff(p)
+    elif suffix in _RASTER:
+        array = _read_raster(p, pages=False)
+    elif suffix == ".npy":
+        array = _read_npy(p)
+    else:
+        raise InputFileError(f"{p}: unsupported file type {suffix!r}; lossfit reads {', '.join(READ_SUFFIXES)}")
+    data = torch.from_numpy(np.ascontiguousarray(array, dtype=np_dtype)).to(dtype)
+    d = data.dim()
+    given = (
+        None if spacing is None else check_vector(spacing, "spacing", d, positive=True),
+        None if origin is None else check_vector(origin, "origin", d),
+        None if direction is None else check_direction(direction, d),
+    )
+    found = geometry or (None, None, None)
+    try:
+        return Image(
+            data,
+            spacing=given[0] or found[0],
+            origin=given[1] or found[1],
+            direction=given[2] or found[2],
+        )
+    except (TypeError, ValueError) as exc:
+        raise InputFileError(f"{p}: its geometry is invalid ({_first_line(exc)})") from None
+
+
+def _unreadable(p: Path, kind: str, exc: BaseException) -> InputFileError:
+    return InputFileError(f"{p}: cannot be read as {kind} ({_first_line(exc)})")
+
+
+def _real(p: Path, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise InputFileError(f"{p}: holds {array.dtype} data, not real numbers")
+    return array
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., :3].astype(np.float64) @ _LUMA
+
+
+# --- NIfTI ----------------------------------------------------------------------------------------------------
+def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(p)
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise InputFileError(f"{p}: is a {type(img).__name__}, not a NIfTI image")
+        kind = img.get_data_dtype()
+        if kind.names or kind.kind not in "biuf":
+            raise InputFileError(f"{p}: holds {kind} data, not real numbers")
+        shape = tuple(int(n) for n in img.shape)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) > 3:
+            raise InputFileError(f"{p}: holds a {len(shape)}-D image of shape {shape}; lossfit loads one 3-D volume")
+        array = np.asarray(img.get_fdata(dtype=np_dtype)).reshape(shape + (1,) * (3 - len(shape)))
+        affine = _LPS_RAS @ np.asarray(img.affine, dtype=np.float64)
+    except (InputFileError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unreadable(p, "NIfTI", exc) from None
+    matrix = affine[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    if not (spacing > 0).all():
+        raise InputFileError(f"{p}: its affine has a zero column; it places no grid in space")
+    direction = tuple(tuple(float(x) for x in row) for row in matrix / spacing)
+    geometry = (tuple(float(x) for x in spacing), tuple(float(x) for x in affine[:3, 3]), direction)
+    return array.transpose(2, 1, 0), geometry
+
+
+def _nifti_bytes(image: Image, gz: bool) -> bytes:
+    import nibabel as nib
+
+    data = image.data.detach().to("cpu", torch.float32).numpy()
+    affine = np.eye(4)
+    d = image.ndim
+    affine[:d, :d] = image.affine.numpy()[:d, :d]
+    affine[:d, 3] = image.origin
+    array = data.T if d == 3 else data.T[:, :, None]  # (nx, ny, nz), NIfTI's index order
+    ras = _LPS_RAS @ affine
+    nifti = nib.Nifti1Image(array, ras)
+    nifti.header.set_xyzt_units("mm")
+    nifti.set_sform(ras, code=1)
+    nifti.set_qform(ras, code=1)  # the nearest rotation and zooms when the grid is sheared; the sform is exact
+    raw = nifti.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw
+
+
+# --- DICOM ----------------------------------------------------------------------------------------------------
+def _read_dicom_file(p: Path, series: str | None) -> tuple[np.ndarray, Geometry]:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(p, force=True, defer_size="4 KB")
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unreadable(p, "DICOM", exc) from None
+    if "PixelData" not in ds:
+        raise InputFileError(f"{p}: holds no image (no pixel data)")
+    uid = str(ds.get("SeriesInstanceUID", ""))
+    if series is not None and uid != series:
+        raise InputFileError(f"{p}: holds series {uid!r}, not {series!r}")
+    return _stack(p, [(p, ds)])
+
+
+def _read_dicom_folder(p: Path, series: str | None) -> tuple[np.ndarray, Geometry]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    for f in sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(f, defer_size="4 KB")
+        except InvalidDicomError:
+            continue  # not a DICOM file
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise _unreadable(f, "DICOM", exc) from None
+        if "PixelData" in ds:
+            groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
+    if not groups:
+        raise InputFileError(f"{p}: holds no DICOM images (subfolders are not searched)")
+    listing = ", ".join(f"{uid!r} ({len(items)} files)" for uid, items in groups.items())
+    if series is not None:
+        if series not in groups:
+            raise InputFileError(f"{p}: holds no series {series!r}; it holds {listing}")
+        return _stack(p, groups[series])
+    if len(groups) > 1:
+        raise InputFileError(f"{p}: holds {len(groups)} DICOM series: {listing}; choose one with series=")
+    return _stack(p, next(iter(groups.values())))
+
+
+def _floats(ds: Any, keyword: str, default: list[float]) -> np.ndarray:
+    value = ds.get(keyword)
+    return np.array([float(v) for v in value] if value else default, dtype=np.float64)
+
+
+def _pixels(f: Path, ds: Any) -> np.ndarray:
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise InputFileError(f"{f}: holds {frames} frames (multi-frame DICOM), which lossfit does not read")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    try:
+        array = np.asarray(ds.pixel_array)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unreadable(f, "DICOM pixel data", exc) from None
+    if array.ndim == 3 and photometric.startswith(("RGB", "YBR")):
+        return _luminance(array)  # pydicom gives YBR data as RGB
+    if array.ndim != 2 or not photometric.startswith("MONOCHROME"):
+        raise InputFileError(f"{f}: holds {photometric} pixels of shape {array.shape}; expected greyscale or RGB")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return _real(f, array).astype(np.float64) * slope + intercept
+
+
+def _stack(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geometry]:
+    first = items[0][1]
+    iop = _floats(first, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])
+    if iop.size != 6:
+        raise InputFileError(f"{items[0][0]}: ImageOrientationPatient must hold 6 numbers; got {iop.size}")
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    dy, dx = _floats(first, "PixelSpacing", [float(v) for v in first.get("ImagerPixelSpacing") or [1, 1]])
+    shape = (first.get("Rows"), first.get("Columns"))
+    for f, ds in items[1:]:
+        if (ds.get("Rows"), ds.get("Columns")) != shape:
+            raise InputFileError(
+                f"{source}: {f.name} is {ds.get('Rows')}x{ds.get('Columns')}, not {shape[0]}x{shape[1]}"
+            )
+        if not np.allclose(_floats(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), iop, atol=1e-4):
+            raise InputFileError(f"{source}: its slices have different orientations ({f.name} differs; a localizer?)")
+        if not np.allclose(_floats(ds, "PixelSpacing", [dy, dx]), [dy, dx], rtol=1e-4):
+            raise InputFileError(f"{source}: its slices have different PixelSpacing ({f.name} differs)")
+    if len(items) == 1:
+        position = _floats(first, "ImagePositionPatient", [0, 0, 0])
+        array = _pixels(items[0][0], first)
+        if abs(row[2]) <= _IN_PLANE_TOL and abs(col[2]) <= _IN_PLANE_TOL:
+            direction2 = ((float(row[0]), float(col[0])), (float(row[1]), float(col[1])))
+            return array, ((float(dx), float(dy)), (float(position[0]), float(position[1])), direction2)
+        dz = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+        return array[None], _geometry3(dx, dy, dz if dz > 0 else 1.0, position, row, col, normal)
+    if any("ImagePositionPatient" not in ds for _, ds in items):
+        raise InputFileError(f"{source}: its slices lack ImagePositionPatient; they cannot be put in order")
+    positions = np.stack([_floats(ds, "ImagePositionPatient", []) for _, ds in items])
+    order = np.argsort(positions @ normal, kind="stable")
+    positions = positions[order]
+    steps = np.diff(positions, axis=0)
+    gaps = steps @ normal
+    if gaps.min() <= 1e-4:
+        raise InputFileError(
+            f"{source}: {int((gaps <= 1e-4).sum()) + 1} slices share a position (several echoes or time points?)"
+        )
+    mean = steps.mean(axis=0)
+    length = float(np.linalg.norm(mean))
+    if np.linalg.norm(steps - mean, axis=1).max() > 0.01 * length:
+        raise InputFileError(
+            f"{source}: its slices are not evenly spaced ({gaps.min():.6g} to {gaps.max():.6g} mm; a slice missing?)"
+        )
+    step = mean / length
+    if np.linalg.norm(step - normal) < 1e-4:
+        step, length = normal, float(mean @ normal)
+    array = np.stack([_pixels(*items[i]) for i in order])
+    return array, _geometry3(dx, dy, length, positions[0], row, col, step)
+
+
+def _geometry3(
+    dx: float, dy: float, dz: float, origin: np.ndarray, row: np.ndarray, col: np.ndarray, third: np.ndarray
+) -> Geometry:
+    columns = np.stack([row, col, third], axis=1)
+    direction = tuple(tuple(float(x) for x in r) for r in columns)
+    return (float(dx), float(dy), float(dz)), tuple(float(x) for x in origin), direction
+
+
+def _ds(value: float) -> str:
+    """``value`` as a DICOM decimal string (at most 16 characters)."""
+    for digits in range(12, 0, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    raise ValueError(f"{value} cannot be written as a DICOM decimal string")
+
+
+def _dicom_bytes(image: Image) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    if image.ndim != 2:
+        raise ValueError(f"`image` must be 2-D to save as .dcm; got a {image.ndim}-D image (use .nii or .nii.gz)")
+    m = np.array(image.direction)
+    if not np.allclose(m.T @ m, np.eye(2), atol=1e-6):
+        raise ValueError("`image` must have an orthonormal direction to save as .dcm; its grid is sheared")
+    values = image.numpy().astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("`image` holds NaN or infinity, which DICOM cannot store")
+    lo, hi = float(values.min()), float(values.max())
+    if np.array_equal(values, np.rint(values)) and lo >= -32768 and hi <= 32767:
+        slope, intercept = 1.0, 0.0
+    else:  # map [lo, hi] onto [-32767, 32767]; the decimal strings are what a reader sees, so quantise with them
+        intercept = float(_ds((hi + lo) / 2))
+        slope = float(_ds(max(hi - intercept, intercept - lo, 1e-30) / 32767 * (1 + 1e-9)))
+    stored = np.clip(np.rint((values - intercept) / slope), -32768, 32767).astype("<i2")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.StudyID, ds.StudyDate, ds.StudyTime = "", "", "", "", ""
+    ds.Modality, ds.ConversionType, ds.SeriesNumber, ds.InstanceNumber = "OT", "WSD", 1, 1
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.PixelSpacing = [_ds(image.spacing[1]), _ds(image.spacing[0])]  # [row spacing dy, column spacing dx]
+    ds.ImagePositionPatient = [_ds(image.origin[0]), _ds(image.origin[1]), "0"]
+    ds.ImageOrientationPatient = [_ds(m[0, 0]), _ds(m[1, 0]), "0", _ds(m[0, 1]), _ds(m[1, 1]), "0"]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = _ds(intercept), _ds(slope), "US"
+    ds.PixelData = stored.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+# --- PNG, JPEG, BMP, TIFF, NumPy ------------------------------------------------------------------------------
+def _pil_array(p: Path, im: Any) -> np.ndarray:
+    mode = im.mode
+    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        im, mode = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB"), "RGB"
+    array = np.asarray(im)
+    if mode.startswith(("RGB", "RGBA")) or (array.ndim == 3 and array.shape[-1] >= 3):
+        return _luminance(array)
+    if array.ndim == 3:  # grey with alpha
+        array = array[..., 0]
+    return _real(p, array)
+
+
+def _read_raster(p: Path, pages: bool) -> np.ndarray:
+    from PIL import Image as PILImage
+    from PIL import ImageSequence
+
+    try:
+        with PILImage.open(p) as im:
+            frames = [_pil_array(p, f) for f in ImageSequence.Iterator(im)] if pages else [_pil_array(p, im)]
+    except (InputFileError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unreadable(p, "an image", exc) from None
+    if len({f.shape for f in frames}) > 1:
+        raise InputFileError(f"{p}: its pages differ in size ({', '.join(str(f.shape) for f in frames)})")
+    return frames[0] if len(frames) == 1 else np.stack(frames)
+
+
+def _read_tiff(p: Path) -> np.ndarray:
+    try:
+        import tifffile
+    except ImportError:
+        return _read_raster(p, pages=True)
+    try:
+        with tifffile.TiffFile(p) as tif:
+            series = tif.series[0]
+            array, axes, photometric = series.asarray(), series.axes, series.keyframe.photometric
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unreadable(p, "TIFF", exc) from None
+    array = _real(p, np.asarray(array))
+    if "S" in axes:  # samples per pixel: colour, or grey and alpha
+        array = np.moveaxis(array, axes.index("S"), -1)
+        rgb = photometric == tifffile.PHOTOMETRIC.RGB and array.shape[-1] >= 3
+        array = _luminance(array) if rgb else array[..., 0]
+        axes = axes.replace("S", "")
+    if "Y" in axes and "X" in axes:
+        array = np.moveaxis(array, (axes.index("Y"), axes.index("X")), (-2, -1))
+    stacked = [n for n in array.shape[:-2] if n > 1]
+    if len(stacked) > 1:
+        raise InputFileError(f"{p}: holds a stack of shape {array.shape} (axes {axes}); expected one 2-D or 3-D image")
+    array = array.reshape(-1, *array.shape[-2:])
+    return array[0] if array.shape[0] == 1 else array
+
+
+def _read_npy(p: Path) -> np.ndarray:
+    try:
+        array = np.load(p, allow_pickle=False)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unreadable(p, "NumPy", exc) from None
+    if not isinstance(array, np.ndarray):
+        raise InputFileError(f"{p}: does not hold one array")
+    if array.ndim not in (2, 3) or array.size == 0:
+        raise InputFileError(f"{p}: holds an array of shape {array.shape}; expected (ny, nx) or (nz, ny, nx)")
+    return _real(p, array)
+
+
+def _png_bytes(image: Image) -> bytes:
+    from PIL import Image as PILImage
+
+    if image.ndim != 2:
+        raise ValueError(f"`image` must be 2-D to save as .png; got a {image.ndim}-D image (use .tif or .nii)")
+    values = np.rint(image.numpy().astype(np.float64))
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 65535:
+        raise ValueError(
+            f"`image` values must round to whole numbers in 0..65535 to save as .png; they span "
+            f"{float(np.nanmin(values)):.6g} to {float(np.nanmax(values)):.6g} (save as .tif, .nii or .npy)"
+        )
+    stored = values.astype(np.uint8 if values.max() <= 255 else np.uint16)
+    buffer = io.BytesIO()
+    PILImage.fromarray(stored).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tiff_bytes(image: Image) -> bytes:
+    from PIL import Image as PILImage
+
+    values = image.numpy().astype(np.float32)
+    pages = [PILImage.fromarray(page) for page in (values if image.ndim == 3 else values[None])]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    return buffer.getvalue()
+
+
+def _npy_bytes(image: Image) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, image.numpy())
+    return buffer.getvalue()
+
+
+def save_image(image: Image, path: str | os.PathLike[str]) -> None:
+    """Write ``image``; the suffix of ``path`` picks the format (case-insensitive).
+
+    - ``.nii``, ``.nii.gz``: float32 data, the geometry as the sform and qform (code 1, scanner), LPS flipped to RAS;
+      a 2-D image is written as 3-D with one slice. A sheared grid is exact in the sform only.
+    - ``.tif``, ``.tiff``: float32 data, one page per slice; no geometry.
+    - ``.png``: 2-D only; values rounded to whole numbers, 8-bit when they all lie in 0..255, else 16-bit; values
+      outside 0..65535 or NaN raise ``ValueError``. No geometry.
+    - ``.npy``: the data as they are; no geometry.
+    - ``.dcm``: 2-D only, a Secondary Capture image with PixelSpacing, ImagePositionPatient (z = 0) and
+      ImageOrientationPatient from the geometry; int16 values with RescaleSlope/Intercept chosen to span the data
+      (exact for whole numbers in the int16 range, else within one step, (max - min) / 65534).
+
+    Raises:
+        ValueError: an unsupported suffix, or data the format cannot hold; raised before anything is written.
+    """
+    if not isinstance(image, Image):
+        raise TypeError(f"`image` must be an Image; got {type(image).__name__}")
+    target = Path(path)
+    suffix = _suffix(target)
+    writers = {
+        ".nii": lambda: _nifti_bytes(image, gz=False),
+        ".nii.gz": lambda: _nifti_bytes(image, gz=True),
+        ".png": lambda: _png_bytes(image),
+        ".tif": lambda: _tiff_bytes(image),
+        ".tiff": lambda: _tiff_bytes(image),
+        ".npy": lambda: _npy_bytes(image),
+        ".dcm": lambda: _dicom_bytes(image),
+    }
+    if suffix not in writers:
+        raise ValueError(f"`path` must end in one of {', '.join(SAVE_SUFFIXES)}; got {str(target)!r}")
+    payload = writers[suffix]()
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        handle.write(payload)
