@@ -1,6 +1,21 @@
-"""Image registration: images with world geometry, their files, and (to come) the fit that aligns them."""
+"""Image registration in world coordinates: images with geometry, resampling, metrics, ``register``, export."""
 
+from lossfit.registration.evaluate import displacement, target_registration_error
+from lossfit.registration.export import read_itk_transform, write_itk_transform
 from lossfit.registration.image import Image
 from lossfit.registration.io import load_image
+from lossfit.registration.register import Level, Registration, register
+from lossfit.registration.resample import resample
 
-__all__ = ["Image", "load_image"]
+__all__ = [
+    "Image",
+    "Level",
+    "Registration",
+    "displacement",
+    "load_image",
+    "read_itk_transform",
+    "register",
+    "resample",
+    "target_registration_error",
+    "write_itk_transform",
+]
