@@ -369,6 +369,83 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+IMAGE_OUTPUTS = {".nii": ".nii", ".gz": ".nii.gz", ".dcm": ".dcm", ".png": ".png", ".tif": ".tif", ".tiff": ".tif"}
+
+
+@app.command()
+@guarded
+def register(
+    fixed: Annotated[Path, typer.Argument(help="the fixed image: NIfTI, DICOM file or series folder, PNG/TIFF/JPEG")],
+    moving: Annotated[Path, typer.Argument(help="the moving image, brought onto the fixed one")],
+    transform: Annotated[
+        str, typer.Option(help="translation, rigid, similarity, affine or projective (2-D)")
+    ] = "affine",
+    metric: Annotated[str, typer.Option(help="mse, ncc, lncc or mi (mutual information, multi-modal)")] = "mse",
+    init: Annotated[str, typer.Option(help="geometry, mass, moments or none")] = "geometry",
+    samples: Annotated[int, typer.Option(help="fixed voxels compared per pyramid level")] = 50_000,
+    out: Annotated[
+        Path | None, typer.Option(help="folder for the warped image, transform (.tfm, .json), picture")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+) -> None:
+    """Register MOVING to FIXED in world coordinates; the transform maps fixed world points to moving ones."""
+    from rich.progress import Progress
+
+    from lossfit.registration import load_image
+    from lossfit.registration import register as register_images
+
+    if out is not None and out.exists() and not out.is_dir():
+        fail(f"{out}: --out must be a folder; a file of that name exists")
+    if out is not None and not out.parent.exists():
+        fail(f"{out}: the folder {out.parent} does not exist")
+    fixed_image, moving_image = load_image(fixed), load_image(moving)
+    with Progress(transient=True, disable=json_out or not sys.stderr.isatty()) as bar:
+        task = bar.add_task("registering", total=None)
+
+        def progress(level: int, count: int) -> None:
+            bar.update(task, total=count, completed=level, description=f"pyramid level {level + 1} of {count}")
+
+        result = register_images(
+            fixed_image, moving_image, transform, metric, init=init, samples=samples, progress=progress
+        )
+    if out is not None:
+        _write_registration(result, fixed, result.moving, out)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        typer.echo(result.summary())
+        assert result.matrix is not None
+        typer.echo("matrix (fixed world -> moving world, LPS mm):")
+        for row in result.matrix.tolist():
+            typer.echo("  " + "  ".join(f"{v: .6f}" for v in row))
+    if not result.success:
+        raise typer.Exit(EXIT_NOT_CONVERGED)
+
+
+def _write_registration(result: Any, fixed_path: Path, moving_image: Any, out: Path) -> None:
+    """The warped moving image (in the fixed image's format), transform.tfm (affine family), transform.json and
+    registration.png (checkerboards and differences before and after)."""
+    from lossfit.io import atomic_write_text
+    from lossfit.plotting import plot_registration, save_figure
+    from lossfit.registration import resample
+
+    name = fixed_path.name.lower()
+    suffix = next(
+        (v for k, v in IMAGE_OUTPUTS.items() if name.endswith(k)), ".dcm" if fixed_path.is_dir() else ".nii.gz"
+    )
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as exc:
+        fail(f"{out}: cannot create the folder ({exc.strerror})")
+    result.warped.save(out / f"warped{suffix}")
+    if result.transform != "projective":
+        result.save_transform(out / "transform.tfm")
+    atomic_write_text(out / "transform.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    before = resample(moving_image, result.fixed)
+    figure = plot_registration(result.fixed, before, result.warped, f"{result.transform} / {result.metric}")
+    save_figure(figure, str(out / "registration.png"))
+
+
 @app.command()
 @guarded
 def demo(

@@ -106,3 +106,49 @@ def save_figure(fig: Any, path: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format=str(path).rsplit(".", 1)[-1].lower())
     plt.close(fig)
+
+
+def checkerboard(a: torch.Tensor, b: torch.Tensor, tiles: int = 8) -> torch.Tensor:
+    """Alternate square tiles of two same-shaped 2-D images (each scaled to 0..1 by its own robust range)."""
+    ny, nx = a.shape
+    size = max(1, min(ny, nx) // tiles)
+    yy = torch.arange(ny).unsqueeze(1) // size
+    xx = torch.arange(nx).unsqueeze(0) // size
+    return torch.where((yy + xx) % 2 == 0, _unit(a), _unit(b))
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().cpu().double()
+    flat = x.reshape(-1)[:: max(1, x.numel() // 200_000)]
+    low, high = torch.quantile(flat, 0.01), torch.quantile(flat, 0.99)
+    return ((x - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+
+
+def _slices(data: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The 2-D image itself, or three orthogonal slices through the centre of a 3-D volume (z, y, x order)."""
+    if data.dim() == 2:
+        return [("", data)]
+    nz, ny, nx = data.shape
+    return [("axial", data[nz // 2]), ("coronal", data[:, ny // 2].flip(0)), ("sagittal", data[:, :, nx // 2].flip(0))]
+
+
+def plot_registration(fixed: Any, moving_before: Any, warped: Any, title: str = "") -> Any:
+    """Before/after figure: checkerboards of fixed against moving (before) and against the warped moving image
+    (after), and the absolute differences; one row per slice (three orthogonal slices for 3-D)."""
+    plt = _pyplot()
+    rows = list(zip(_slices(fixed.data), _slices(moving_before.data), _slices(warped.data), strict=True))
+    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 3.4 * len(rows)), squeeze=False)
+    heads = ("checkerboard before", "checkerboard after", "|difference| before", "|difference| after")
+    for r, ((name, f), (_, m), (_, w)) in enumerate(rows):
+        fu, mu, wu = _unit(f), _unit(m), _unit(w)
+        panels = (checkerboard(f, m), checkerboard(f, w), (fu - mu).abs(), (fu - wu).abs())
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel.numpy(), cmap="gray" if c < 2 else "magma", vmin=0, vmax=1, origin="upper")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{heads[c]}{' (' + name + ')' if name else ''}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -293,8 +293,20 @@ def _check_pairs(fixed: list[Image], moving: list[Image]) -> None:
                 raise ValueError(f"{where} holds NaN or infinite voxels; replace them (or mask them) first")
             if float(data.max() - data.min()) == 0:
                 raise ValueError(f"{where} is constant: there is no gradient to follow")
+            if image.ndim == 3 and image.shape[0] == 1:
+                raise ValueError(f"{where} is a single slice (shape {tuple(image.shape)}) but the other is a volume")
             if min(image.shape) < 4:
                 raise ValueError(f"{where} has shape {tuple(image.shape)}; each axis needs at least 4 voxels")
+
+
+def _single_slice(image: Image) -> Image | None:
+    """A one-slice volume whose slice lies in the x-y plane (a 2-D NIfTI file, say) as a 2-D image; else None."""
+    if image.ndim != 3 or image.shape[0] != 1:
+        return None
+    direction = torch.tensor(image.direction, dtype=_FLOAT)
+    if float(direction[:2, 2].abs().max()) > 1e-9 or float(direction[2, :2].abs().max()) > 1e-9:
+        return None
+    return Image(image.data[0], spacing=image.spacing[:2], origin=image.origin[:2], direction=direction[:2, :2])
 
 
 def _pyramid(shape: Sequence[int], levels: int | Sequence[int] | None) -> list[int]:
@@ -431,7 +443,8 @@ def register(
 
     Args:
         fixed, moving: :class:`Image` objects of the same dimension (2-D or 3-D), or two lists of them (a batch of
-            same-sized pairs, each pair stopping on its own).
+            same-sized pairs, each pair stopping on its own). When every image is a one-slice volume in the x-y plane
+            (as 2-D NIfTI files load), they are registered as 2-D images (the matrix is then 3x3).
         transform: ``"translation"``, ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"projective"`` (2-D).
         metric: ``"mse"`` (same modality), ``"ncc"`` (linear intensity change), ``"lncc"`` (local correlation,
             whole grids: slower) or ``"mi"`` (mutual information: different modalities).
@@ -455,6 +468,9 @@ def register(
     start = time.perf_counter()
     fixed_list, moving_list = _as_list(fixed, "fixed"), _as_list(moving, "moving")
     batch = isinstance(fixed, (list, tuple))
+    if all(_single_slice(im) is not None for im in fixed_list + moving_list):
+        fixed_list = [_single_slice(im) or im for im in fixed_list]
+        moving_list = [_single_slice(im) or im for im in moving_list]
     _check_pairs(fixed_list, moving_list)
     d = fixed_list[0].ndim
     if transform not in TRANSFORMS:
