@@ -60,14 +60,19 @@ def _bspline3(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t < 1, inner, outer)
 
 
-def parzen_weights(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int) -> torch.Tensor:
-    """Each value's share of ``bins`` histogram bins, ``(B, N, bins)``: cubic B-spline windows on a bin grid whose
-    two outer bins on each side are padding (so a value at the range's ends keeps all its weight)."""
+def parzen_weights(
+    values: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each value's share of ``bins`` histogram bins under a cubic B-spline window: the first of the four bins it
+    touches ``(B, N)`` and the four weights ``(B, N, 4)`` (summing to 1). The two outer bins on each side are padding,
+    so a value at either end of the range keeps all its weight."""
     usable = bins - 4
     pos = (values - low.unsqueeze(-1)) / (high - low).clamp_min(_EPS).unsqueeze(-1) * (usable - 1) + 2
     pos = pos.clamp(2, bins - 3)
-    centres = torch.arange(bins, dtype=values.dtype, device=values.device)
-    return _bspline3(pos.unsqueeze(-1) - centres)
+    base = pos.detach().floor()
+    t = (pos - base).unsqueeze(-1)
+    offsets = torch.tensor([1.0, 0.0, -1.0, -2.0], dtype=values.dtype, device=values.device)
+    return (base - 1).long(), _bspline3(t + offsets)
 
 
 def mi(
@@ -76,12 +81,13 @@ def mi(
     weight: torch.Tensor | None = None,
     bins: int = 32,
     ranges: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    fixed_weights: torch.Tensor | None = None,
+    fixed_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Minus the mutual information of ``a`` and ``b`` in nats, ``(B,)`` (lower is better).
 
     ``ranges`` (low_a, high_a, low_b, high_b) fixes the histogram ranges (by default each row's robust range);
     ``fixed_weights`` may pass precomputed :func:`parzen_weights` of ``a`` (the fixed image's do not change).
+    Each sample adds to 4 x 4 bins of the joint histogram (a scatter, not a dense ``N x bins`` product).
     """
     w = torch.ones_like(a) if weight is None else weight
     if ranges is None:
@@ -89,9 +95,15 @@ def mi(
         lb, hb = intensity_range(b, weight)
     else:
         la, ha, lb, hb = ranges
-    wa = parzen_weights(a, la, ha, bins) if fixed_weights is None else fixed_weights
-    wb = parzen_weights(b, lb, hb, bins)
-    joint = torch.einsum("bni,bnj->bij", wa * w.unsqueeze(-1), wb)
+    first_a, wa = parzen_weights(a, la, ha, bins) if fixed_weights is None else fixed_weights
+    first_b, wb = parzen_weights(b, lb, hb, bins)
+    steps = torch.arange(4, device=a.device)
+    rows = (first_a.unsqueeze(-1) + steps).unsqueeze(-1)  # (B, N, 4, 1)
+    cols = (first_b.unsqueeze(-1) + steps).unsqueeze(-2)  # (B, N, 1, 4)
+    index = (rows * bins + cols).reshape(a.shape[0], -1)
+    contrib = ((wa * w.unsqueeze(-1)).unsqueeze(-1) * wb.unsqueeze(-2)).reshape(a.shape[0], -1)
+    joint = torch.zeros(a.shape[0], bins * bins, dtype=contrib.dtype, device=a.device).scatter_add(1, index, contrib)
+    joint = joint.reshape(-1, bins, bins)
     joint = joint / joint.sum(dim=(-1, -2), keepdim=True).clamp_min(_EPS)
     pa = joint.sum(-1, keepdim=True)
     pb = joint.sum(-2, keepdim=True)

@@ -167,18 +167,18 @@ class _Level:
     def _warp(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """World points in moving space ``Y (B, N, d)``, their homogeneous weight ``w (B, N)`` and normalised
         coordinates ``(B, N, d)``."""
-        t = self.left[rows] @ self.model_matrix(q) @ self.right[rows]
-        h = self.points[rows] @ t.transpose(-1, -2)
+        t = _take(self.left, rows) @ self.model_matrix(q) @ _take(self.right, rows)
+        h = _take(self.points, rows) @ t.transpose(-1, -2)
         w = h[..., self.d]
         y = h[..., : self.d] / w.unsqueeze(-1)
-        a = self.to_normalized[rows]
+        a = _take(self.to_normalized, rows)
         normalized = y @ a[:, : self.d, : self.d].transpose(-1, -2) + a[:, None, : self.d, self.d]
         return y, w, normalized
 
     def _sampled(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
         y, w, normalized = self._warp(q, rows)
-        out = sample(self.moving[rows], normalized).to(_FLOAT)  # float64 from here: losses sum many samples
-        ok = (normalized.detach().abs() <= 1).all(dim=-1) & self.fixed_ok[rows]
+        out = sample(_take(self.moving, rows), normalized).to(_FLOAT)  # float64 from here: losses sum many samples
+        ok = (normalized.detach().abs() <= 1).all(dim=-1) & _take(self.fixed_ok, rows)
         self.evals += 1
         return out, ok.to(out.dtype), y, w
 
@@ -191,17 +191,17 @@ class _Level:
 
     def residual(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         out, ok, _, _ = self._sampled(q, rows)
-        return ((out[:, 0] - self.values[rows]) * ok).to(q.dtype)
+        return ((out[:, 0] - _take(self.values, rows)) * ok).to(q.dtype)
 
     def residual_and_jacobian(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out, ok, y, w = self._sampled(q, rows)
         d = self.d
-        r = (out[:, 0] - self.values[rows]) * ok
+        r = (out[:, 0] - _take(self.values, rows)) * ok
         grad = out[:, 1:].transpose(1, 2).to(_FLOAT)  # (B, N, d) world gradient of the moving image at y
         inv_w = (1 / w).unsqueeze(-1)
         # d y_i / d T_lj = (delta_il - y_i delta_dl) x_j / w: the effective gradient over the matrix rows l
         eff = torch.cat([grad * inv_w, -(grad * y).sum(-1, keepdim=True) * inv_w], dim=-1)  # (B, N, d+1)
-        outer = (eff.unsqueeze(-1) * self.points[rows].unsqueeze(-2)).reshape(*eff.shape[:2], (d + 1) ** 2)
+        outer = (eff.unsqueeze(-1) * _take(self.points, rows).unsqueeze(-2)).reshape(*eff.shape[:2], (d + 1) ** 2)
         jac = outer @ self._matrix_jacobian(q, rows)
         return r.to(q.dtype), (jac * ok.unsqueeze(-1).to(_FLOAT)).to(q.dtype)
 
@@ -226,12 +226,13 @@ class _Level:
     # -- scalar losses ----------------------------------------------------------------------------------------------
     def _loss(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         out, ok, _, _ = self._sampled(q, rows)
-        b, a = out[:, 0], self.values[rows]
+        b, a = out[:, 0], _take(self.values, rows)
         if self.metric == "ncc":
             return M.ncc(a, b, ok)
         if self.metric == "mi":
-            lo_a, hi_a, lo_b, hi_b = (v[rows] for v in self.ranges)
-            return M.mi(a, b, ok, self.bins, (lo_a, hi_a, lo_b, hi_b), self.fixed_weights[rows])
+            lo_a, hi_a, lo_b, hi_b = (_take(v, rows) for v in self.ranges)
+            first, weights = self.fixed_weights
+            return M.mi(a, b, ok, self.bins, (lo_a, hi_a, lo_b, hi_b), (_take(first, rows), _take(weights, rows)))
         if self.metric == "mse":
             return M.mse(a, b, ok)
         assert self.grid_shape is not None
@@ -240,12 +241,12 @@ class _Level:
 
     def value(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return (self._loss(q, rows) * self.loss_scale[rows]).to(q.dtype)
+            return (self._loss(q, rows) * _take(self.loss_scale, rows)).to(q.dtype)
 
     def value_and_grad(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             qq = q.detach().requires_grad_(True)
-            f = self._loss(qq, rows) * self.loss_scale[rows]
+            f = self._loss(qq, rows) * _take(self.loss_scale, rows)
             (g,) = torch.autograd.grad(f.sum(), qq)
         return f.detach().to(q.dtype), g.to(q.dtype)
 
@@ -256,6 +257,17 @@ class _Level:
         self.loss_scale = torch.ones(q.shape[0], dtype=_FLOAT, device=q.device)
         _, g = self.value_and_grad(q, rows)
         self.loss_scale = 1 / g.abs().amax(dim=1).clamp_min(1e-12)
+
+
+def _take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t[rows]``, without copying when ``rows`` is every row in order (one pair, or a batch still all running)."""
+    if rows.numel() == t.shape[0] and ((rows.numel() == 1 and int(rows[0]) == 0) or bool((rows == _arange(t)).all())):
+        return t
+    return t[rows]
+
+
+def _arange(t: torch.Tensor) -> torch.Tensor:
+    return torch.arange(t.shape[0], device=t.device)
 
 
 def _volume_range(volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -450,7 +462,8 @@ def register(
             whole grids: slower) or ``"mi"`` (mutual information: different modalities).
         levels: pyramid shrink factors, coarse to fine (default: up to (4, 2, 1), while the coarsest level keeps 24
             voxels per axis), or a count of levels.
-        samples: the most fixed voxels compared per level (a seeded random subset; all voxels when fewer).
+        samples: the most fixed voxels compared at the finest level (a seeded random subset; all voxels when fewer);
+            a level shrunk by ``s`` compares at most ``samples / s``.
         init: ``"geometry"`` (image centres), ``"mass"`` (intensity centres of mass), ``"moments"`` (centres of mass
             and principal axes) or ``"none"`` (the identity); ignored when ``initial`` (a world matrix, fixed to
             moving) is given.
@@ -526,8 +539,10 @@ def register(
         spatial = tuple(f_data.shape[1:])
         count = math.prod(spatial)
         whole = metric == "lncc"
-        n = count if whole or count <= samples else samples
-        chosen = torch.arange(count) if n == count else torch.randperm(count, generator=generator)[:n]
+        budget = max(64, samples // shrink)  # coarse levels only need to get close: fewer samples
+        n = count if whole or count <= budget else budget
+        # Sorted, so that neighbouring samples read neighbouring memory (much faster resampling of big volumes).
+        chosen = torch.arange(count) if n == count else torch.randperm(count, generator=generator)[:n].sort().values
         chosen = chosen.to(device)
         idx = _unravel(chosen, spatial)  # (n, d) in index order, float64
         points = torch.cat([idx, torch.ones(n, 1, dtype=_FLOAT, device=device)], dim=1) @ f_aff.transpose(-1, -2)
@@ -568,7 +583,9 @@ def register(
         engine_solver = resolve(chosen_name, {})
         if engine_solver.needs == "gradient":
             objective.scale_loss(q)
-        stop = Stopping(ftol, xtol, gtol, max_steps, None)
+        finest = index == len(factors) - 1
+        # Coarse levels hand over a start to the next: a loose tolerance; the finest level gets the requested one.
+        stop = Stopping(ftol if finest else max(ftol, 1e-5), xtol if finest else max(xtol, 1e-3), gtol, max_steps, None)
         outcome = run(objective, engine_solver, q, stop, record=True)  # type: ignore[arg-type]
         q = outcome.x
         history = outcome.history

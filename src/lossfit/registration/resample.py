@@ -122,7 +122,10 @@ def _normalized_grid(shape: torch.Size | tuple[int, ...], dtype: torch.dtype) ->
 def gaussian_smooth(data: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
     """Separable Gaussian smoothing of ``(B, C, *spatial)`` with a standard deviation per spatial axis, in voxels
     (axes in data order); edges replicate. A sigma of 0 leaves that axis alone."""
-    out = data
+    d = len(sigmas)
+    conv = F.conv2d if d == 2 else F.conv3d
+    b, c = data.shape[:2]
+    out = data.reshape(b * c, 1, *data.shape[2:])
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0:
             continue
@@ -130,10 +133,9 @@ def gaussian_smooth(data: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tens
         x = torch.arange(-radius, radius + 1, dtype=data.dtype, device=data.device)
         kernel = torch.exp(-0.5 * (x / sigma) ** 2)
         kernel = kernel / kernel.sum()
-        moved = out.movedim(2 + axis, -1)
-        shape = moved.shape
-        flat = moved.reshape(-1, 1, shape[-1])
-        flat = F.pad(flat, (radius, radius), mode="replicate")
-        flat = F.conv1d(flat, kernel.reshape(1, 1, -1))
-        out = flat.reshape(shape).movedim(-1, 2 + axis)
-    return out
+        shape = [1, 1] + [1] * d
+        shape[2 + axis] = kernel.numel()
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = radius  # F.pad lists the last axis first
+        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
+    return out.reshape(data.shape)
