@@ -277,6 +277,17 @@ def test_initialisations_bring_a_far_shift_in_range(init: str) -> None:
     assert error_mm(image, result.matrix, truth) < 0.2
 
 
+def test_a_robust_loss_ignores_content_the_fixed_image_lacks() -> None:
+    image = ct()
+    moving, truth = warp_known(image, about_centre(image, rotation(5)[:2, :2], (2.0, 1.0)))
+    spoiled = moving.with_data(moving.data.clone())
+    spoiled.data[40:60, 30:90] = 3000.0  # a bright block (a tube, a lesion) that the fixed image does not have
+    plain = register(image, spoiled, "rigid")
+    robust = register(image, spoiled, "rigid", loss="cauchy")
+    assert robust.success
+    assert error_mm(image, robust.matrix, truth) < 0.1 < error_mm(image, plain.matrix, truth)
+
+
 def test_masks_restrict_the_comparison() -> None:
     image = ct()
     moving, truth = warp_known(image, about_centre(image, rotation(5)[:2, :2], (2.0, 1.0)))
@@ -352,6 +363,8 @@ def test_projective_transforms_are_not_written_as_itk(tmp_path: Path) -> None:
         (lambda: mni(), lambda: mni(), {"transform": "projective"}, ValueError, "2-D images"),
         (lambda: ct(), lambda: np.zeros((5, 5)), {}, TypeError, "`moving` must be a lossfit.registration.Image"),
         (lambda: ct(), lambda: ct(), {"levels": (1, 2)}, ValueError, "coarse to fine"),
+        (lambda: ct(), lambda: ct(), {"loss": "cauchy", "metric": "ncc"}, ValueError, "metric='mse' only"),
+        (lambda: ct(), lambda: ct(), {"samples": 10}, ValueError, "`samples` must be"),
     ],
 )
 def test_bad_input_names_the_problem(fixed, moving, kwargs, error, words) -> None:  # type: ignore[no-untyped-def]

@@ -1,6 +1,6 @@
 """lossfit: derive the parameters of a transformation from a loss function, and prove the answer."""
 
-from lossfit import matrices, transforms
+from lossfit import matrices, registration, transforms
 from lossfit.engine import (
     SOLVERS,
     SPD,
@@ -22,6 +22,7 @@ from lossfit.engine import (
 from lossfit.errors import InputFileError, LossfitError, NonFiniteError
 from lossfit.models import Regression, curve_fit, fit
 from lossfit.points import Alignment, align
+from lossfit.registration import Image, Registration, load_image, register
 
 __version__ = "0.1.0"
 
@@ -34,11 +35,13 @@ __all__ = [
     "FitResult",
     "GradientCheck",
     "History",
+    "Image",
     "InputFileError",
     "LossfitError",
     "NonFiniteError",
     "Orthogonal",
     "Positive",
+    "Registration",
     "Regression",
     "Solver",
     "SolverInfo",
@@ -50,7 +53,10 @@ __all__ = [
     "curve_fit",
     "fit",
     "least_squares",
+    "load_image",
     "matrices",
     "minimize",
+    "register",
+    "registration",
     "transforms",
 ]

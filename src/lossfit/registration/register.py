@@ -34,6 +34,7 @@ from lossfit import transforms as T
 from lossfit.engine.loop import Stopping, run
 from lossfit.engine.result import FitResult, History, SolverInfo, Status
 from lossfit.engine.solvers import resolve
+from lossfit.losses import rho_and_weight, robust_loss
 from lossfit.registration import metrics as M
 from lossfit.registration.image import Image
 from lossfit.registration.resample import gaussian_smooth, index_to_normalized, resample, sample
@@ -156,6 +157,8 @@ class _Level:
         self.evals = 0
         self.num_residuals = values.shape[1]
         self.loss_scale = torch.ones(values.shape[0], dtype=_FLOAT, device=values.device)
+        self.rho: Any = None
+        self.f_scale = torch.ones(values.shape[0], 1, dtype=_FLOAT, device=values.device)
         self.linear_model = linear_model
         self._dt: torch.Tensor | None = None
         self._dt_rows = torch.empty(0, dtype=torch.long)
@@ -183,11 +186,34 @@ class _Level:
         return out, ok.to(out.dtype), y, w
 
     # -- least squares (mse) --------------------------------------------------------------------------------------
-    def weights(self, r: torch.Tensor) -> None:
-        return None
+    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
+        if self.rho is None:
+            return None
+        return rho_and_weight(self.rho, r, self._scale(r))[1]
 
     def cost(self, r: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (r * r).sum(-1)
+        if self.rho is None:
+            return 0.5 * (r * r).sum(-1)
+        return 0.5 * rho_and_weight(self.rho, r, self._scale(r))[0].sum(-1)
+
+    def _scale(self, r: torch.Tensor) -> Any:
+        scale = self.f_scale
+        return scale if scale.shape[0] == r.shape[0] else scale[: r.shape[0]]
+
+    def set_robust_scale(self, q: torch.Tensor, loss: str) -> None:
+        """The robust loss's scale per pair: a multiple of the residuals' robust standard deviation at the level's
+        start (1.4826 median absolute residual over the overlap; Huber 1.345, Cauchy 2.385 of those)."""
+        self.rho = robust_loss(loss)
+        rows = torch.arange(q.shape[0], device=q.device)
+        out, ok, _, _ = self._sampled(q, rows)
+        r = (out[:, 0] - self.values) * ok
+        scales = []
+        for row in range(r.shape[0]):
+            inside = r[row][ok[row] > 0].abs()
+            inside = inside[inside > 0]  # empty background against empty background says nothing about the noise
+            mad = float(inside.median()) if inside.numel() else 1.0
+            scales.append(max(1.4826 * mad, 1e-12) * {"huber": 1.345, "cauchy": 2.385}.get(loss, 1.0))
+        self.f_scale = torch.tensor(scales, dtype=_FLOAT, device=q.device).unsqueeze(1)
 
     def residual(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         out, ok, _, _ = self._sampled(q, rows)
@@ -338,11 +364,14 @@ def _pyramid(shape: Sequence[int], levels: int | Sequence[int] | None) -> list[i
     return factors
 
 
-def _level_images(images: list[Image], shrink: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smoothed (sigma = shrink / 2 voxels) and subsampled data ``(B, *shape)`` and the level grids' affines."""
+def _level_images(
+    images: list[Image], shrink: int, dtype: torch.dtype, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed (``sigma`` voxels of the input) and subsampled data ``(B, *shape)`` and the level grids' affines."""
     data = torch.stack([im.data.to(dtype) for im in images]).unsqueeze(1)
+    if sigma > 0:
+        data = gaussian_smooth(data, (sigma,) * (data.dim() - 2))
     if shrink > 1:
-        data = gaussian_smooth(data, (shrink / 2,) * (data.dim() - 2))
         index = (slice(None), slice(None), *([slice(None, None, shrink)] * (data.dim() - 2)))
         data = data[index]
     affines = []
@@ -437,6 +466,8 @@ def register(
     *,
     levels: int | Sequence[int] | None = None,
     samples: int = 50_000,
+    smoothing: float = 0.0,
+    loss: str = "linear",
     init: str = "geometry",
     initial: Any = None,
     fixed_mask: Image | None = None,
@@ -462,6 +493,11 @@ def register(
             whole grids: slower) or ``"mi"`` (mutual information: different modalities).
         levels: pyramid shrink factors, coarse to fine (default: up to (4, 2, 1), while the coarsest level keeps 24
             voxels per axis), or a count of levels.
+        smoothing: Gaussian smoothing (voxels) of both images at the finest level (coarser levels smooth by half
+            their shrink factor).
+        loss: for ``metric="mse"``, ``"linear"`` (plain least squares), ``"huber"`` or ``"cauchy"``: a robust loss
+            whose scale follows the residuals' robust spread at the start of each level, for content that one image
+            has and the other lacks (a field of view cut off, a fill value, a lesion).
         samples: the most fixed voxels compared at the finest level (a seeded random subset; all voxels when fewer);
             a level shrunk by ``s`` compares at most ``samples / s``.
         init: ``"geometry"`` (image centres), ``"mass"`` (intensity centres of mass), ``"moments"`` (centres of mass
@@ -494,6 +530,12 @@ def register(
         raise ValueError(f"`metric` must be one of {', '.join(repr(m) for m in M.METRICS)}; got {metric!r}")
     if init not in INITS:
         raise ValueError(f"`init` must be one of {', '.join(repr(i) for i in INITS)}; got {init!r}")
+    if loss not in ("linear", "huber", "cauchy"):
+        raise ValueError(f"`loss` must be 'linear', 'huber' or 'cauchy'; got {loss!r}")
+    if loss != "linear" and metric != "mse":
+        raise ValueError(f"`loss={loss!r}` applies to metric='mse' only; got metric={metric!r}")
+    if not (isinstance(smoothing, (int, float)) and smoothing >= 0):
+        raise ValueError(f"`smoothing` must be a number of voxels >= 0; got {smoothing!r}")
     if not (isinstance(samples, int) and samples >= 64):
         raise ValueError(f"`samples` must be an integer >= 64; got {samples!r}")
     factors = _pyramid(fixed_list[0].shape, levels)
@@ -534,8 +576,10 @@ def register(
         if progress is not None:
             progress(index, len(factors))
         level_start = time.perf_counter()
-        f_data, f_aff = _level_images(fixed_list, shrink, dtype)
-        m_data, m_aff = _level_images(moving_list, shrink, dtype)
+        finest = index == len(factors) - 1
+        sigma = shrink / 2 if shrink > 1 else smoothing
+        f_data, f_aff = _level_images(fixed_list, shrink, dtype, sigma)
+        m_data, m_aff = _level_images(moving_list, shrink, dtype, sigma)
         spatial = tuple(f_data.shape[1:])
         count = math.prod(spatial)
         whole = metric == "lncc"
@@ -551,7 +595,7 @@ def register(
         if fixed_mask is not None:
             fm = resample(fixed_mask, fixed_list[0], interpolation="nearest")
             assert isinstance(fm, Image)
-            level_mask, _ = _level_images([fm], shrink, dtype)
+            level_mask, _ = _level_images([fm], shrink, dtype, 0.0)
             fixed_ok = fixed_ok & (level_mask.reshape(1, -1)[:, chosen] > 0.5)
         channels = [m_data.unsqueeze(1)]
         if metric == "mse":
@@ -560,7 +604,7 @@ def register(
         if moving_mask is not None:
             mm = resample(moving_mask, moving_list[0], interpolation="nearest")
             assert isinstance(mm, Image)
-            level_mmask, _ = _level_images([mm], shrink, dtype)
+            level_mmask, _ = _level_images([mm], shrink, dtype, 0.0)
             volume = volume * (level_mmask.unsqueeze(1) > 0.5)
         to_norm = torch.stack(
             [index_to_normalized(spatial, _FLOAT).to(device) @ torch.linalg.inv(a) for a in m_aff.to(device)]
@@ -581,9 +625,10 @@ def register(
             transform in ("translation", "affine", "projective"),
         )
         engine_solver = resolve(chosen_name, {})
+        if loss != "linear":
+            objective.set_robust_scale(q, loss)
         if engine_solver.needs == "gradient":
             objective.scale_loss(q)
-        finest = index == len(factors) - 1
         # Coarse levels hand over a start to the next: a loose tolerance; the finest level gets the requested one.
         stop = Stopping(ftol if finest else max(ftol, 1e-5), xtol if finest else max(xtol, 1e-3), gtol, max_steps, None)
         outcome = run(objective, engine_solver, q, stop, record=True)  # type: ignore[arg-type]
@@ -596,7 +641,7 @@ def register(
         done_levels.append(
             Level(
                 shrink,
-                shrink / 2 if shrink > 1 else 0.0,
+                sigma,
                 n,
                 int(outcome.steps.max()),
                 level_status,
