@@ -381,3 +381,13 @@ def test_gaussian_smoothing_matches_scipy() -> None:
     ours = gaussian_smooth(volume, (1.0, 0.0, 2.0))[0, 0].numpy()
     theirs = ndimage.gaussian_filter(volume[0, 0].numpy(), (1.0, 0.0, 2.0), mode="nearest", truncate=3.0)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+
+
+def test_strided_smoothing_is_smoothing_then_subsampling() -> None:
+    from lossfit.registration.resample import gaussian_smooth
+
+    g = torch.Generator().manual_seed(7)
+    volume = torch.rand(2, 1, 11, 12, 13, generator=g, dtype=torch.float64)
+    for sigmas, stride in (((1.0, 1.0, 1.0), 2), ((1.0, 0.0, 2.0), 3)):
+        whole = gaussian_smooth(volume, sigmas)[:, :, ::stride, ::stride, ::stride]
+        torch.testing.assert_close(gaussian_smooth(volume, sigmas, stride=stride), whole, rtol=0, atol=0)

@@ -12,8 +12,9 @@ How it works:
   Together with solvers that need no learning rate, nothing has to be tuned.
 - **A pyramid** of levels (shrink factors, Gaussian smoothing) runs coarse to fine; each level stops on convergence
   (the engine's ftol/xtol/gtol), not after a fixed count. The finest level's status is the result's status.
-- **Samples**: each level compares the images at up to ``samples`` fixed voxels (a seeded random subset, the same
-  through the level), so the cost of a step does not grow with the volume.
+- **Samples**: each level compares the images at up to ``samples`` fixed voxels (a seeded draw, the same through the
+  level, weighted towards the fixed image's edges, which is where the information about the alignment is), so the
+  cost of a step does not grow with the volume.
 - **Mean squares** is a least-squares problem: Levenberg-Marquardt with the exact Jacobian ``grad I_m(T x) dT/dp``
   (the moving image's gradient is resampled with its values in one pass). **NCC, local NCC and mutual
   information** are scalar losses: L-BFGS with the gradient by autograd through the resampling.
@@ -369,9 +370,9 @@ def _level_images(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed (``sigma`` voxels of the input) and subsampled data ``(B, *shape)`` and the level grids' affines."""
     data = torch.stack([im.data.to(dtype) for im in images]).unsqueeze(1)
-    if sigma > 0:
-        data = gaussian_smooth(data, (sigma,) * (data.dim() - 2))
-    if shrink > 1:
+    if sigma > 0:  # smoothing computes only the kept voxels (a strided convolution per axis)
+        data = gaussian_smooth(data, (sigma,) * (data.dim() - 2), stride=shrink)
+    elif shrink > 1:
         index = (slice(None), slice(None), *([slice(None, None, shrink)] * (data.dim() - 2)))
         data = data[index]
     affines = []
@@ -380,6 +381,23 @@ def _level_images(
         a[:-1, :-1] *= shrink
         affines.append(a)
     return data[:, 0], torch.stack(affines)
+
+
+def _gradient_at(data: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """Gradient magnitude (index units, central differences, clamped at the edges) of ``data (B, *spatial)`` at the
+    flat voxel positions ``flat``: ``(B, len(flat))``."""
+    shape = data.shape[1:]
+    values = data.reshape(data.shape[0], -1)
+    total = torch.zeros(data.shape[0], flat.numel(), dtype=data.dtype, device=data.device)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        n = shape[axis]
+        coord = (flat // stride) % n
+        up = flat + stride * ((coord + 1).clamp(max=n - 1) - coord)
+        down = flat - stride * (coord - (coord - 1).clamp(min=0))
+        total += (values[:, up] - values[:, down]) ** 2
+        stride *= n
+    return total.sqrt()
 
 
 def _world_gradient(data: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
@@ -465,8 +483,9 @@ def register(
     metric: str = "mse",
     *,
     levels: int | Sequence[int] | None = None,
-    samples: int = 50_000,
+    samples: int = 100_000,
     smoothing: float = 0.0,
+    sampling: str = "gradient",
     loss: str = "linear",
     init: str = "geometry",
     initial: Any = None,
@@ -493,12 +512,15 @@ def register(
             whole grids: slower) or ``"mi"`` (mutual information: different modalities).
         levels: pyramid shrink factors, coarse to fine (default: up to (4, 2, 1), while the coarsest level keeps 24
             voxels per axis), or a count of levels.
+        sampling: ``"gradient"`` draws the compared voxels with probability growing with the fixed image's gradient
+            (where its content is: edges carry the information about the alignment; flat regions add little but
+            cost), ``"random"`` uniformly. Both are seeded.
         smoothing: Gaussian smoothing (voxels) of both images at the finest level (coarser levels smooth by half
             their shrink factor).
         loss: for ``metric="mse"``, ``"linear"`` (plain least squares), ``"huber"`` or ``"cauchy"``: a robust loss
             whose scale follows the residuals' robust spread at the start of each level, for content that one image
             has and the other lacks (a field of view cut off, a fill value, a lesion).
-        samples: the most fixed voxels compared at the finest level (a seeded random subset; all voxels when fewer);
+        samples: the most fixed voxels compared at the finest level (a seeded draw; all voxels when fewer);
             a level shrunk by ``s`` compares at most ``samples / s``.
         init: ``"geometry"`` (image centres), ``"mass"`` (intensity centres of mass), ``"moments"`` (centres of mass
             and principal axes) or ``"none"`` (the identity); ignored when ``initial`` (a world matrix, fixed to
@@ -530,6 +552,8 @@ def register(
         raise ValueError(f"`metric` must be one of {', '.join(repr(m) for m in M.METRICS)}; got {metric!r}")
     if init not in INITS:
         raise ValueError(f"`init` must be one of {', '.join(repr(i) for i in INITS)}; got {init!r}")
+    if sampling not in ("gradient", "random"):
+        raise ValueError(f"`sampling` must be 'gradient' or 'random'; got {sampling!r}")
     if loss not in ("linear", "huber", "cauchy"):
         raise ValueError(f"`loss` must be 'linear', 'huber' or 'cauchy'; got {loss!r}")
     if loss != "linear" and metric != "mse":
@@ -586,7 +610,18 @@ def register(
         budget = max(64, samples // shrink)  # coarse levels only need to get close: fewer samples
         n = count if whole or count <= budget else budget
         # Sorted, so that neighbouring samples read neighbouring memory (much faster resampling of big volumes).
-        chosen = torch.arange(count) if n == count else torch.randperm(count, generator=generator)[:n].sort().values
+        if n == count:
+            chosen = torch.arange(count)
+        elif sampling == "gradient":
+            # Voxels where the fixed image changes carry the information: draw 4n candidates uniformly, then n of
+            # them in proportion to the fixed image's gradient there (central differences, index units).
+            candidates = torch.randperm(count, generator=generator)[: min(count, 4 * n)]
+            strength = _gradient_at(f_data, candidates.to(device)).mean(0).cpu().double()
+            weight = strength + 0.05 * strength.mean() + 1e-12
+            pick = torch.multinomial(weight, n, replacement=False, generator=generator)
+            chosen = candidates[pick].sort().values
+        else:
+            chosen = torch.randperm(count, generator=generator)[:n].sort().values
         chosen = chosen.to(device)
         idx = _unravel(chosen, spatial)  # (n, d) in index order, float64
         points = torch.cat([idx, torch.ones(n, 1, dtype=_FLOAT, device=device)], dim=1) @ f_aff.transpose(-1, -2)

@@ -119,15 +119,18 @@ def _normalized_grid(shape: torch.Size | tuple[int, ...], dtype: torch.dtype) ->
     return torch.stack(list(reversed(mesh)), dim=-1).reshape(1, -1, len(shape))
 
 
-def gaussian_smooth(data: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
+def gaussian_smooth(data: torch.Tensor, sigmas: tuple[float, ...], stride: int = 1) -> torch.Tensor:
     """Separable Gaussian smoothing of ``(B, C, *spatial)`` with a standard deviation per spatial axis, in voxels
-    (axes in data order); edges replicate. A sigma of 0 leaves that axis alone."""
+    (axes in data order); edges replicate. A sigma of 0 leaves that axis alone. With ``stride`` > 1 only every
+    ``stride``-th voxel along each axis is computed and returned (starting with the first): ``smooth(x)[::stride]``."""
     d = len(sigmas)
     conv = F.conv2d if d == 2 else F.conv3d
     b, c = data.shape[:2]
     out = data.reshape(b * c, 1, *data.shape[2:])
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0:
+            if stride > 1:
+                out = out[(slice(None),) * (2 + axis) + (slice(None, None, stride),)]
             continue
         radius = max(1, math.ceil(3 * sigma))
         x = torch.arange(-radius, radius + 1, dtype=data.dtype, device=data.device)
@@ -137,5 +140,7 @@ def gaussian_smooth(data: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tens
         shape[2 + axis] = kernel.numel()
         pad = [0, 0] * d
         pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = radius  # F.pad lists the last axis first
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
-    return out.reshape(data.shape)
+        steps = [1] * d
+        steps[axis] = stride
+        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape), stride=steps)
+    return out.reshape(b, c, *out.shape[2:])
