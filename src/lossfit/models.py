@@ -135,6 +135,14 @@ def curve_fit(
     return Regression(**_fields(result), dof=m - n)
 
 
+def _robust_cost(r: torch.Tensor, loss: str, f_scale: float) -> float:
+    """``0.5 * sum(f_scale**2 * rho((r / f_scale)**2))``, the engine's least-squares loss, for one residual row."""
+    from lossfit.losses import rho_and_weight, robust_loss
+
+    value, _ = rho_and_weight(robust_loss(loss), r, f_scale)
+    return float(0.5 * value.sum())
+
+
 def runs_z(residuals: torch.Tensor) -> float:
     """Wald-Wolfowitz runs test on the signs of ``residuals`` in their order: the z score of the number of runs.
 
@@ -170,11 +178,19 @@ def _restart(
     assert r is not None
     order = torch.argsort(x_t.reshape(-1)) if x_t.numel() == r.numel() else torch.arange(r.numel())
     z = runs_z(r.reshape(-1)[order])
-    # The best constant's loss, for the same loss function: a fit worse than a flat line is suspect too.
-    flat = least_squares(
-        lambda c, yy, ww: (c - yy) * ww, y_t.mean().reshape(1), args=(y_t, weight), loss=loss, f_scale=f_scale
-    )
-    worse_than_flat = bool(result.loss > flat.loss)
+    # A constant's loss, for the same loss function: a fit worse than a flat line is suspect too. The weighted mean
+    # is the best constant for least squares; for a robust loss the weighted median's loss bounds the best one's.
+    w2 = (weight * weight).reshape(-1)
+    yy = y_t.reshape(-1)
+    if loss == "linear":
+        level = (w2 * yy).sum() / w2.sum()
+    else:
+        order = torch.argsort(yy)
+        cumulative = torch.cumsum(w2[order], 0)
+        level = yy[order][int(torch.searchsorted(cumulative, cumulative[-1] / 2).clamp(max=len(yy) - 1))]
+    flat_residual = ((level - yy) * weight.reshape(-1)).unsqueeze(0)
+    flat_loss = _robust_cost(flat_residual, loss, f_scale)
+    worse_than_flat = bool(result.loss > flat_loss)
     failed = not bool(result.success) and result.status not in (Status.NONFINITE, Status.MAX_TIME)
     if restarts == "auto" and not (failed or z < -RUNS_Z or worse_than_flat):
         return result
@@ -201,7 +217,7 @@ def _restart(
         if restarts != "auto"
         else f"the fit failed ({result.status.name})"
         if failed
-        else f"the fit is worse than the best constant (loss {float(result.loss):.6g} > {float(flat.loss):.6g})"
+        else f"the fit is worse than a constant (loss {float(result.loss):.6g} > {flat_loss:.6g})"
         if worse_than_flat
         else f"residuals in order of x form too few sign runs (z = {z:.1f} < -{RUNS_Z:g})",
     }
