@@ -70,7 +70,24 @@ def _unskew(s: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def rotation(w: torch.Tensor, d: int) -> torch.Tensor:
-    """The rotation ``exp(skew(w))``: in 2-D ``w`` is the angle (radians, counter-clockwise), in 3-D axis * angle."""
+    """The rotation ``exp(skew(w))``: in 2-D ``w`` is the angle (radians, counter-clockwise), in 3-D axis * angle.
+
+    2-D and 3-D use closed forms (cosine and sine; Rodrigues' formula, with Taylor series near angle 0 so that the
+    derivatives stay exact there); higher dimensions the matrix exponential.
+    """
+    if d == 2:
+        c, s = torch.cos(w[..., 0]), torch.sin(w[..., 0])
+        return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    if d == 3:
+        theta2 = (w * w).sum(-1)
+        small = theta2 < 1e-8
+        safe2 = torch.where(small, torch.ones_like(theta2), theta2)
+        theta = safe2.sqrt()
+        a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)  # sin(t) / t
+        b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / safe2)  # (1 - cos(t)) / t^2
+        k = _skew(w, 3)
+        eye = torch.eye(3, dtype=w.dtype, device=w.device)
+        return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
     return torch.linalg.matrix_exp(_skew(w, d))
 
 
