@@ -213,6 +213,22 @@ def test_each_2d_model_recovers_its_own_kind_of_warp(model: str, linear: torch.T
     assert result.success and error_mm(image, result.matrix, truth) < 0.1
 
 
+@pytest.mark.parametrize("source", ["MR_small.dcm", "anatomical.nii"])
+def test_other_real_images_rigid(source: str) -> None:
+    """pydicom's MR slice (2-D) and nibabel's anatomical volume (3-D, 2 mm, a flipped axis) under rigid warps."""
+    if source.endswith(".dcm"):
+        image = load_image(str(pydicom.data.get_testdata_file(source)))
+        linear = rotation(6)[:2, :2]
+    else:
+        nibabel = pytest.importorskip("nibabel")
+        image = load_image(Path(nibabel.__file__).parent / "tests" / "data" / source)
+        linear = rotation(5, 0) @ rotation(-4, 2)
+    moving, truth = warp_known(image, about_centre(image, linear, (2.0,) * image.ndim))
+    result = register(image, moving, "rigid")
+    assert result.success
+    assert error_mm(image, result.matrix, truth) < 0.15 * min(image.spacing)  # under 0.15 voxel
+
+
 def test_projective_warp_of_a_photograph_is_recovered() -> None:
     skimage = pytest.importorskip("skimage")
     photo = Image(torch.tensor(skimage.data.camera()[::2, ::2], dtype=torch.float32))
