@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import select
@@ -24,8 +25,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rich.console import Console
 
 import lossfit
+from lossfit.demo import run_demo
 from lossfit.report import Report
 
 INSTALL = "apt-get update && apt-get install -y --no-install-recommends chromium"
@@ -153,9 +156,10 @@ def console_errors(page: Path, profile: Path) -> list[str]:
     return errors
 
 
-def screenshot(page: Path, out: Path, profile: Path) -> np.ndarray:
-    """A 1200x2000 screenshot of ``page`` as an RGB array."""
-    command = [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1200,2000"]
+def screenshot(page: Path, out: Path, profile: Path, size: tuple[int, int] = (1200, 2000)) -> np.ndarray:
+    """A screenshot of ``page`` (1200x2000 by default) as an RGB array."""
+    window = f"--window-size={size[0]},{size[1]}"
+    command = [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}", window]
     done = subprocess.run(
         [*command, page.resolve().as_uri()], capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
@@ -207,16 +211,49 @@ def test_console_errors_are_detected(tmp_path: Path) -> None:
     assert not any("only a log" in e for e in errors)
 
 
-def test_screenshot_shows_the_plots(tmp_path: Path) -> None:
-    page = demo_report(tmp_path / "report.html")
-    image = screenshot(page, tmp_path / "shot.png", tmp_path / "profile")
-    assert image.shape == (2000, 1200, 3)
+def assert_shows_plots(image: np.ndarray) -> None:
+    """Not a blank page: enough ink, enough colours, and matplotlib's first line colour where the plots are."""
     non_white = float((image.min(axis=-1) < 245).mean())
     colours = len(np.unique(image.reshape(-1, 3), axis=0))
     assert non_white > 0.015, f"only {non_white:.2%} of the page is not white: is it blank?"
     assert colours > 300, f"only {colours} distinct colours: is the page blank?"
     assert plot_pixels(image) > 300, "the loss curve's line is not visible in the screenshot"
 
+
+def test_screenshot_shows_the_plots(tmp_path: Path) -> None:
+    page = demo_report(tmp_path / "report.html")
+    image = screenshot(page, tmp_path / "shot.png", tmp_path / "profile")
+    assert image.shape == (2000, 1200, 3)
+    assert_shows_plots(image)
+
     # The measure tells the plot apart: the same report without its figure (text and tables only) has none.
     plain = demo_report(tmp_path / "plain.html", with_figure=False)
     assert plot_pixels(screenshot(plain, tmp_path / "plain.png", tmp_path / "profile-plain")) < 50
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_demo_report_opens_in_the_browser_and_shows_its_plots(tmp_path: Path) -> None:
+    """``lossfit demo``'s own report: no console errors, and every part's plots on screen (not a blank page)."""
+    printed = io.StringIO()
+    demo = run_demo(tmp_path / "demo", Console(file=printed, width=120))
+    page = demo.files["report"]
+    assert page == tmp_path / "demo" / "report.html" and demo.success
+    summary = printed.getvalue()
+    assert "lossfit demo:" in summary and "CT registration" in summary and "wrote report:" in summary
+
+    assert console_errors(page, tmp_path / "profile") == []
+    image = screenshot(page, tmp_path / "shot.png", tmp_path / "profile-shot", size=(1200, 12_000))
+    top = image[:2000]  # what a reader sees first: the summary and seed 003's plot
+    assert_shows_plots(top)
+    # Further down, the CT slices of the before/after figure: a block of grey pixels that text cannot make.
+    assert grey_block(image[2000:]) > 0.6, "the registration's before/after images are not visible"
+
+
+def grey_block(image: np.ndarray, size: int = 120) -> float:
+    """The largest share of grey pixels (R = G = B, neither white nor black) in any ``size`` x ``size`` square:
+    near 1 over a photograph such as a CT slice, low over text and line plots."""
+    rgb = image.astype(int)
+    grey = (np.ptp(rgb, axis=-1) < 4) & (rgb[..., 0] > 30) & (rgb[..., 0] < 235)
+    total = np.pad(grey.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    window = total[size:, size:] - total[:-size, size:] - total[size:, :-size] + total[:-size, :-size]
+    return float(window.max()) / size**2 if window.size else 0.0

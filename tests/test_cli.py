@@ -369,13 +369,3 @@ def test_empty_file_gives_one_line_and_no_warning(folder: Path) -> None:
     assert_bad_input(result)
     assert result.stderr == "lossfit: error: empty.csv: holds no numbers\n"
     assert [str(w.message) for w in caught] == []
-
-
-def test_demo_writes_its_pictures(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    for name in ("seed003.png", "seed003-solvers.png", "align.png", "curve.png", "registration.png"):
-        picture = tmp_path / "demo" / name
-        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
-    assert "classified right" in result.stdout
-    assert "registration of CT_small.dcm" in result.stdout

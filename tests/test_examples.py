@@ -23,8 +23,12 @@ def test_seed003_example_runs_and_plots(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_seed000_and_seed001_examples_run_their_own_checks() -> None:
-    for name, expect in (("seed000_transforms.py", "network fit"), ("seed001_losses.py", "softmax regression")):
+def test_seed000_001_002_examples_run_their_own_checks() -> None:
+    for name, expect in (
+        ("seed000_transforms.py", "network fit"),
+        ("seed001_losses.py", "softmax regression"),
+        ("seed002_imaging.py", "seed 002 done"),
+    ):
         out = subprocess.run(
             [sys.executable, "-W", "error", str(ROOT / "examples" / name)],
             capture_output=True,

@@ -1,13 +1,20 @@
 """The ``lossfit`` command.
 
-Exit codes: 0 the fit converged to a verified answer; 1 it ran but did not converge (the output is still written,
-and the status says why); 2 bad input (one line on stderr, nothing written).
+Every command takes ``--json`` (a machine-readable summary on stdout) and ``--report DIR`` (``DIR/report.html``: one
+self-contained HTML page with the loss curves on a log scale, the status and why the solver stopped, the parameters
+with their uncertainties, the comparison with the closed form or reference, and the command line).
+
+Exit codes: 0 the fit converged to a verified answer; 1 it ran but did not converge (the outputs and the report are
+still written, and the status says why); 2 bad input (one line on stderr, nothing written).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,14 +23,30 @@ import typer
 
 from lossfit.errors import LossfitError
 
+EXIT_OK, EXIT_NOT_CONVERGED, EXIT_BAD_INPUT = 0, 1, 2
+EPILOG = (
+    "Exit codes: 0 converged to a verified answer; 1 ran but did not converge (outputs and report are still "
+    "written); 2 bad input (one line on stderr, nothing written)."
+)
+REPORT_NAME = "report.html"
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Derive the parameters of a transformation from a loss function, and prove the answer.",
+    epilog=EPILOG,
 )
 
-EXIT_OK, EXIT_NOT_CONVERGED, EXIT_BAD_INPUT = 0, 1, 2
+ReportOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        metavar="DIR",
+        help="write DIR/report.html, one self-contained HTML page (DIR is created if its parent exists)",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout")]
 
 
 class MatrixOp(str, Enum):
@@ -58,9 +81,67 @@ def guarded(function: Any) -> Any:
     return wrapper
 
 
-@app.command()
+def check_folder(path: Path | None, option: str) -> None:
+    """Refuse, before any work, a folder option that cannot be written: a file of that name, a missing parent
+    folder, or a folder without write permission. The folder itself is made only when there is something to
+    write."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        fail(f"{path}: {option} must be a folder; a file of that name exists")
+    if not path.exists() and not path.parent.is_dir():
+        fail(f"{path}: the folder {path.parent} does not exist")
+    where = path if path.exists() else path.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        fail(f"{path}: {option}: cannot write in {where}")
+    if option == "--report" and (path / REPORT_NAME).is_dir():
+        fail(f"{path / REPORT_NAME}: a folder of that name is in the way of the report")
+
+
+def make_folder(path: Path) -> None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as exc:
+        fail(f"{path}: cannot create the folder ({exc.strerror})")
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as the user gave it (arguments, and the options not left at their defaults), shell-quoted."""
+    words = ["lossfit", ctx.info_name or ""]
+    for param in ctx.command.params:
+        name = param.name or ""
+        value = ctx.params.get(name)
+        if isinstance(value, Enum):
+            value = value.value
+        source = ctx.get_parameter_source(name)
+        if param.param_type_name == "argument":
+            if value is not None:
+                words.append(str(value))
+        elif source is not None and source.name != "DEFAULT" and value is not None:
+            flag = param.opts[0]
+            if getattr(param, "is_flag", False):
+                if value:
+                    words.append(flag)
+            else:
+                words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def write_report(folder: Path, title: str, build: Callable[[Any], None]) -> Path:
+    """Make ``folder`` if needed, fill a :class:`~lossfit.report.Report` with ``build`` and save it as
+    ``folder/report.html``."""
+    from lossfit.report import Report
+
+    report = Report(title=title)
+    build(report)
+    make_folder(folder)
+    return report.save(folder / REPORT_NAME)
+
+
+@app.command(epilog=EPILOG)
 @guarded
 def matrix(
+    ctx: typer.Context,
     op: Annotated[MatrixOp, typer.Argument(help="what to derive")],
     file: Annotated[Path, typer.Argument(help="the matrix: .npy, .csv or whitespace-separated text")],
     rhs: Annotated[Path | None, typer.Argument(help="right-hand side B, for solve and lstsq")] = None,
@@ -69,9 +150,10 @@ def matrix(
     out: Annotated[
         Path | None, typer.Option(help="write the answer (.npy/.csv/.txt; .npz for svd, eigh, polar)")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    json_out: JsonOption = False,
     plot: Annotated[Path | None, typer.Option(help="save the convergence plot (.png/.svg/.pdf)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="most steps")] = None,
+    report: ReportOption = None,
 ) -> None:
     """Derive a matrix function by optimisation and check it against torch.linalg."""
     from lossfit import matrices
@@ -89,6 +171,7 @@ def matrix(
         fail(f"`{op.value}` takes one matrix file; got a second one ({rhs})")
     if op is MatrixOp.low_rank and k is None:
         fail("`low-rank` needs --k, the rank")
+    check_folder(report, "--report")
     m = read_matrix(file)
     options: dict[str, Any] = {"solver": solver}
     if max_steps is not None:
@@ -102,7 +185,17 @@ def matrix(
         result = matrices.low_rank(m, k, **options)  # type: ignore[arg-type]
     else:
         result = getattr(matrices, op.value)(m, **options)
-    _emit(result, out, json_out, plot)
+    inputs = f"{file} and {rhs}" if rhs is not None else str(file)
+    _emit(
+        result,
+        out,
+        json_out,
+        plot,
+        report=report,
+        title=f"lossfit matrix {op.value}",
+        heading=f"{op.value} of {inputs}",
+        command=command_line(ctx),
+    )
 
 
 def _emit(
@@ -112,8 +205,17 @@ def _emit(
     plot: Path | None,
     params_out: Path | None = None,
     matrix_out: Path | None = None,
-    draw: Any = None,
+    draw: Callable[[Any], None] | None = None,
+    *,
+    report: Path | None = None,
+    title: str = "lossfit",
+    heading: str = "",
+    note: str | None = None,
+    command: str = "",
+    caption: str | None = None,
 ) -> None:
+    """Write the outputs, the plot and the report, print the summary (text or JSON) and exit 1 when the fit did
+    not converge."""
     from lossfit.io import write_arrays
 
     if out is not None:
@@ -135,12 +237,30 @@ def _emit(
         ax.set_title(f"{result.solver.name}: {result.status.name.lower()}")
         fig.tight_layout()
         save_figure(fig, str(plot))
+    written = None
+    if report is not None:
+
+        def build(page: Any) -> None:
+            from lossfit.report.sections import fit_section
+
+            figure = None
+            if draw is not None:
+                from lossfit.plotting import _pyplot
+
+                figure, ax = _pyplot().subplots(figsize=(6.4, 4.4))
+                draw(ax)
+                figure.tight_layout()
+            fit_section(page, heading, result, note=note, figure=figure, caption=caption, command=command)
+
+        written = write_report(report, title, build)
     if json_out:
         summary = result.to_dict()
         if getattr(result, "matrix", None) is not None:
             summary["matrix"] = result.matrix.tolist()
         if _size(result.params) > 10_000:
             summary["params"] = "omitted (large); use --out"
+        if written is not None:
+            summary["report"] = str(written)
         typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(result.summary())
@@ -192,17 +312,19 @@ def _parse_start(text: str) -> dict[str, float]:
     return start
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @guarded
 def fit(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="a CSV table whose first line names the columns")],
     model: Annotated[str, typer.Option(help="linear, logistic, softmax, or a formula such as 'a*exp(-b*x)+c'")],
     start: Annotated[str | None, typer.Option(help="starting values of a formula's parameters: a=1,b=0.1")] = None,
     target: Annotated[str, typer.Option(help="the column to predict")] = "y",
     loss: Annotated[str | None, typer.Option(help="mse, mae, huber (and bce, cross_entropy for classifiers)")] = None,
     out: Annotated[Path | None, typer.Option(help="write the fitted parameters (.npz)")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    json_out: JsonOption = False,
     plot: Annotated[Path | None, typer.Option(help="save data, fit and convergence (.png/.svg/.pdf)")] = None,
+    report: ReportOption = None,
 ) -> None:
     """Fit a model or a formula to a table of data."""
     import torch
@@ -215,6 +337,7 @@ def fit(
         check_output_suffix(out, several=True)
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+    check_folder(report, "--report")
     table = read_table(data)
     if target not in table:
         fail(f"{data}: no column {target!r} to predict (columns: {', '.join(table)}); name it with --target")
@@ -261,19 +384,34 @@ def fit(
             plot_data_fit(columns[only[0]] if only else None, y, fitted, ax)
             ax.set_title(model)
 
-    _emit(result, None, json_out, plot, params_out=out, draw=draw)
+    _emit(
+        result,
+        None,
+        json_out,
+        plot,
+        params_out=out,
+        draw=draw,
+        report=report,
+        title="lossfit fit",
+        heading=f"{model} fitted to {data}",
+        note=f"model: {model}; target column: {target}; loss: {loss or 'default'}",
+        command=command_line(ctx),
+        caption="The data and the fit",
+    )
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @guarded
 def align(
+    ctx: typer.Context,
     src: Annotated[Path, typer.Argument(help="source points (N, d): .npy, .csv or text")],
     dst: Annotated[Path, typer.Argument(help="destination points (N, d), in the same order")],
     model: Annotated[str, typer.Option(help="translation, linear, affine, rigid, similarity or projective")] = "affine",
     loss: Annotated[str, typer.Option(help="mse, mae, huber, cauchy or soft_l1")] = "mse",
     out: Annotated[Path | None, typer.Option(help="write the (d+1)x(d+1) matrix (.npy/.csv/.txt)")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    json_out: JsonOption = False,
     plot: Annotated[Path | None, typer.Option(help="save points, fit and convergence (.png/.svg/.pdf)")] = None,
+    report: ReportOption = None,
 ) -> None:
     """Fit the transform that maps SRC points onto DST points."""
     from lossfit.io import check_output_suffix, read_matrix
@@ -283,6 +421,7 @@ def align(
         check_output_suffix(out, several=False)
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+    check_folder(report, "--report")
     src_points, dst_points = read_matrix(src), read_matrix(dst)
     result = align_points(src_points, dst_points, model=model, loss=loss)
 
@@ -295,19 +434,37 @@ def align(
         plot_alignment(src_points, dst_points, mapped, result.inliers, ax)
         ax.set_title(f"{model}, loss {loss}")
 
-    _emit(result, None, json_out, plot, matrix_out=out, draw=draw)
+    _emit(
+        result,
+        None,
+        json_out,
+        plot,
+        matrix_out=out,
+        draw=draw,
+        report=report,
+        title="lossfit align",
+        heading=f"{model} transform from {src} onto {dst}",
+        note=f"model: {model}; loss: {loss}",
+        command=command_line(ctx),
+        caption="Destination points and the source points mapped by the fit",
+    )
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @guarded
 def seed003(
+    ctx: typer.Context,
     compare: Annotated[str, typer.Option(help="comma-separated solvers, e.g. gd,adam,lbfgs,lm,auto")] = "gd",
     steps: Annotated[int, typer.Option(help="steps for the iterative solvers (the seed used 10,000)")] = 10_000,
     float64: Annotated[bool, typer.Option("--float64", help="compute in float64 (the seed used float32)")] = False,
     plot: Annotated[Path | None, typer.Option(help="save the convergence plot (.png/.svg/.pdf)")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    json_out: JsonOption = False,
+    report: ReportOption = None,
 ) -> None:
-    """Seed 003's experiment: a 4x4 inverse by SGD (lr 0.9, momentum 0.9), beside other solvers."""
+    """Seed 003's experiment: a 4x4 inverse by SGD (lr 0.9, momentum 0.9), beside other solvers.
+
+    It exits 0 when every run finished (the comparison is the result, and the seed's own method is expected to
+    stop at its step limit); 2 for bad options."""
     import torch
 
     from lossfit.engine.solvers import SOLVERS
@@ -323,11 +480,36 @@ def seed003(
         fail(f"--steps must be at least 1; got {steps}")
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         fail(f"{plot}: the plot must end in .png, .svg or .pdf")
-    runs = run_seed003(solvers, steps, torch.float64 if float64 else torch.float32, targets=(1e-6,))
+    check_folder(report, "--report")
+    dtype = torch.float64 if float64 else torch.float32
+    runs = run_seed003(solvers, steps, dtype, targets=(1e-6,))
     if plot is not None:
         from lossfit.plotting import save_figure
 
         save_figure(plot_seed003(runs), str(plot))
+    if report is not None:
+        command = command_line(ctx)
+
+        def build(page: Any) -> None:
+            from lossfit.report.sections import fit_section, seed003_section
+
+            note = (
+                f"X M = I by minimising mean((X M - I)**2), {str(dtype).removeprefix('torch.')}, at most {steps} "
+                "steps; gd is the seed's own method (SGD, lr 0.9, momentum 0.9, every tolerance 0)"
+            )
+            seed003_section(
+                page,
+                "Seed 003: the solvers compared",
+                runs,
+                note=note,
+                figure=plot_seed003(runs),
+                caption="Relative residual per step and per millisecond (log scales)",
+                command=command,
+            )
+            for r in runs:
+                fit_section(page, f"{r.matrix}, {r.result.solver.name}", r.result, note=f"solver asked: {r.solver}")
+
+        write_report(report, "lossfit seed003", build)
     rows = [
         {
             "matrix": r.matrix,
@@ -337,6 +519,9 @@ def seed003(
             "steps_to_1e-6": r.steps_to[1e-6],
             "ms_to_1e-6": None if r.seconds_to[1e-6] is None else r.seconds_to[1e-6] * 1e3,
             "status": r.result.status.name.lower(),
+            "success": r.result.success,
+            "message": r.result.message,
+            "error_vs_torch": (r.result.reference or {}).get("error_vs_torch"),
         }
         for r in runs
     ]
@@ -372,9 +557,10 @@ def _cell(value: Any) -> str:
 IMAGE_OUTPUTS = {".nii": ".nii", ".gz": ".nii.gz", ".dcm": ".dcm", ".png": ".png", ".tif": ".tif", ".tiff": ".tif"}
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @guarded
 def register(
+    ctx: typer.Context,
     fixed: Annotated[Path, typer.Argument(help="the fixed image: NIfTI, DICOM file or series folder, PNG/TIFF/JPEG")],
     moving: Annotated[Path, typer.Argument(help="the moving image, brought onto the fixed one")],
     transform: Annotated[
@@ -386,7 +572,8 @@ def register(
     out: Annotated[
         Path | None, typer.Option(help="folder for the warped image, transform (.tfm, .json), picture")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    json_out: JsonOption = False,
+    report: ReportOption = None,
 ) -> None:
     """Register MOVING to FIXED in world coordinates; the transform maps fixed world points to moving ones."""
     from rich.progress import Progress
@@ -394,10 +581,8 @@ def register(
     from lossfit.registration import load_image
     from lossfit.registration import register as register_images
 
-    if out is not None and out.exists() and not out.is_dir():
-        fail(f"{out}: --out must be a folder; a file of that name exists")
-    if out is not None and not out.parent.exists():
-        fail(f"{out}: the folder {out.parent} does not exist")
+    check_folder(out, "--out")
+    check_folder(report, "--report")
     fixed_image, moving_image = load_image(fixed), load_image(moving)
     with Progress(transient=True, disable=json_out or not sys.stderr.isatty()) as bar:
         task = bar.add_task("registering", total=None)
@@ -408,10 +593,30 @@ def register(
         result = register_images(
             fixed_image, moving_image, transform, metric, init=init, samples=samples, progress=progress
         )
+    before = None
+    if out is not None or report is not None:
+        from lossfit.registration import resample
+
+        before = resample(result.moving, result.fixed)
     if out is not None:
-        _write_registration(result, fixed, result.moving, out)
+        _write_registration(result, fixed, before, out)
+    written = None
+    if report is not None:
+        command = command_line(ctx)
+
+        def build(page: Any) -> None:
+            from lossfit.report.sections import registration_section
+
+            heading = f"{moving} registered to {fixed}"
+            note = f"transform: {transform}; metric: {metric}; initialisation: {init}; {samples} samples per level"
+            registration_section(page, heading, result, before, note=note, command=command)
+
+        written = write_report(report, "lossfit register", build)
     if json_out:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        summary = result.to_dict()
+        if written is not None:
+            summary["report"] = str(written)
+        typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(result.summary())
         assert result.matrix is not None
@@ -422,39 +627,50 @@ def register(
         raise typer.Exit(EXIT_NOT_CONVERGED)
 
 
-def _write_registration(result: Any, fixed_path: Path, moving_image: Any, out: Path) -> None:
+def _write_registration(result: Any, fixed_path: Path, before: Any, out: Path) -> None:
     """The warped moving image (in the fixed image's format), transform.tfm (affine family), transform.json and
-    registration.png (checkerboards and differences before and after)."""
+    registration.png (checkerboards and differences before and after; ``before`` is the moving image on the fixed
+    grid without a transform)."""
     from lossfit.io import atomic_write_text
     from lossfit.plotting import plot_registration, save_figure
-    from lossfit.registration import resample
 
     name = fixed_path.name.lower()
     suffix = next(
         (v for k, v in IMAGE_OUTPUTS.items() if name.endswith(k)), ".dcm" if fixed_path.is_dir() else ".nii.gz"
     )
-    try:
-        out.mkdir(exist_ok=True)
-    except OSError as exc:
-        fail(f"{out}: cannot create the folder ({exc.strerror})")
+    make_folder(out)
     result.warped.save(out / f"warped{suffix}")
     if result.transform != "projective":
         result.save_transform(out / "transform.tfm")
     atomic_write_text(out / "transform.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    before = resample(moving_image, result.fixed)
     figure = plot_registration(result.fixed, before, result.warped, f"{result.transform} / {result.metric}")
     save_figure(figure, str(out / "registration.png"))
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @guarded
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for the demo's pictures")] = Path("lossfit-demo"),
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="folder for the demo's pictures and report")] = Path("lossfit-demo"),
+    report: ReportOption = None,
+    json_out: JsonOption = False,
 ) -> None:
-    """Run the demonstrations on built-in data and write their plots to a folder."""
+    """Run the demonstrations on data that ships with the installed packages; write their pictures and
+    report.html to a folder (OUT/report.html unless --report names another folder).
+
+    It exits 1 when one of lossfit's own fits in the demo did not converge."""
+    from rich.console import Console
+
     from lossfit.demo import run_demo
 
-    run_demo(out)
+    check_folder(out, "--out")
+    check_folder(report, "--report")
+    console = Console(stderr=True) if json_out else None  # stdout holds only the JSON
+    result = run_demo(out, console, report_dir=report, command=command_line(ctx))
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    if not result.success:
+        raise typer.Exit(EXIT_NOT_CONVERGED)
 
 
 def main() -> None:  # pragma: no cover - the console script calls `app`

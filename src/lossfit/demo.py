@@ -1,8 +1,19 @@
-"""``lossfit demo``: the demonstrations, on data made here (nothing is downloaded)."""
+"""``lossfit demo``: the demonstrations, on data made here or shipped with the installed packages (nothing is
+downloaded).
+
+Four parts, each written as a picture beside ``report.html``: seed 003's inverse experiment with a comparison of
+solvers, a point alignment with 40% outliers, a curve fit with uncertainties, and pydicom's CT slice registered back
+from a known affine warp.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -13,31 +24,117 @@ from lossfit.experiments import plot_seed003, seed003
 from lossfit.models import curve_fit
 from lossfit.plotting import _pyplot, save_figure
 from lossfit.points import align
+from lossfit.report import Report
+from lossfit.report.sections import fit_section, matrix_rows, registration_section, seed003_rows, seed003_section
+
+PARTS = 4
+REPORT_NAME = "report.html"
 
 
-def run_demo(out: Path, console: Console | None = None) -> dict[str, Path]:
-    """Run seed 003's experiment and a comparison of solvers on it, a point alignment with outliers and a curve fit
-    with uncertainties; write their plots into ``out``.
+@dataclass(frozen=True)
+class Demo:
+    """What ``lossfit demo`` did.
 
-    Returns the paths written.
+    Attributes:
+        parts: each part's key figures (JSON-safe), by part name: ``seed003``, ``align``, ``curve``,
+            ``registration``.
+        files: the files written, by name (the pictures and ``report``).
+        success: True when every one of lossfit's own fits converged (the seed's method and the first-order
+            solvers in the comparison are expected to stop at their step limit).
+        time: seconds for the whole demo.
     """
+
+    parts: dict[str, dict[str, Any]]
+    files: dict[str, Path]
+    success: bool
+    time: float = 0.0
+    summary: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary: success, time, each part's key figures and the files written."""
+        return {
+            "success": self.success,
+            "time_s": self.time,
+            "parts": self.parts,
+            "files": {name: str(path) for name, path in self.files.items()},
+        }
+
+
+def run_demo(
+    out: Path,
+    console: Console | None = None,
+    *,
+    report_dir: Path | None = None,
+    command: str = "lossfit demo",
+) -> Demo:
+    """Run the four demonstrations, write their pictures into ``out`` and the HTML report into
+    ``report_dir/report.html`` (``out/report.html`` by default); print progress, the details and a summary table
+    on ``console``.
+
+    Returns:
+        A :class:`Demo` with each part's key figures and the paths written.
+    """
+    start = time.perf_counter()
     if console is None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=120)  # a pipe or a log: do not cut the table to 80 columns
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    with console.status("seed 003 as published: SGD, lr 0.9, momentum 0.9, 10,000 steps, float32"):
+    report = Report(title="lossfit demo")
+    overview = report.section("Summary", note="Each part of the demo in one line; the sections below give details.")
+    files: dict[str, Path] = {}
+    parts: dict[str, dict[str, Any]] = {}
+    summary: list[dict[str, str]] = []
+    for name, part in (
+        ("seed003", _seed003_part),
+        ("align", _alignment_part),
+        ("curve", _curve_part),
+        ("registration", _registration_part),
+    ):
+        seconds = time.perf_counter()
+        figures, written, row = part(out, console, report)
+        figures["time_s"] = time.perf_counter() - seconds
+        parts[name] = figures
+        files.update(written)
+        summary.append({**row, "time (s)": f"{figures['time_s']:.1f}"})
+    overview.table(summary)
+    overview.code(command)
+    folder = report_dir if report_dir is not None else out
+    folder.mkdir(parents=True, exist_ok=True)
+    files["report"] = report.save(folder / REPORT_NAME)
+    success = all(bool(figures["success"]) for figures in parts.values())
+    demo = Demo(parts, files, success, time.perf_counter() - start, summary)
+    table = Table(title=f"lossfit demo: {demo.time:.1f} s")
+    for column in summary[0]:
+        table.add_column(column)
+    for row in summary:
+        table.add_row(*row.values())
+    console.print(table)
+    for name, path in files.items():
+        console.print(f"wrote {name}: {path}")
+    return demo
+
+
+@contextmanager
+def _working(console: Console, number: int, text: str) -> Iterator[None]:
+    with console.status(f"[{number}/{PARTS}] {text}"):
+        yield
+
+
+Part = tuple[dict[str, Any], dict[str, Path], dict[str, str]]
+
+
+def _seed003_part(out: Path, console: Console, report: Report) -> Part:
+    with _working(console, 1, "seed 003 as published: SGD, lr 0.9, momentum 0.9, 10,000 steps, float32"):
         faithful = seed003(("gd",), 10_000, torch.float32)
-    written["seed003"] = out / "seed003.png"
+    files = {"seed003": out / "seed003.png", "solvers": out / "seed003-solvers.png"}
     save_figure(
-        plot_seed003(faithful, "Seed 003 reproduced: SGD (lr 0.9, momentum 0.9), float32"), str(written["seed003"])
+        plot_seed003(faithful, "Seed 003 reproduced: SGD (lr 0.9, momentum 0.9), float32"), str(files["seed003"])
     )
-    with console.status("the same inverses with five solvers, float64"):
+    with _working(console, 1, "the same inverses with five solvers, float64"):
         compared = seed003(("gd", "adam", "lbfgs", "lm", "auto"), 10_000, torch.float64, targets=(1e-6, 1e-12))
-    written["solvers"] = out / "seed003-solvers.png"
     save_figure(
-        plot_seed003(compared, "Seed 003 surpassed: the same loss, five solvers (float64)"), str(written["solvers"])
+        plot_seed003(compared, "Seed 003 surpassed: the same loss, five solvers (float64)"), str(files["solvers"])
     )
     table = Table(title="X M = I by optimisation (seed 003's matrices, float64)")
     for column in ("matrix", "solver", "steps", "status", "steps to 1e-6", "ms to 1e-6", "final residual"):
@@ -54,33 +151,68 @@ def run_demo(out: Path, console: Console | None = None) -> dict[str, Path]:
             f"{float(run.relative_residual[-1]):.2e}",
         )
     console.print(table)
-    with console.status("a similarity transform from 60 point pairs, 40% of them outliers"):
-        written["align"] = _alignment_demo(out, console)
-    with console.status("a curve fit with standard errors"):
-        written["curve"] = _curve_demo(out, console)
-    with console.status("a real CT slice warped by a known affine transform and registered back"):
-        written["registration"] = _registration_demo(out, console)
-    for name, path in written.items():
-        console.print(f"wrote {name}: {path}")
-    return written
+    seed003_section(
+        report,
+        "Seed 003 as published",
+        faithful,
+        note=(
+            "X M = I by minimising mean((X M - I)**2) with the seed's own method: SGD (lr 0.9, momentum 0.9) in "
+            "float32 from its random start, at most 10,000 steps with every tolerance 0 (a run stops early only "
+            "when its loss no longer changes at all)."
+        ),
+        figure=files["seed003"].read_bytes(),
+        caption="Relative residual per step and per millisecond (log scales)",
+    )
+    seed003_section(
+        report,
+        "Seed 003: five solvers on the same loss",
+        compared,
+        note="The same two matrices in float64; gd is the seed's method, auto is lossfit's default (Newton-Schulz).",
+        figure=files["solvers"].read_bytes(),
+        caption="Relative residual per step and per millisecond (log scales)",
+        targets=(1e-6, 1e-12),
+    )
+    default = [run for run in compared if run.solver == "auto"]
+    seed = [run for run in faithful if run.solver == "gd"]
+    figures = {
+        "success": all(run.result.success for run in default),
+        "published": seed003_rows(seed),
+        "solvers": seed003_rows(compared, (1e-6, 1e-12)),
+    }
+    steps = ", ".join(
+        f"{run.matrix}: {_steps(run)} (seed: {_steps(old)})" for run, old in zip(default, seed, strict=True)
+    )
+    row = {
+        "part": "seed 003: 4x4 inverse",
+        "status": ", ".join(run.result.status.name.lower() for run in default),
+        "key figures": f"steps to residual 1e-6 with lossfit's default, {steps}",
+    }
+    return figures, files, row
 
 
-def _alignment_demo(out: Path, console: Console) -> Path:
-    g = torch.Generator().manual_seed(0)
-    truth = transforms.matrix("similarity", torch.tensor([0.35, 2.0, -1.0, 0.15], dtype=torch.float64), 2)
-    src = 10 * torch.rand(60, 2, generator=g, dtype=torch.float64)
-    dst = transforms.apply(truth, src) + 0.02 * torch.randn(60, 2, generator=g, dtype=torch.float64)
-    bad = torch.zeros(60, dtype=torch.bool)
-    bad[torch.randperm(60, generator=g)[:24]] = True
-    dst[bad] += 6 * torch.randn(24, 2, generator=g, dtype=torch.float64)
-    robust = align(src, dst, model="similarity", loss="cauchy")
-    plain = align(src, dst, model="similarity")
+def _steps(run: Any) -> str:
+    steps = run.steps_to.get(1e-6)
+    return str(steps) if steps is not None else "not reached"
+
+
+def _alignment_part(out: Path, console: Console, report: Report) -> Part:
+    with _working(console, 2, "a similarity transform from 60 point pairs, 40% of them outliers"):
+        g = torch.Generator().manual_seed(0)
+        truth = transforms.matrix("similarity", torch.tensor([0.35, 2.0, -1.0, 0.15], dtype=torch.float64), 2)
+        src = 10 * torch.rand(60, 2, generator=g, dtype=torch.float64)
+        dst = transforms.apply(truth, src) + 0.02 * torch.randn(60, 2, generator=g, dtype=torch.float64)
+        bad = torch.zeros(60, dtype=torch.bool)
+        bad[torch.randperm(60, generator=g)[:24]] = True
+        dst[bad] += 6 * torch.randn(24, 2, generator=g, dtype=torch.float64)
+        robust = align(src, dst, model="similarity", loss="cauchy")
+        plain = align(src, dst, model="similarity")
     assert robust.matrix is not None and plain.matrix is not None and robust.inliers is not None
     error = float((robust.matrix - truth).abs().max())
+    plain_error = float((plain.matrix - truth).abs().max())
+    right = int((robust.inliers == ~bad).sum())
     console.print(
         f"alignment, 40% outliers: robust fit {robust.status.name.lower()}, largest matrix error {error:.1e} "
-        f"(least squares: {float((plain.matrix - truth).abs().max()):.1e}); "
-        f"{int((robust.inliers == ~bad).sum())} of 60 points classified right"
+        f"(least squares: {plain_error:.1e}); {right} of 60 points classified right"
     )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -94,26 +226,62 @@ def _alignment_demo(out: Path, console: Console) -> Path:
     ax.legend(fontsize=7)
     path = out / "align.png"
     save_figure(fig, str(path))
-    return path
-
-
-def _curve_demo(out: Path, console: Console) -> Path:
-    g = torch.Generator().manual_seed(1)
-    x = torch.linspace(0, 5, 40, dtype=torch.float64)
-    y = 2.5 * (1 - torch.exp(-0.8 * x)) + 0.03 * torch.randn(40, generator=g, dtype=torch.float64)
-    fit = curve_fit(
-        lambda x, p: p["a"] * (1 - torch.exp(-p["b"] * x)),
-        x,
-        y,
-        {"a": torch.tensor(1.0, dtype=torch.float64), "b": torch.tensor(1.0, dtype=torch.float64)},
+    section = fit_section(
+        report,
+        "Point alignment with 40% outliers",
+        robust,
+        note=(
+            "A similarity transform (angle 0.35 rad, scale e^0.15, shift (2, -1)) from 60 point pairs with noise "
+            "0.02, 24 of them moved by about 6 units: a least-median-of-squares start, then a Cauchy fit on each "
+            "point's distance."
+        ),
+        figure=path.read_bytes(),
+        caption="Destination points and the source points mapped by the robust and the least-squares fits",
+        matrix_caption="Fitted matrix: maps source points onto destination points (homogeneous)",
     )
+    section.table(
+        [
+            {"fit": "Cauchy (lossfit.align, loss='cauchy')", "largest matrix error": error, "points right": right},
+            {"fit": "least squares (loss='mse')", "largest matrix error": plain_error, "points right": None},
+        ],
+        caption="Against the true matrix",
+    )
+    section.table(matrix_rows({"true": truth}), caption="True matrix")
+    figures = {
+        "success": robust.success,
+        "status": robust.status.name.lower(),
+        "max_matrix_error": error,
+        "least_squares_max_matrix_error": plain_error,
+        "points_classified_right": right,
+        "points": 60,
+    }
+    row = {
+        "part": "point alignment, 40% outliers",
+        "status": robust.status.name.lower(),
+        "key figures": f"matrix error {error:.1e} (least squares {plain_error:.1e}); {right}/60 points classified",
+    }
+    return figures, {"align": path}, row
+
+
+def _curve_part(out: Path, console: Console, report: Report) -> Part:
+    with _working(console, 3, "a curve fit with standard errors"):
+        g = torch.Generator().manual_seed(1)
+        x = torch.linspace(0, 5, 40, dtype=torch.float64)
+        y = 2.5 * (1 - torch.exp(-0.8 * x)) + 0.03 * torch.randn(40, generator=g, dtype=torch.float64)
+        fit = curve_fit(
+            lambda x, p: p["a"] * (1 - torch.exp(-p["b"] * x)),
+            x,
+            y,
+            {"a": torch.tensor(1.0, dtype=torch.float64), "b": torch.tensor(1.0, dtype=torch.float64)},
+        )
     assert fit.stderr is not None
-    ci = fit.confidence_interval(0.95)
+    ci = fit.confidence_interval(0.95).tolist()
+    a, b = float(fit.params["a"]), float(fit.params["b"])
+    da, db = float(fit.stderr[0]), float(fit.stderr[1])
     console.print(
         f"curve fit y = a (1 - exp(-b x)): {fit.status.name.lower()}; "
         + ", ".join(
-            f"{n} = {float(v):.4f} (95% CI {float(lo):.4f} .. {float(hi):.4f})"
-            for n, v, (lo, hi) in zip(("a", "b"), (fit.params["a"], fit.params["b"]), ci.tolist(), strict=True)
+            f"{n} = {v:.4f} (95% CI {lo:.4f} .. {hi:.4f})" for n, v, (lo, hi) in zip("ab", (a, b), ci, strict=True)
         )
     )
     plt = _pyplot()
@@ -121,18 +289,39 @@ def _curve_demo(out: Path, console: Console) -> Path:
     ax.plot(x, y, "o", ms=4, label="data")
     fine = torch.linspace(0, 5, 200, dtype=torch.float64)
     ax.plot(fine, fit.params["a"] * (1 - torch.exp(-fit.params["b"] * fine)), label="fit")
-    a, b = float(fit.params["a"]), float(fit.params["b"])
-    ax.set_title(f"a = {a:.3f} +- {float(fit.stderr[0]):.3f}, b = {b:.3f} +- {float(fit.stderr[1]):.3f}")
+    ax.set_title(f"a = {a:.3f} +- {da:.3f}, b = {b:.3f} +- {db:.3f}")
     ax.legend()
     path = out / "curve.png"
     save_figure(fig, str(path))
-    return path
+    fit_section(
+        report,
+        "Curve fit with uncertainties",
+        fit,
+        note="y = a (1 - exp(-b x)) through 40 points made with a = 2.5, b = 0.8 and noise 0.03, from a = b = 1.",
+        figure=path.read_bytes(),
+        caption="The data and the fitted curve",
+    )
+    figures = {
+        "success": fit.success,
+        "status": fit.status.name.lower(),
+        "params": {"a": a, "b": b},
+        "stderr": {"a": da, "b": db},
+        "ci95": {"a": ci[0], "b": ci[1]},
+        "truth": {"a": 2.5, "b": 0.8},
+    }
+    row = {
+        "part": "curve fit y = a (1 - exp(-b x))",
+        "status": fit.status.name.lower(),
+        "key figures": f"a = {a:.3f} +- {da:.3f}, b = {b:.3f} +- {db:.3f} (true 2.5, 0.8)",
+    }
+    return figures, {"curve": path}, row
 
 
-def _registration_demo(out: Path, console: Console) -> Path:
+def _registration_part(out: Path, console: Console, report: Report) -> Part:
     """pydicom's CT_small slice, warped by a known affine transform (7 degrees, 5% stretch, 4 mm) and registered
     back with mean squares; the recovered matrix is compared with the true one."""
     import pydicom
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lossfit.plotting import plot_registration
     from lossfit.registration import displacement, load_image, register, resample
@@ -149,13 +338,21 @@ def _registration_demo(out: Path, console: Console) -> Path:
     moving = resample(fixed, fixed, warp)  # moving(x) = fixed(warp x): the answer is warp^-1
     assert not isinstance(moving, tuple)
     truth = torch.linalg.inv(warp)
-    result = register(fixed, moving, "affine", "mse")
+    columns = (TextColumn("[4/4] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("a CT slice warped by a known affine transform, registered back", total=None)
+
+        def progress(level: int, count: int) -> None:
+            bar.update(task, total=count, completed=level, description=f"registering: pyramid level {level + 1}")
+
+        result = register(fixed, moving, "affine", "mse", progress=progress)
     assert result.matrix is not None
     body = fixed.data > fixed.data.min() + 0.1 * (fixed.data.max() - fixed.data.min())
     error = displacement(result.matrix, truth, fixed, body)
+    steps = sum(level.steps for level in result.levels)
     console.print(
         f"registration of CT_small.dcm (affine, mean squares): {result.status.name.lower()} in "
-        f"{sum(level.steps for level in result.levels)} steps over {len(result.levels)} levels, {result.time:.2f} s; "
+        f"{steps} steps over {len(result.levels)} levels, {result.time:.2f} s; "
         f"error against the true transform over the body: mean {error['mean']:.3f} mm, "
         f"95th percentile {error['p95']:.3f} mm (pixel {fixed.spacing[0]:.2f} mm)"
     )
@@ -174,4 +371,38 @@ def _registration_demo(out: Path, console: Console) -> Path:
     )
     path = out / "registration.png"
     save_figure(figure, str(path))
-    return path
+    registration_section(
+        report,
+        "CT registration from a known warp",
+        result,
+        moving,
+        note=(
+            "pydicom's CT_small.dcm (128 x 128, 0.66 mm pixels) warped by a known affine transform (7 degrees, "
+            "5% stretch in x, 3% shrink in y, a 5 mm shift) and registered back: affine, mean squares, three "
+            "pyramid levels. The error is the distance between where the recovered and the true transforms put "
+            "each pixel of the body."
+        ),
+        truth=truth,
+        error={"mean": error["mean"], "95th percentile": error["p95"], "largest": error["max"]},
+        figure=path.read_bytes(),
+    )
+    figures = {
+        "success": result.success,
+        "status": result.status.name.lower(),
+        "steps": steps,
+        "levels": len(result.levels),
+        "registration_time_s": result.time,
+        "mean_error_mm": error["mean"],
+        "p95_error_mm": error["p95"],
+        "max_error_mm": error["max"],
+        "pixel_mm": float(fixed.spacing[0]),
+        "matrix": result.matrix.tolist(),
+        "true_matrix": truth.tolist(),
+    }
+    row = {
+        "part": "CT registration (affine)",
+        "status": result.status.name.lower(),
+        "key figures": f"mean error {error['mean']:.3f} mm, 95th percentile {error['p95']:.3f} mm "
+        f"(pixel {fixed.spacing[0]:.2f} mm)",
+    }
+    return figures, {"registration": path}, row

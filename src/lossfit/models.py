@@ -253,7 +253,8 @@ def fit(
     seed: int = 0,
     **options: Any,
 ) -> Regression:
-    """Fit a model to data ``x (N, k)``, ``y (N,)`` (or ``(N, j)``) by minimising a loss over the samples.
+    """Fit a model to data ``x (N, k)``, ``y (N,)`` (or ``(N, j)``) by minimising a loss over the samples. An
+    ``nn.Module`` takes any ``x (N, ...)`` it accepts (a batch of images ``(N, C, H, W)`` for a Conv2d, say).
 
     Args:
         model: ``"linear"`` (``y = x W + b``), ``"logistic"`` (binary, ``P(y=1) = sigmoid(x w + b)``),
@@ -281,12 +282,12 @@ def fit(
     if y is None:
         raise ValueError("`y` is required unless `x` is a DataLoader of (x, y) minibatches")
     x_t = _tensor(x, "x")
+    kind = _check_model(model)
     if x_t.ndim == 1:
         x_t = x_t.unsqueeze(1)
-    if x_t.ndim != 2:
-        raise ValueError(f"`x` must be (N, features); got shape {tuple(x_t.shape)}")
+    if x_t.ndim != 2 and kind != "module":
+        raise ValueError(f"`x` must be (N, features) for a {kind} model; got shape {tuple(x_t.shape)}")
     n = x_t.shape[0]
-    kind = _check_model(model)
     loss = _check_loss(loss, kind)
     if kind == "softmax":
         y_t = _tensor(y, "y").reshape(-1)

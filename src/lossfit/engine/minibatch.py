@@ -30,6 +30,7 @@ def minimize_minibatches(
     epochs: int = 100,
     ftol: float = 1e-6,
     patience: int = 3,
+    gtol: float = 1e-3,
     constraints: Any = None,
     dtype: torch.dtype | None = None,
     max_time: float | None = None,
@@ -46,14 +47,16 @@ def minimize_minibatches(
             would chase the noise of single minibatches).
         epochs: the most passes over the data.
         ftol, patience: converged when the whole-data loss changed by less than ``ftol`` times itself over each of
-            ``patience`` consecutive epochs. An epoch that ends above the best whole-data loss so far halves the
-            learning rate (the steps have reached the minibatch noise; a shrinking step is what lets a stochastic
-            method converge).
+            ``patience`` consecutive epochs. An epoch whose whole-data loss rose halves the learning rate (the steps
+            have reached the minibatch noise; a shrinking step is what lets a stochastic method converge).
+        gtol: convergence also needs the whole-data gradient below ``gtol`` times the start's (largest entries);
+            otherwise the status is ``SUSPECT_GRADIENT``: the steps died out before the minimum.
         constraints, dtype, max_time, **options: as for :func:`lossfit.minimize` (``lr=...`` and so on).
 
     Returns:
         A :class:`FitResult` whose ``history`` has one row per epoch (row 0: the start), with the whole-data loss and
-        gradient norm; ``num_steps`` counts minibatch steps. ``CONVERGED_FTOL`` or, honestly, ``MAX_STEPS``.
+        gradient norm; ``num_steps`` counts minibatch steps. ``CONVERGED_FTOL``, or honestly ``MAX_STEPS`` or
+        ``SUSPECT_GRADIENT``.
     """
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable; got {type(loss_fn).__name__}")
@@ -97,7 +100,6 @@ def minimize_minibatches(
     steps = 0
     calm = 0
     halvings = 0
-    best = f0
     status = Status.MAX_STEPS
     for _ in range(epochs):
         epoch_start = x.clone()
@@ -118,10 +120,9 @@ def minimize_minibatches(
         if not bool(torch.isfinite(f)):
             status = Status.NONFINITE
             break
-        if bool(f >= best):  # no progress over an epoch: the step size is at the noise floor; halve it
+        if bool(f >= previous):  # the loss rose over an epoch: the step is too long for the minibatch noise; halve it
             chosen.options["lr"] *= 0.5
             halvings += 1
-        best = torch.minimum(best, f)
         calm = calm + 1 if abs(float(previous - f)) <= ftol * max(abs(float(f)), abs(float(previous))) else 0
         if calm >= patience:
             status = Status.CONVERGED_FTOL
@@ -131,6 +132,9 @@ def minimize_minibatches(
             break
     g = whole(x, grad=True)[1] if status != Status.NONFINITE else torch.full_like(x, math.nan)
     grads[-1] = g.abs().max()
+    if status == Status.CONVERGED_FTOL and bool(grads[-1] > gtol * grads[0]):
+        # The loss settled but the whole-data gradient has not shrunk: the steps died out before the minimum.
+        status = Status.SUSPECT_GRADIENT
     epochs_run = len(losses) - 1
 
     def column(values: list[torch.Tensor]) -> torch.Tensor:
