@@ -89,3 +89,39 @@ def test_register_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[st
     assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # inputs untouched
+
+
+def test_a_dicom_series_in_gives_a_dicom_series_out(tmp_path: Path) -> None:
+    from lossfit.registration.io import save_dicom_series
+
+    z, y, x = torch.meshgrid(torch.arange(20.0), torch.arange(24.0), torch.arange(28.0), indexing="ij")
+    blob = torch.exp(-(((x - 13) / 5) ** 2) - ((y - 12) / 4) ** 2 - ((z - 9) / 3) ** 2)  # an off-centre ellipsoid
+    fixed = Image(1000 * blob, spacing=(1.0, 1.0, 2.0), origin=(-10.0, -12.0, 5.0))
+    warp = torch.eye(4, dtype=torch.float64)
+    warp[:3, 3] = torch.tensor([1.5, -1.0, 2.0], dtype=torch.float64)
+    moving = resample(fixed, fixed, warp)
+    assert isinstance(moving, Image)
+    save_dicom_series(fixed, tmp_path / "fixed")
+    save_dicom_series(moving, tmp_path / "moving")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "register",
+            str(tmp_path / "fixed"),
+            str(tmp_path / "moving"),
+            "--transform",
+            "translation",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    matrix = torch.tensor(json.loads(result.stdout)["matrix"], dtype=torch.float64)
+    torch.testing.assert_close(matrix[:3, 3], -warp[:3, 3], rtol=0, atol=0.05)
+    warped = load_image(out / "warped")
+    assert warped.shape == fixed.shape and warped.spacing == fixed.spacing
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out / "warped")))
+    assert reader.Execute().GetSize() == fixed.size

@@ -628,7 +628,8 @@ def register(
 
 
 def _write_registration(result: Any, fixed_path: Path, before: Any, out: Path) -> None:
-    """The warped moving image (in the fixed image's format), transform.tfm (affine family), transform.json and
+    """The warped moving image (in the fixed image's format: a DICOM series folder ``warped/`` for a series),
+    transform.tfm (affine family), transform.json and
     registration.png (checkerboards and differences before and after; ``before`` is the moving image on the fixed
     grid without a transform)."""
     from lossfit.io import atomic_write_text
@@ -639,7 +640,15 @@ def _write_registration(result: Any, fixed_path: Path, before: Any, out: Path) -
         (v for k, v in IMAGE_OUTPUTS.items() if name.endswith(k)), ".dcm" if fixed_path.is_dir() else ".nii.gz"
     )
     make_folder(out)
-    result.warped.save(out / f"warped{suffix}")
+    if fixed_path.is_dir() and result.warped.ndim == 3:  # a DICOM series in, a DICOM series out
+        import shutil
+
+        from lossfit.registration.io import save_dicom_series
+
+        shutil.rmtree(out / "warped", ignore_errors=True)  # replaced, as the other outputs are
+        save_dicom_series(result.warped, out / "warped")
+    else:
+        result.warped.save(out / f"warped{suffix}")
     if result.transform != "projective":
         result.save_transform(out / "transform.tfm")
     atomic_write_text(out / "transform.json", json.dumps(result.to_dict(), indent=2) + "\n")

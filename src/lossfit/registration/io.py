@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +333,30 @@ def _ds(value: float) -> str:
     raise ValueError(f"{value} cannot be written as a DICOM decimal string")
 
 
-def _dicom_bytes(image: Image) -> bytes:
+def _dicom_scaling(values: np.ndarray) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept that store ``values`` in int16 (exact for whole numbers in range)."""
+    if not np.isfinite(values).all():
+        raise ValueError("`image` holds NaN or infinity, which DICOM cannot store")
+    lo, hi = float(values.min()), float(values.max())
+    if np.array_equal(values, np.rint(values)) and lo >= -32768 and hi <= 32767:
+        return 1.0, 0.0
+    # map [lo, hi] onto [-32767, 32767]; the decimal strings are what a reader sees, so quantise with them
+    intercept = float(_ds((hi + lo) / 2))
+    slope = float(_ds(max(hi - intercept, intercept - lo, 1e-30) / 32767 * (1 + 1e-9)))
+    return slope, intercept
+
+
+def _dicom_slice(
+    values: np.ndarray,
+    scaling: tuple[float, float],
+    spacing: tuple[float, float],
+    position: Sequence[float],
+    orientation: Sequence[float],
+    uids: tuple[str, str, str],
+    instance: int,
+    thickness: float | None = None,
+) -> bytes:
+    """One Secondary Capture slice: int16 pixels with the rescale, the image-plane tags, the shared UIDs."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         PYDICOM_IMPLEMENTATION_UID,
@@ -341,20 +365,7 @@ def _dicom_bytes(image: Image) -> bytes:
         generate_uid,
     )
 
-    if image.ndim != 2:
-        raise ValueError(f"`image` must be 2-D to save as .dcm; got a {image.ndim}-D image (use .nii or .nii.gz)")
-    m = np.array(image.direction)
-    if not np.allclose(m.T @ m, np.eye(2), atol=1e-6):
-        raise ValueError("`image` must have an orthonormal direction to save as .dcm; its grid is sheared")
-    values = image.numpy().astype(np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("`image` holds NaN or infinity, which DICOM cannot store")
-    lo, hi = float(values.min()), float(values.max())
-    if np.array_equal(values, np.rint(values)) and lo >= -32768 and hi <= 32767:
-        slope, intercept = 1.0, 0.0
-    else:  # map [lo, hi] onto [-32767, 32767]; the decimal strings are what a reader sees, so quantise with them
-        intercept = float(_ds((hi + lo) / 2))
-        slope = float(_ds(max(hi - intercept, intercept - lo, 1e-30) / 32767 * (1 + 1e-9)))
+    slope, intercept = scaling
     stored = np.clip(np.rint((values - intercept) / slope), -32768, 32767).astype("<i2")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -364,13 +375,15 @@ def _dicom_bytes(image: Image) -> bytes:
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
     ds.PatientName, ds.PatientID, ds.StudyID, ds.StudyDate, ds.StudyTime = "", "", "", "", ""
-    ds.Modality, ds.ConversionType, ds.SeriesNumber, ds.InstanceNumber = "OT", "WSD", 1, 1
+    ds.Modality, ds.ConversionType, ds.SeriesNumber, ds.InstanceNumber = "OT", "WSD", 1, instance
     ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.PixelSpacing = [_ds(image.spacing[1]), _ds(image.spacing[0])]  # [row spacing dy, column spacing dx]
-    ds.ImagePositionPatient = [_ds(image.origin[0]), _ds(image.origin[1]), "0"]
-    ds.ImageOrientationPatient = [_ds(m[0, 0]), _ds(m[1, 0]), "0", _ds(m[0, 1]), _ds(m[1, 1]), "0"]
+    ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]  # [row spacing dy, column spacing dx]
+    ds.ImagePositionPatient = [_ds(v) for v in position]
+    ds.ImageOrientationPatient = [_ds(v) for v in orientation]
+    if thickness is not None:
+        ds.SliceThickness = _ds(thickness)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
@@ -379,6 +392,73 @@ def _dicom_bytes(image: Image) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def _orthonormal(m: np.ndarray) -> None:
+    if not np.allclose(m.T @ m, np.eye(len(m)), atol=1e-6):
+        raise ValueError("`image` must have an orthonormal direction to save as .dcm; its grid is sheared")
+
+
+def _dicom_bytes(image: Image) -> bytes:
+    from pydicom.uid import generate_uid
+
+    if image.ndim != 2:
+        raise ValueError(
+            f"`image` must be 2-D to save as .dcm; got a {image.ndim}-D image (save_dicom_series writes a folder)"
+        )
+    m = np.array(image.direction)
+    _orthonormal(m)
+    values = image.numpy().astype(np.float64)
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    orientation = [m[0, 0], m[1, 0], 0.0, m[0, 1], m[1, 1], 0.0]
+    position = [image.origin[0], image.origin[1], 0.0]
+    spacing = (image.spacing[0], image.spacing[1])
+    return _dicom_slice(values, _dicom_scaling(values), spacing, position, orientation, uids, 1)
+
+
+def save_dicom_series(image: Image, folder: str | os.PathLike[str]) -> None:
+    """Write a 3-D ``image`` as a DICOM series: ``folder/slice0001.dcm`` ... , one Secondary Capture file per slice
+    with its ImagePositionPatient, the shared ImageOrientationPatient, PixelSpacing and SliceThickness, and one
+    rescale for the whole volume. The folder is built beside its final place and renamed into it; it must not
+    exist yet."""
+    import shutil
+    import tempfile
+
+    from pydicom.uid import generate_uid
+
+    if not isinstance(image, Image) or image.ndim != 3:
+        raise ValueError("`image` must be a 3-D Image to save as a DICOM series")
+    target = Path(folder)
+    if target.exists():
+        raise ValueError(f"`folder` {str(target)!r} exists; a DICOM series is written into a new folder")
+    if not target.parent.exists():
+        raise InputFileError(f"{target}: the folder {target.parent} does not exist")
+    m = np.array(image.direction)
+    _orthonormal(m)
+    values = image.numpy().astype(np.float64)
+    scaling = _dicom_scaling(values)
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    orientation = [*m[:, 0], *m[:, 1]]
+    origin, step = np.array(image.origin), m[:, 2] * image.spacing[2]
+    spacing = (image.spacing[0], image.spacing[1])
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for k in range(values.shape[0]):
+            payload = _dicom_slice(
+                values[k], scaling, spacing, list(origin + k * step), orientation, uids, k + 1, image.spacing[2]
+            )
+            (tmp / f"slice{k + 1:04d}.dcm").write_bytes(payload)
+        tmp.chmod(0o777 & ~_umask())
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # --- PNG, JPEG, BMP, TIFF, NumPy ------------------------------------------------------------------------------
