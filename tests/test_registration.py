@@ -330,6 +330,7 @@ def test_warp_inverse_and_landmarks() -> None:
     assert float(target_registration_error(result.matrix, landmarks, located).max()) < 0.2
     summary = result.to_dict()
     assert "fixed image's world space" in summary["convention"] and len(summary["matrix"]) == 3
+    assert result.num_evals >= sum(level.steps for level in result.levels) > 0
 
 
 @pytest.mark.parametrize("d", [2, 3])

@@ -602,6 +602,7 @@ def register(
     generator = torch.Generator().manual_seed(seed)
     q = torch.zeros(b, p_id.numel(), dtype=_FLOAT, device=device)
     done_levels: list[Level] = []
+    evaluations = 0  # resamplings of the moving image, over all levels
     history: History | None = None
     statuses: torch.Tensor | None = None
     outcome = None
@@ -676,6 +677,7 @@ def register(
         # Coarse levels hand over a start to the next: a loose tolerance; the finest level gets the requested one.
         stop = Stopping(ftol if finest else max(ftol, 1e-5), xtol if finest else max(xtol, 1e-3), gtol, max_steps, None)
         outcome = run(objective, engine_solver, q, stop, record=True)  # type: ignore[arg-type]
+        evaluations += objective.evals
         q = outcome.x
         history = outcome.history
         by_code = {int(s): s for s in Status}
@@ -712,7 +714,7 @@ def register(
         statuses=status_list,
         steps=outcome.steps if batch else outcome.steps[0],
         num_steps=sum(level.steps for level in done_levels),
-        num_evals=0,
+        num_evals=evaluations,
         history=_squeeze(history, batch),
         solver=SolverInfo(chosen_name, {}, f"{'least squares' if metric == 'mse' else 'scalar loss'} ({metric})"),
         time=time.perf_counter() - start,
