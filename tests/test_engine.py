@@ -303,6 +303,179 @@ def test_robust_loss_weights_gradcheck() -> None:
         assert float(rho(small)) == pytest.approx(1e-6, rel=1e-5), name
 
 
+# -- a Jacobian given by the caller ------------------------------------------------------------------------------------
+
+
+def exp_curve_jacobian(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    e = torch.exp(-p[1] * x)
+    return torch.stack([1 - e, p[0] * x * e], dim=-1)
+
+
+def test_a_jacobian_function_gives_the_autodiff_answer() -> None:
+    x, y, _ = curve_batch(5, seed=11)
+    start = torch.ones(5, 2, dtype=F64)
+    auto = lossfit.least_squares(exp_curve, start, args=(x, y), batch=True)
+    given = lossfit.least_squares(exp_curve, start, args=(x, y), batch=True, jac=exp_curve_jacobian)
+    assert given.success, given.message
+    assert given.statuses == auto.statuses and torch.equal(given.steps, auto.steps)
+    torch.testing.assert_close(given.params, auto.params, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(given.covariance, auto.covariance, rtol=1e-9, atol=0.0)
+    single = lossfit.least_squares(exp_curve, start[0], args=(x[0], y[0]), jac=exp_curve_jacobian)
+    torch.testing.assert_close(single.params, auto.params[0], rtol=1e-12, atol=1e-14)
+
+
+def test_a_constant_jacobian_for_linear_residuals() -> None:
+    g = torch.Generator().manual_seed(12)
+    a = torch.randn(4, 30, 3, generator=g, dtype=F64)
+    y = torch.randn(4, 30, generator=g, dtype=F64)
+
+    def residual(p: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return a @ p - y
+
+    start = torch.zeros(4, 3, dtype=F64)
+    for loss in ("linear", "cauchy"):
+        auto = lossfit.least_squares(residual, start, args=(a, y), batch=True, loss=loss)
+        given = lossfit.least_squares(residual, start, args=(a, y), batch=True, loss=loss, jac=a)
+        assert given.success, given.message
+        torch.testing.assert_close(given.params, auto.params, rtol=1e-10, atol=1e-12)
+        assert given.jacobian is not None and torch.equal(given.jacobian, a)
+        if loss == "linear":
+            exact = torch.linalg.solve(a.transpose(1, 2) @ a, a.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1)
+            torch.testing.assert_close(given.params, exact, rtol=1e-8, atol=1e-10)
+
+
+def test_a_wrong_jacobian_is_refused_at_the_start() -> None:
+    x, y, _ = curve_batch(1, seed=13)
+
+    def wrong(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 2 * exp_curve_jacobian(p, x, y)
+
+    with pytest.raises(ValueError, match="`jac` disagrees"):
+        lossfit.least_squares(exp_curve, torch.ones(2, dtype=F64), args=(x[0], y[0]), jac=wrong)
+    # A constant claims linear residuals: the curve is not linear, so its Jacobian at the start is refused too.
+    constant = exp_curve_jacobian(torch.ones(2, dtype=F64), x[0], y[0])
+    with pytest.raises(ValueError, match="`jac` disagrees"):
+        lossfit.least_squares(exp_curve, torch.ones(2, dtype=F64), args=(x[0], y[0]), jac=constant)
+
+
+def test_a_jacobian_right_only_at_the_start_is_never_a_verified_answer() -> None:
+    x, y, _ = curve_batch(1, seed=14)
+    start = torch.ones(2, dtype=F64)
+    frozen = exp_curve_jacobian(start, x[0], y[0])
+
+    def stale(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return frozen  # the derivative at the start, returned everywhere
+
+    result = lossfit.least_squares(exp_curve, start, args=(x[0], y[0]), jac=stale, max_steps=50)
+    assert not result.success
+    assert result.status in (Status.SUSPECT_GRADIENT, Status.MAX_STEPS, Status.STALLED)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"jac": "exact"}, TypeError, "jac"),
+        ({"jac": torch.zeros(20, 3, dtype=F64)}, ValueError, "n = 2"),
+        ({"jac": lambda p, x, y: torch.zeros(20, 3, dtype=F64)}, ValueError, "n = 2"),
+        ({"jac": exp_curve_jacobian, "bounds": (0.0, 5.0)}, ValueError, "without constraints"),
+    ],
+)
+def test_bad_jacobians_name_the_argument(kwargs: dict, error: type[Exception], words: str) -> None:
+    x, y, _ = curve_batch(1, seed=15)
+    with pytest.raises(error, match=words):
+        lossfit.least_squares(exp_curve, torch.ones(2, dtype=F64), args=(x[0], y[0]), **kwargs)
+
+
+def test_a_jacobian_needs_a_single_tensor_of_parameters() -> None:
+    with pytest.raises(ValueError, match="one tensor"):
+        lossfit.least_squares(
+            lambda p: p["a"] - 1.0, {"a": torch.zeros(2, dtype=F64)}, jac=lambda p: torch.eye(2, dtype=F64)
+        )
+
+
+# -- robust steps, the answer's check ------------------------------------------------------------------------------
+
+
+def test_written_robust_derivatives_equal_autograd() -> None:
+    from lossfit.engine import robust
+    from lossfit.losses import ROBUST
+
+    r = torch.tensor([0.0, 0.05, 0.3, 0.9, 1.5, 4.0, 30.0], dtype=F64)
+    for name, rho in ROBUST.items():
+        d1, d2, z = robust.derivatives(rho, r, 0.7)
+        auto1, auto2, _ = robust.derivatives(lambda t, rho=rho: rho(t) * 1.0, r, 0.7)  # a callable: autograd
+        torch.testing.assert_close(d1, auto1, rtol=1e-14, atol=0.0, msg=name)
+        torch.testing.assert_close(d2, auto2, rtol=1e-12, atol=1e-300, msg=name)
+        torch.testing.assert_close(z, (r / 0.7) ** 2)
+
+
+def test_grouped_robust_fit_reaches_the_minimum_of_its_loss() -> None:
+    """Newton-like robust steps (the loss's own curvature, clamped) converge to the robust cost's minimum."""
+    g = torch.Generator().manual_seed(16)
+    src = 10 * torch.rand(50, 2, generator=g, dtype=F64)
+    shift = torch.tensor([1.5, -0.5], dtype=F64)
+    dst = src + shift + 0.02 * torch.randn(50, 2, generator=g, dtype=F64)
+    dst[:15] += 4 * torch.randn(15, 2, generator=g, dtype=F64)
+
+    def residual(p: torch.Tensor) -> torch.Tensor:
+        return (src + p - dst).reshape(-1)
+
+    fit = lossfit.least_squares(
+        residual, dst.median(0).values - src.median(0).values, loss="cauchy", f_scale=0.05, group=2
+    )
+    assert fit.success, fit.message
+
+    def cost(p: torch.Tensor) -> torch.Tensor:
+        length2 = ((src + p - dst) ** 2).sum(-1)
+        return 0.5 * 0.05**2 * torch.log1p(length2 / 0.05**2).sum()
+
+    # Polish with exact Newton steps on the cost itself: the fit must already sit at that minimum.
+    polished = fit.params.clone()
+    for _ in range(5):
+        grad = torch.func.grad(cost)(polished)
+        polished = polished - torch.linalg.solve(torch.func.hessian(cost)(polished), grad)
+    torch.testing.assert_close(fit.params, polished, rtol=0.0, atol=1e-8)
+    assert (fit.params - shift).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("cond", [10.0, 1e7])
+def test_covariance_of_many_parameters_matches_the_closed_form(cond: float) -> None:
+    """Well conditioned Jacobians take the Gram matrix's Cholesky factor, the others the SVD: both agree with it."""
+    g = torch.Generator().manual_seed(17)
+    q1, _ = torch.linalg.qr(torch.randn(60, 5, generator=g, dtype=F64))
+    q2, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=F64))
+    a = q1 @ torch.diag(torch.logspace(0, math.log10(cond), 5, dtype=F64)) @ q2
+    y = a @ torch.arange(1.0, 6.0, dtype=F64) + 0.01 * torch.randn(60, generator=g, dtype=F64)
+    result = lossfit.least_squares(lambda p: a @ p - y, torch.zeros(5, dtype=F64))
+    residual = a @ result.params - y
+    _, sv, vh = torch.linalg.svd(a, full_matrices=False)
+    expected = float(residual @ residual) / 55 * (vh.T / sv**2) @ vh
+    assert result.success and result.covariance is not None
+    torch.testing.assert_close(result.covariance, expected, rtol=1e-7 * cond, atol=0.0)
+
+
+def test_a_singular_jacobian_with_many_parameters_is_reported() -> None:
+    g = torch.Generator().manual_seed(18)
+    a = torch.randn(40, 4, generator=g, dtype=F64)
+    a[:, 3] = a[:, 0] - 2 * a[:, 1]
+    y = torch.randn(40, generator=g, dtype=F64)
+    result = lossfit.least_squares(lambda p: a @ p - y, torch.zeros(4, dtype=F64), solver="lm")
+    assert result.status is Status.SINGULAR
+    assert result.covariance is not None and bool(torch.isnan(result.covariance).all())
+
+
+def test_the_answer_s_jacobian_is_the_jacobian_at_the_answer() -> None:
+    """The check reuses what the solver evaluated where each problem stopped: it must be the answer's own."""
+    x, y, _ = curve_batch(40, seed=19)
+    start = torch.ones(40, 2, dtype=F64)
+    start[0] = torch.tensor([5.0, 0.1], dtype=F64)  # a long way round: problems stop at different steps
+    result = lossfit.least_squares(exp_curve, start, args=(x, y), batch=True)
+    assert result.success and int(result.steps.min()) < int(result.steps.max())
+    exact = torch.stack([exp_curve_jacobian(p, xi, yi) for p, xi, yi in zip(result.params, x, y, strict=True)])
+    torch.testing.assert_close(result.jacobian, exact, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(result.residuals, exp_curve(result.params.T, x.T, y.T).T, rtol=1e-12, atol=1e-14)
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------------
 
 

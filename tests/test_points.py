@@ -7,6 +7,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 import lossfit
+from lossfit import points as P
 from lossfit import transforms as T
 from lossfit.points import closed_form
 
@@ -175,3 +176,103 @@ def test_exact_inliers_are_reported_as_inliers() -> None:
     clean = torch.arange(50) >= 10
     assert fitted.inliers is not None
     assert bool((fitted.inliers == clean).all())
+
+
+# -- the robust start and the refinement's parts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "d"), [c for c in CASES if c[0] != "projective"])
+def test_a_known_noise_scale_still_survives_forty_percent_outliers(model: str, d: int) -> None:
+    """With ``f_scale`` given, the start stops sampling by RANSAC's rule: sets with many outliers must go on."""
+    sets = [make_points(model, d, 40 + i, outliers=0.4) for i in range(8)]
+    src, dst = torch.stack([s[0] for s in sets]), torch.stack([s[1] for s in sets])
+    fit = lossfit.align(src, dst, model=model, loss="cauchy", f_scale=0.025)
+    assert fit.success, fit.message
+    for i, (_, _, m, bad) in enumerate(sets):
+        assert mean_error(fit.matrix[i], m, src[i]) < 0.02
+        assert fit.inliers is not None and bool((fit.inliers[i] == ~bad).all())
+
+
+def test_robust_start_with_a_known_noise_draws_fewer_samples_on_clean_sets() -> None:
+    sets = [make_points("affine", 2, 60 + i, outliers=0.1) for i in range(20)]
+    src, dst = torch.stack([s[0] for s in sets]), torch.stack([s[1] for s in sets])
+    calls: list[int] = []
+    original = P._hypotheses
+
+    def counting(*args: object) -> object:
+        calls.append(int(args[5].shape[0]) * int(args[5].shape[1]))  # type: ignore[attr-defined]
+        return original(*args)  # type: ignore[arg-type]
+
+    P._hypotheses = counting  # type: ignore[assignment]
+    try:
+        fixed, _ = P.robust_start("affine", src, dst)
+        drawn_fixed = sum(calls)
+        calls.clear()
+        adaptive, _ = P.robust_start("affine", src, dst, noise=0.01)
+        drawn_adaptive = sum(calls)
+    finally:
+        P._hypotheses = original  # type: ignore[assignment]
+    assert drawn_fixed == 20 * P.sample_count(3)
+    assert drawn_adaptive < drawn_fixed / 2
+    for i, (_, _, m, _) in enumerate(sets):
+        assert mean_error(adaptive[i], m, src[i]) < 0.02 and mean_error(fixed[i], m, src[i]) < 0.02
+
+
+def test_minimal_samples_are_distinct_and_uniform() -> None:
+    g = torch.Generator().manual_seed(3)
+    picks = P._draw(g, (20000,), 7, 3)
+    assert picks.shape == (20000, 3) and int(picks.min()) >= 0 and int(picks.max()) < 7
+    assert bool(
+        (picks[:, 0] != picks[:, 1]).all() & (picks[:, 0] != picks[:, 2]).all() & (picks[:, 1] != picks[:, 2]).all()
+    )
+    counts = torch.bincount(picks.reshape(-1), minlength=7).to(F64)
+    assert float((counts / counts.mean() - 1).abs().max()) < 0.03
+    pairs = torch.bincount(picks[:, 0] * 7 + picks[:, 2], minlength=49).reshape(7, 7).to(F64)
+    off = pairs[~torch.eye(7, dtype=torch.bool)]
+    assert float((off / off.mean() - 1).abs().max()) < 0.15 and float(pairs.diagonal().sum()) == 0
+
+
+@pytest.mark.parametrize(("model", "d"), [(m, d) for m in P.LINEAR_MODELS for d in (1, 2, 3)])
+def test_minimal_fits_are_exact_and_degenerate_samples_do_not_raise(model: str, d: int) -> None:
+    m = true_matrix(model, d, 5)
+    k = T.min_points(model, d)
+    g = torch.Generator().manual_seed(6)
+    s = 10 * torch.rand(50, k, d, generator=g, dtype=F64)
+    fitted = P._minimal_fit(model, s, T.apply(m, s))
+    torch.testing.assert_close(fitted, m.expand(50, d + 1, d + 1), rtol=1e-9, atol=1e-9)
+    if k > 1:
+        s[:, -1] = s[:, 0]  # two equal points: no unique transform; a meaningless one (it loses the vote), no error
+        assert P._minimal_fit(model, s, T.apply(m, s)).shape == (50, d + 1, d + 1)
+
+
+def test_median_is_torch_s_lower_median() -> None:
+    x = torch.rand(300, 7, 60, dtype=F64)
+    x[0, 0, :5] = float("inf")
+    torch.testing.assert_close(P._median(x), x.median(dim=-1).values, rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize("model", P.LINEAR_MODELS)
+def test_the_constant_jacobian_is_the_residual_s_derivative(model: str) -> None:
+    src, dst, m, _ = make_points(model, 3, 7)
+    w = torch.rand(60, dtype=F64, generator=torch.Generator().manual_seed(8))
+
+    def residual(p: torch.Tensor) -> torch.Tensor:
+        return ((T.apply(T.matrix(model, p, 3), src) - dst) * w.sqrt().unsqueeze(-1)).reshape(-1)
+
+    expected = torch.func.jacfwd(residual)(T.params(model, m))
+    torch.testing.assert_close(P._linear_jacobian(model, src, w.sqrt()), expected, rtol=1e-14, atol=1e-14)
+    ones = torch.func.jacfwd(lambda p: (T.apply(T.matrix(model, p, 3), src) - dst).reshape(-1))(T.params(model, m))
+    torch.testing.assert_close(P._linear_jacobian(model, src, None), ones, rtol=1e-14, atol=1e-14)
+
+
+def test_a_batch_spanning_several_parts_equals_one_by_one() -> None:
+    """1300 affine sets are refined in three parts (about 2**19 numbers each): the parts must not mix problems."""
+    sets = [make_points("affine", 2, 100 + i, n=60, outliers=0.1) for i in range(1300)]
+    src, dst = torch.stack([s[0] for s in sets]), torch.stack([s[1] for s in sets])
+    batch = lossfit.align(src, dst, model="affine", loss="huber", f_scale=0.02)
+    assert batch.success, batch.message
+    for i in (0, 623, 624, 1299):
+        one = lossfit.align(src[i], dst[i], model="affine", loss="huber", f_scale=0.02)
+        torch.testing.assert_close(batch.matrix[i], one.matrix, rtol=1e-7, atol=1e-7)
+        assert batch.jacobian is not None and one.jacobian is not None
+        torch.testing.assert_close(batch.jacobian[i], one.jacobian)

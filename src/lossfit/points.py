@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from lossfit import transforms as T
@@ -25,6 +26,7 @@ from lossfit.engine import FitResult, least_squares
 from lossfit.transforms.homogeneous import _check_model
 
 LOSSES = ("mse", "mae", "huber", "cauchy", "soft_l1")
+LINEAR_MODELS = ("translation", "linear", "affine")  # residuals linear in the parameters
 # Tuning constants (in units of the robust noise scale): 95% efficiency at Gaussian noise for Huber and Cauchy.
 _SCALE = {"huber": 1.345, "cauchy": 2.385, "soft_l1": 1.0, "mae": 1e-3}
 
@@ -133,61 +135,258 @@ def sample_count(k: int, outliers: float = 0.5, confidence: float = 0.999) -> in
     return math.ceil(math.log(1 - confidence) / math.log(1 - (1 - outliers) ** k))
 
 
+def _samples_needed(inliers: torch.Tensor, k: int, confidence: float) -> torch.Tensor:
+    """:func:`sample_count` for each observed inlier fraction (a tensor): 1 at no outliers, infinite at no inliers."""
+    clean = inliers.clamp(0, 1) ** k
+    count = math.log(1 - confidence) / torch.log1p(-clean.clamp_max(1 - 1e-16))
+    return torch.where(clean > 0, count.ceil().clamp_min(1), torch.full_like(count, float("inf")))
+
+
 def robust_start(
-    model: str, src: torch.Tensor, dst: torch.Tensor, hypotheses: int | None = None, seed: int = 0
+    model: str,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    hypotheses: int | None = None,
+    seed: int = 0,
+    confidence: float = 0.999,
+    noise: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Least median of squares over random minimal samples, batched; returns the start matrix and the noise scale.
 
     Each hypothesis is the closed form on a minimal sample; the one with the smallest median squared distance wins
-    (Rousseeuw, 1984), and the closed form is refitted on its inliers (within 2.5 robust standard deviations). The
-    number of samples (default) gives 99.9% confidence of one clean sample with half the points outliers, the
-    breakdown point of the median. Batches are processed in chunks that bound the memory used.
+    (Rousseeuw, 1984), and the closed form is refitted on its inliers (within 2.5 robust standard deviations).
+
+    The number of samples: ``hypotheses`` if given; otherwise enough for one outlier-free sample with the given
+    ``confidence`` when half the points are outliers, the breakdown point of the median. With a known ``noise``
+    (the standard deviation of the inliers' coordinates) a set may stop sooner, by RANSAC's rule (Hartley and
+    Zisserman, algorithm 4.5): samples are drawn in rounds, and a set stops once it has drawn enough for that
+    confidence at the inlier fraction seen so far, the largest share of points any hypothesis brought within
+    ``2.5 * noise`` (a fixed threshold: a scale estimated from a wrong hypothesis would make it look right). Work is
+    done in chunks that bound the memory used.
     """
     n, d = src.shape[-2], src.shape[-1]
     k = T.min_points(model, d)
-    hypotheses = hypotheses or sample_count(k)
-    if src.ndim == 3:
-        chunk = max(1, 4_000_000 // (hypotheses * n * d))
-        if src.shape[0] > chunk:
-            parts = [
-                robust_start(model, src[i : i + chunk], dst[i : i + chunk], hypotheses, seed + i)
-                for i in range(0, src.shape[0], chunk)
-            ]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    batch_shape = src.shape[:-2]
+    s_all, t_all = src.reshape(-1, n, d), dst.reshape(-1, n, d)
+    s_cm, t_cm = s_all.transpose(1, 2).contiguous(), t_all.transpose(1, 2).contiguous()
+    b = s_all.shape[0]
+    adaptive = hypotheses is None and noise is not None
+    most = hypotheses or sample_count(k, 0.5, confidence)
+    size = min(most, sample_count(k, 0.2, confidence)) if adaptive else most
     g = torch.Generator().manual_seed(seed)
-    picks = torch.argsort(torch.rand(*src.shape[:-2], hypotheses, n, generator=g), dim=-1)[..., :k].to(src.device)
-    gather = picks.unsqueeze(-1).expand(*picks.shape, d)
-    s = torch.gather(src.unsqueeze(-3).expand(*src.shape[:-2], hypotheses, n, d), -2, gather)
-    t = torch.gather(dst.unsqueeze(-3).expand(*dst.shape[:-2], hypotheses, n, d), -2, gather)
+    # A fixed count draws the samples as this function always has (the same `seed` gives the same samples).
+    fixed = None if adaptive else _fixed_samples(b, most, n, k, d, seed)
+    best_med = torch.full((b,), float("inf"), dtype=src.dtype, device=src.device)
+    best_d2 = torch.full((b, n), float("inf"), dtype=src.dtype, device=src.device)
+    consensus = torch.zeros(b, dtype=torch.long, device=src.device)
+    drawn = torch.zeros(b, dtype=torch.long, device=src.device)
+    # Exact inliers have no noise: the same floor as `align` (1e-6 of each set's extent) keeps them inliers.
+    floor = 1e-6 * (t_all - t_all.mean(-2, keepdim=True)).abs().amax(dim=(-2, -1))
+    limit = torch.clamp_min(floor, 2.5 * (noise or 0.0)) ** 2
+    active = torch.arange(b, device=src.device)
     with torch.no_grad():
-        m = _safe_closed_form(model, s, t)
-        dist2 = ((T.apply(m, src.unsqueeze(-3)) - dst.unsqueeze(-3)) ** 2).sum(-1)
-        dist2 = torch.where(torch.isfinite(dist2), dist2, torch.full_like(dist2, float("inf")))
-        med = dist2.median(dim=-1).values
-        best = med.argmin(dim=-1)
-        chosen = torch.gather(m, -3, best[..., None, None, None].expand(*best.shape, 1, d + 1, d + 1)).squeeze(-3)
-        scale = _robust_scale(torch.gather(med, -1, best.unsqueeze(-1)).squeeze(-1), n, T.num_params(model, d))
-        dist = (T.apply(chosen, src) - dst).norm(dim=-1)
-        inliers = dist <= 2.5 * scale.unsqueeze(-1)
-        refit = closed_form(model, src, dst, inliers.to(src.dtype) + 1e-12)
-    return refit, scale
+        while active.numel():
+            chunk = max(1, 2**18 // (size * n))
+            for lo in range(0, active.numel(), chunk):
+                rows = active[lo : lo + chunk]
+                picks = _draw(g, (rows.numel(), size), n, k) if fixed is None else fixed[lo : lo + chunk]
+                d2 = _hypotheses(model, s_all[rows], t_all[rows], s_cm[rows], t_cm[rows], picks.to(src.device))
+                med = _median(d2)
+                med_best, arg = med.min(dim=-1)
+                better = med_best < best_med[rows]
+                best_d2[rows] = torch.where(
+                    better[:, None], torch.gather(d2, 1, arg[:, None, None].expand(-1, 1, n)).squeeze(1), best_d2[rows]
+                )
+                best_med[rows] = torch.where(better, med_best, best_med[rows])
+                if adaptive:
+                    within = (d2 <= limit[rows, None, None]).sum(-1).amax(-1)
+                    consensus[rows] = torch.maximum(consensus[rows], within)
+            drawn[active] += size
+            if not adaptive:
+                break
+            need = _samples_needed(consensus[active] / n, k, confidence).clamp_max(most) - drawn[active]
+            active = active[need > 0]
+            if active.numel():
+                size = int(need[need > 0].median().clamp(min=size, max=most - int(drawn[active].min())))
+        scale = _robust_scale(best_med, n, T.num_params(model, d))
+        inliers = best_d2 <= (2.5 * scale.unsqueeze(-1)) ** 2
+        refit = closed_form(model, s_all, t_all, inliers.to(src.dtype) + 1e-12)
+    return refit.reshape(*batch_shape, d + 1, d + 1), scale.reshape(batch_shape)
 
 
-def _safe_closed_form(model: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Closed forms of minimal samples; a degenerate sample gives NaN (it loses the vote) instead of an error."""
-    try:
+def _median(x: torch.Tensor) -> torch.Tensor:
+    """The lower median along the last dimension (``torch.median``'s), without NaN. On the CPU by numpy's sort,
+    several times faster than ``torch.median`` for many short rows (the robust start's hypotheses)."""
+    if x.device.type != "cpu":
+        return x.median(dim=-1).values
+    ordered = np.sort(x.detach().numpy(), axis=-1)
+    return torch.from_numpy(ordered[..., (x.shape[-1] - 1) // 2].copy())
+
+
+def _hypotheses(
+    model: str,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    src_cm: torch.Tensor,
+    dst_cm: torch.Tensor,
+    picks: torch.Tensor,
+) -> torch.Tensor:
+    """Every point's squared distance ``(B, H, N)`` under the minimal-sample fits of ``(B, N, d)`` point sets (the
+    samples' points ``picks``, ``(B, H, k)``; ``src_cm`` and ``dst_cm`` are the same points coordinate by
+    coordinate, ``(B, d, N)``). A degenerate sample gives infinite distances (it loses every vote), not an error.
+    """
+    b, _, d = src.shape
+    count, k = picks.shape[1:]
+    gather = picks.reshape(b, count * k, 1).expand(-1, -1, d)
+    s = torch.gather(src, 1, gather).reshape(b, count, k, d)
+    t = torch.gather(dst, 1, gather).reshape(b, count, k, d)
+    m = _minimal_fit(model, s, t)
+    d2 = _squared_distances(m, src_cm.unsqueeze(1), dst_cm.unsqueeze(1), model == "projective")
+    return d2.nan_to_num_(nan=float("inf"))
+
+
+def _fixed_samples(b: int, count: int, n: int, k: int, d: int, seed: int) -> torch.Tensor:
+    """``count`` minimal samples of ``k`` of ``n`` points for each of ``b`` sets, ``(b, count, k)``: the ``k``
+    smallest of ``n`` uniform numbers, drawn for blocks of sets (of about 4e6 numbers, seeded ``seed`` plus the
+    block's first set)."""
+    block = max(1, 4_000_000 // (count * n * d))
+    picks = []
+    for lo in range(0, b, block):
+        g = torch.Generator().manual_seed(seed + lo)
+        draws = torch.rand(min(block, b - lo), count, n, generator=g)
+        picks.append(draws.topk(k, dim=-1, largest=False).indices)
+    return torch.cat(picks)
+
+
+def _squared_distances(m: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, projective: bool) -> torch.Tensor:
+    """``|T(src) - dst|^2`` for matrices ``(..., d + 1, d + 1)`` and points given coordinate by coordinate,
+    ``(..., d, N)`` (contiguous): ``(..., N)``.
+
+    Hypotheses x points is the largest array of the robust start: it is built coordinate by coordinate, in place,
+    from contiguous rows (strided or broadcast inner dimensions are several times slower on a CPU).
+    """
+    d = src.shape[-2]
+
+    def entry(a: int, j: int) -> torch.Tensor:
+        return m[..., a, j].unsqueeze(-1).contiguous()
+
+    w = None
+    if projective:
+        w = entry(d, d) + entry(d, 0) * src[..., 0, :]
+        for j in range(1, d):
+            w.addcmul_(entry(d, j), src[..., j, :])
+    total = torch.zeros(())
+    for a in range(d):
+        diff = entry(a, 0) * src[..., 0, :]
+        for j in range(1, d):
+            diff.addcmul_(entry(a, j), src[..., j, :])
+        diff.add_(entry(a, d))
+        if w is not None:
+            diff.div_(w)
+        diff.sub_(dst[..., a, :])
+        total = diff.square_() if a == 0 else total.addcmul_(diff, diff)
+    return total
+
+
+def _draw(g: torch.Generator, shape: tuple[int, ...], n: int, k: int) -> torch.Tensor:
+    """``k`` distinct indices below ``n`` for each entry of ``shape``, uniformly: ``shape + (k,)``.
+
+    The j-th index is drawn among the ``n - j`` not yet taken (it is mapped past the taken ones in increasing order).
+    """
+    picks: list[torch.Tensor] = []
+    for j in range(k):
+        idx = torch.randint(0, n - j, shape, generator=g)
+        if picks:
+            taken, _ = torch.sort(torch.stack(picks, -1), dim=-1)
+            for c in range(j):
+                idx = idx + (idx >= taken[..., c]).to(idx.dtype)
+        picks.append(idx)
+    return torch.stack(picks, -1)
+
+
+def _minimal_fit(model: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The transforms through minimal samples ``(..., k, d)``, without errors: a degenerate sample gives a
+    meaningless transform (infinite, NaN, or whatever rounding makes of a singular system), which loses the vote.
+
+    Translation, linear and affine maps solve their square system directly (by Cramer's rule up to 3 unknowns);
+    the others use the closed form, which has no failure mode (SVD).
+    """
+    d = s.shape[-1]
+    if model not in LINEAR_MODELS:
         return closed_form(model, s, t)
-    except RuntimeError:
-        d = s.shape[-1]
-        out = torch.full((*s.shape[:-2], d + 1, d + 1), float("nan"), dtype=s.dtype, device=s.device)
-        flat_s, flat_t = s.reshape(-1, *s.shape[-2:]), t.reshape(-1, *t.shape[-2:])
-        flat = out.reshape(-1, d + 1, d + 1)
-        for i in range(flat.shape[0]):
-            try:
-                flat[i] = closed_form(model, flat_s[i], flat_t[i])
-            except RuntimeError:
-                continue
-        return out
+    eye = torch.eye(d + 1, dtype=s.dtype, device=s.device).expand(*s.shape[:-2], d + 1, d + 1).clone()
+    if model == "translation":
+        eye[..., :d, d] = (t - s).mean(-2)
+        return eye
+    a = s if model == "linear" else torch.cat([s, torch.ones_like(s[..., :1])], -1)  # (..., k, k)
+    x = _solve_square(a, t)  # a x = t: x holds the map's rows as columns
+    eye[..., :d, :d] = x[..., :d, :].transpose(-1, -2)
+    if model == "affine":
+        eye[..., :d, d] = x[..., d, :]
+    return eye
+
+
+def _solve_square(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a^-1 b`` for a batch of small square ``a``; singular systems give inf or NaN instead of an error."""
+    k = a.shape[-1]
+    if k == 1:
+        return b / a
+    if k == 2:
+        det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
+        adj = torch.stack(
+            [torch.stack([a[..., 1, 1], -a[..., 0, 1]], -1), torch.stack([-a[..., 1, 0], a[..., 0, 0]], -1)], -2
+        )
+        return _matmul(adj, b) / det[..., None, None]
+    if k == 3:
+        c0 = torch.linalg.cross(a[..., 1, :], a[..., 2, :])
+        c1 = torch.linalg.cross(a[..., 2, :], a[..., 0, :])
+        c2 = torch.linalg.cross(a[..., 0, :], a[..., 1, :])
+        det = (a[..., 0, :] * c0).sum(-1)
+        adj = torch.stack([c0, c1, c2], -1)  # the adjugate: its columns are the cofactor rows
+        return _matmul(adj, b) / det[..., None, None]
+    x, _ = torch.linalg.solve_ex(a, b)
+    return x
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for batches of tiny matrices, elementwise (a batched matrix product is slow for 3 x 3 blocks)."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+
+
+def _apply(m: torch.Tensor, points: torch.Tensor, projective: bool = True) -> torch.Tensor:
+    """:func:`lossfit.transforms.apply` for small ``d``, elementwise (far faster than tiny batched matrix products).
+
+    ``projective=False`` skips the division by ``w``, which is exactly 1 for the other models.
+    """
+    d = points.shape[-1]
+    if d > 4:
+        return T.apply(m, points)
+    mapped = m[..., None, :d, d]
+    for j in range(d):
+        mapped = mapped + points[..., j : j + 1] * m[..., None, :d, j]
+    if not projective:
+        return mapped
+    w = m[..., None, d, d]
+    for j in range(d):
+        w = w + points[..., j] * m[..., None, d, j]
+    return mapped / w.unsqueeze(-1)
+
+
+def _linear_jacobian(model: str, src: torch.Tensor, root_w: torch.Tensor | None) -> torch.Tensor:
+    """The constant Jacobian of the weighted residuals ``(A src + t - dst) * root_w`` (flattened point by point)
+    with respect to the parameters (``A`` row by row, then ``t``): ``(..., N d, num_params)``."""
+    n, d = src.shape[-2:]
+    k = T.num_params(model, d)
+    jac = torch.zeros(*src.shape[:-1], d, k, dtype=src.dtype, device=src.device)
+    weighted = src if root_w is None else src * root_w.unsqueeze(-1)
+    one = torch.ones_like(src[..., 0]) if root_w is None else root_w
+    shift = 0 if model == "translation" else d * d
+    for a in range(d):
+        if model != "translation":
+            jac[..., a, a * d : (a + 1) * d] = weighted  # d r[i, a] / d A[a, b] = src[i, b]
+        if model != "linear":
+            jac[..., a, shift + a] = one  # d r[i, a] / d t[a] = 1
+    return jac.reshape(*src.shape[:-2], n * d, k)
 
 
 def _robust_scale(median_sq: torch.Tensor, n: int, p: int) -> torch.Tensor:
@@ -215,7 +414,9 @@ def align(
         loss: ``"mse"`` (least squares), ``"mae"`` (smoothed absolute distance), ``"huber"``, ``"cauchy"`` or
             ``"soft_l1"``, each on the point's Euclidean distance.
         weights: a weight per point ``(N,)`` (or ``(B, N)``), for ``mse`` and the robust losses alike.
-        f_scale: the scale of the robust loss; default the tuning constant times the robust noise scale.
+        f_scale: the scale of the robust loss; default the tuning constant times the robust noise scale. Given for
+            ``huber``, ``cauchy`` or ``soft_l1``, it also tells the robust start the inliers' noise (``f_scale``
+            over the tuning constant), so that point sets with few outliers stop sampling early.
         robust: take the least-median-of-squares start (default: for every loss but ``mse``).
         seed: seeds the random samples of the robust start.
         **options: passed to :func:`lossfit.least_squares` (solver, tolerances, ...).
@@ -255,15 +456,21 @@ def align(
                 f"`weights` must be {tuple(src_t.shape[:-1])} non-negative values, not all zero; got {tuple(w.shape)}"
             )
     use_robust = loss != "mse" if robust is None else robust
-    start = closed_form(model, src_t, dst_t, w)
-    scale = _robust_scale(((T.apply(start, src_t) - dst_t) ** 2).sum(-1).median(-1).values, n, T.num_params(model, d))
+    projective = model == "projective"
     if use_robust:
-        start, scale = robust_start(model, src_t, dst_t, seed=seed)
+        # A scale given for a robust loss says how large the inliers' noise is: the start may then stop sampling
+        # early, by RANSAC's rule (see `robust_start`).
+        known = f_scale / _SCALE[loss] if f_scale is not None and loss in ("huber", "cauchy", "soft_l1") else None
+        start, scale = robust_start(model, src_t, dst_t, seed=seed, noise=known)
+    else:
+        start = closed_form(model, src_t, dst_t, w)
+        src_cm, dst_cm = src_t.transpose(-1, -2).contiguous(), dst_t.transpose(-1, -2).contiguous()
+        distance2 = _squared_distances(start, src_cm, dst_cm, projective)
+        scale = _robust_scale(distance2.median(-1).values, n, T.num_params(model, d))
     batch = src_t.ndim == 3
-    p0 = T.params(model, start)
 
     def residual(p: torch.Tensor, s: torch.Tensor, t: torch.Tensor, root_w: torch.Tensor) -> torch.Tensor:
-        return ((T.apply(T.matrix(model, p, d), s) - t) * root_w.unsqueeze(-1)).reshape(-1)
+        return ((_apply(T.matrix(model, p, d), s, projective) - t) * root_w.unsqueeze(-1)).reshape(-1)
 
     root_w = torch.ones(src_t.shape[:-1], dtype=dtype) if w is None else w.sqrt()
     robust_kwargs: dict[str, Any] = {}
@@ -272,11 +479,14 @@ def align(
         # Exact inliers have no noise scale: the floor keeps the robust loss well scaled (1e-6 of the data's extent).
         chosen_scale = f_scale if f_scale is not None else max(_SCALE[loss] * noise, 1e-6 * _spread(dst_t))
         robust_kwargs = {"loss": "soft_l1" if loss == "mae" else loss, "f_scale": chosen_scale, "group": d}
-    fit = least_squares(residual, p0, args=(src_t, dst_t, root_w), batch=batch, **robust_kwargs, **options)
+    p0 = T.params(model, start)
+    # Translation, linear and affine residuals are linear in the parameters: their Jacobian is a constant.
+    jac = _linear_jacobian(model, src_t, None if w is None else root_w) if model in LINEAR_MODELS else None
+    fit = least_squares(residual, p0, args=(src_t, dst_t, root_w), batch=batch, jac=jac, **robust_kwargs, **options)
     m = T.matrix(model, fit.params, d)
     with torch.no_grad():
-        distances = (T.apply(m, src_t) - dst_t).norm(dim=-1)
-        start_distances = (T.apply(start, src_t) - dst_t).norm(dim=-1)
+        distances = (_apply(m, src_t, projective) - dst_t).norm(dim=-1)
+        start_distances = (_apply(start, src_t, projective) - dst_t).norm(dim=-1)
         if loss == "mse":
             inliers = torch.ones_like(distances, dtype=torch.bool)
         else:

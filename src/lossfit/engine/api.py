@@ -13,6 +13,7 @@ from lossfit.engine.loop import Outcome, Stopping, run
 from lossfit.engine.problem import Objective, ParamSpec, check_finite_start
 from lossfit.engine.result import FitResult, SolverInfo, Status
 from lossfit.engine.solvers import DENSE_LIMIT, Solver, choose, resolve
+from lossfit.engine.verify import check_least_squares, jacobian_mismatch
 from lossfit.losses import robust_loss
 
 MAX_STEPS = {
@@ -104,6 +105,7 @@ def least_squares(
     dtype: torch.dtype | None = None,
     rank_check: bool = True,
     group: int = 1,
+    jac: Callable[..., torch.Tensor] | torch.Tensor | None = None,
     **options: Any,
 ) -> FitResult:
     """Minimise ``0.5 * sum(rho(r**2))`` over parameters, for residuals ``r = residual_fn(params, *args)``.
@@ -123,6 +125,12 @@ def least_squares(
             multiple of it.
         rank_check: report a numerically singular Jacobian at the answer as ``SINGULAR``; turn it off where a
             rank-deficient problem is intended and the start picks the answer (a minimum-norm solution from zero).
+        jac: the Jacobian of the (flattened) residuals with respect to the parameters, instead of autodiff, for the
+            dense solvers: a function ``jac(params, *args) -> (m, n)`` written for one problem, or a constant tensor
+            ``(m, n)`` (``(B, m, n)`` with ``batch=True``) when the residuals are linear in the parameters. Only for
+            ``params`` given as one tensor without constraints or bounds. It is checked against a forward-mode
+            derivative along a random direction at the start (a mismatch raises ``ValueError``) and at the answer
+            (a mismatch there makes the status ``SUSPECT_GRADIENT``).
 
     Returns:
         A :class:`FitResult` with ``residuals``, and for the dense solvers ``jacobian`` and ``covariance``
@@ -159,6 +167,14 @@ def least_squares(
         raise ValueError("`residual_fn` must return at least one residual; got an empty tensor")
     if r0.shape[1] % group:
         raise ValueError(f"`group` ({group}) must divide the number of residuals ({r0.shape[1]})")
+    obj.set_jacobian(jac)
+    if jac is not None:
+        # A first check on a few problems, before any work (every answer is checked again at the end).
+        rows0 = torch.arange(min(x0.shape[0], 16), device=x0.device)
+        if bool(jacobian_mismatch(obj, x0[rows0], rows0, obj.given_jacobian(x0[rows0], rows0, r0.shape[1])).any()):
+            raise ValueError(
+                "`jac` disagrees with the derivative of `residual_fn` at the start (checked along a random direction)"
+            )
     name, reason = choose("residual", spec.numel) if solver == "auto" else ("", "")
     chosen = resolve(name or solver, options)
     stop = _stopping(chosen, ftol, xtol, gtol, max_steps, max_time)
@@ -239,15 +255,13 @@ def _finish(
         suspect = (gm > torch.maximum(1e-4 * gm0, 1e-6 * f0.abs().clamp_min(1.0))) | (f > f0)
     else:
         if spec.numel <= DENSE_LIMIT:
-            residuals, jac = obj.residual_and_jacobian(x, rows)
             g0 = outcome.g0 if outcome.g0 is not None else obj.value_and_grad(x0, rows)[1].abs().amax(dim=1)
-            suspect, singular, cov = _check_least_squares(obj, residuals, jac, g0, x)
+            check = check_least_squares(obj, x, rows, g0, outcome.final)
+            residuals, jac, cov, suspect = check.residuals, check.jacobian, check.covariance, check.suspect
             if rank_check:
-                status = torch.where(_converged(status) & singular, Status.SINGULAR, status)
-            # Residuals at the rounding level of the model (|r| <= eps |J| |x|) are zero: the cosine means nothing.
-            eps = torch.finfo(residuals.dtype).eps
-            model_scale = jac.flatten(1).norm(dim=1) * x.norm(dim=1).clamp_min(1.0)
-            suspect = suspect & ~(residuals.norm(dim=1) <= 10 * eps * model_scale)
+                status = torch.where(_converged(status) & check.singular, Status.SINGULAR, status)
+            # The caller's Jacobian must still be the residuals' derivative at the answer.
+            status = torch.where(_converged(status) & check.jacobian_mismatch, Status.SUSPECT_GRADIENT, status)
         else:
             residuals = obj.residual(x, rows)
             _, g = obj.value_and_grad(x, rows)
@@ -258,8 +272,8 @@ def _finish(
         suspect = suspect & ~zero_residual
     status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
     by_code = {int(s): s for s in Status}
-    statuses = tuple(by_code[c] for c in status.tolist())
-    failing = [s for s in statuses if not s.success]
+    statuses = tuple(map(by_code.__getitem__, status.tolist()))
+    failing = [by_code[int(c)] for c in status[~_converged(status)][:1]]
     params = spec.unflatten_batch(x, obj.aux)
     loss = f.detach() if spec.batch else f.detach()[0]
     return FitResult(
@@ -283,72 +297,6 @@ def _finish(
 def _converged(status: torch.Tensor) -> torch.Tensor:
     codes = [s for s in Status if s.success]
     return torch.isin(status, torch.tensor([int(s) for s in codes], device=status.device))
-
-
-def _check_least_squares(
-    obj: Objective, r: torch.Tensor, jac: torch.Tensor, g0: torch.Tensor, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """First-order optimality, numerical rank and covariance from the Jacobian at the answer.
-
-    An answer is suspect when the residuals still have a sizeable component along some column of the Jacobian
-    (MINPACK's cosine above 1e-4) and the gradient has not shrunk by 1e8 from the start's ``g0`` (at a
-    zero-residual answer the cosine is rounding noise and means nothing).
-    """
-    w = obj.weights(r)
-    jw, rw = (jac, r) if w is None else (jac * w.sqrt().unsqueeze(-1), r * w.sqrt())
-    m, n = jw.shape[1], jw.shape[2]
-    col = jw.norm(dim=1)
-    g = torch.einsum("bmn,bm->bn", jw, rw)
-    rnorm = rw.norm(dim=1, keepdim=True)
-    cosine = torch.where(col > 0, g.abs() / (col * rnorm).clamp_min(1e-300), torch.zeros_like(g)).amax(dim=1)
-    suspect = (cosine > 1e-4) & (g.abs().amax(dim=1) > 1e-8 * g0)
-    safe_col = torch.where(col > 0, col, torch.ones_like(col))
-    sv, vh = _singular(jw / safe_col.unsqueeze(1))
-    rtol = torch.finfo(jw.dtype).eps ** 0.6
-    # A parameter whose full-scale change (|x| or 1) moves the residuals by less than rounding, against the most
-    # influential parameter, is not determined by the data (a rate run off to a plateau, say): normalising the
-    # columns would hide that, so it is tested on the scaled column norms.
-    influence = col * x.abs().clamp_min(1.0)
-    vanishing = (influence <= torch.finfo(jw.dtype).eps * influence.amax(dim=1, keepdim=True)).any(dim=1)
-    singular = (sv[:, -1] <= rtol * sv[:, 0]) | (col == 0).any(dim=1) | (m < n) | vanishing
-    dof = m - n
-    s2 = 2 * obj.cost(r) / dof if dof > 0 else torch.full_like(r[:, 0], float("nan"))
-    inv_sv2 = torch.where(singular.unsqueeze(1), torch.full_like(sv, float("inf")), 1 / sv.clamp_min(1e-300) ** 2)
-    v = vh.transpose(-1, -2)
-    cov_scaled = torch.einsum("bik,bk,bjk->bij", v, inv_sv2, v)
-    cov = cov_scaled / (safe_col.unsqueeze(2) * safe_col.unsqueeze(1)) * s2[:, None, None]
-    cov = torch.where(singular[:, None, None], torch.full_like(cov, float("nan")), cov)
-    return suspect, singular, cov
-
-
-def _singular(j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Singular values (descending) and right singular vectors of a batch of ``(m, n)`` matrices.
-
-    One and two columns (most curve fits) are done in closed form from a Gram-Schmidt QR, far faster than a
-    batched LAPACK call for many tiny matrices; more columns use ``torch.linalg.svd``.
-    """
-    n = j.shape[-1]
-    if n == 1:
-        return j.norm(dim=1), torch.ones(j.shape[0], 1, 1, dtype=j.dtype, device=j.device)
-    if n != 2:
-        _, sv, vh = torch.linalg.svd(j, full_matrices=False)
-        return sv, vh
-    c1, c2 = j[:, :, 0], j[:, :, 1]
-    r11 = c1.norm(dim=1)
-    q1 = c1 / r11.clamp_min(1e-300).unsqueeze(1)
-    r12 = (q1 * c2).sum(dim=1)
-    r22 = (c2 - r12.unsqueeze(1) * q1).norm(dim=1)
-    # Singular values of R = [[r11, r12], [0, r22]]: from its Frobenius norm and |det| (no cancellation).
-    fro2 = r11 * r11 + r12 * r12 + r22 * r22
-    det = (r11 * r22).abs()
-    big = torch.sqrt((fro2 + torch.sqrt((fro2 * fro2 - 4 * det * det).clamp_min(0))) / 2)
-    small = det / big.clamp_min(1e-300)
-    # Right singular vectors: eigenvectors of R^T R = [[a, b], [b, c]].
-    a, b, c = r11 * r11, r11 * r12, r12 * r12 + r22 * r22
-    theta = 0.5 * torch.atan2(2 * b, a - c)
-    v1 = torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
-    v2 = torch.stack([-torch.sin(theta), torch.cos(theta)], dim=1)
-    return torch.stack([big, small], dim=1), torch.stack([v1, v2], dim=1)
 
 
 def _squeeze(value: torch.Tensor | None, batch: bool) -> torch.Tensor | None:

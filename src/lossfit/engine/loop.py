@@ -10,6 +10,7 @@ import torch
 from lossfit.engine.problem import Objective
 from lossfit.engine.result import History, Status
 from lossfit.engine.solvers import Solver
+from lossfit.engine.solvers.base import Evaluation
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,32 @@ class Outcome:
     steps: torch.Tensor
     history: History | None
     time: float
+    final: Final | None = None
+
+
+class Final:
+    """The residuals ``(B, m)`` and Jacobians ``(B, m, n)`` a dense solver evaluated where problems stopped, and
+    which problems have them (``have``): those that stopped at an accepted trial point."""
+
+    def __init__(self) -> None:
+        self.residuals: torch.Tensor | None = None
+        self.jacobians: torch.Tensor | None = None
+        self.have: torch.Tensor | None = None
+
+    def keep(self, b: int, evaluated: Evaluation, stopped: torch.Tensor, rows: torch.Tensor) -> None:
+        """Keep the evaluations of the rows ``stopped`` (a mask over the running ``rows``) for problems ``rows``."""
+        for part, r, jac in zip(evaluated.parts, evaluated.residuals, evaluated.jacobians, strict=True):
+            local = stopped[part].nonzero().squeeze(1)
+            if not local.numel():
+                continue
+            if self.residuals is None or self.jacobians is None or self.have is None:
+                self.residuals = r.new_empty((b, *r.shape[1:]))
+                self.jacobians = jac.new_empty((b, *jac.shape[1:]))
+                self.have = torch.zeros(b, dtype=torch.bool, device=r.device)
+            problems = rows[part][local]
+            self.residuals[problems] = r[local]
+            self.jacobians[problems] = jac[local]
+            self.have[problems] = True
 
 
 def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record: bool = True) -> Outcome:
@@ -64,27 +91,38 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
     running = status == Status.RUNNING  # over `rows`
     trace: list[tuple[torch.Tensor, ...]] = []
     times: list[float] = []
+    final = Final()
     if record:
         trace.append((rows, state["f"], state["gm"], torch.zeros_like(state["f"])))
         times.append(time.perf_counter() - start)
     while True:
-        if not bool(running.all()):
+        all_running = bool(running.all())
+        if not all_running:
             if not bool(running.any()):
                 break
             if int(running.sum()) < 0.9 * running.numel() or running.numel() < 64:
                 rows, past = rows[running], past[running]
                 state = {k: v[running] for k, v in state.items()}
                 running = running[running]
-        x_rows = x[rows]
+        everyone = all_running and rows.numel() == b  # no problem has stopped yet: rows are all of them, in order
+        x_rows = x if everyone else x[rows]
         x_new, state, info = solver.step(obj, x_rows, state, rows)
-        live = rows[running]
-        steps[live] += 1
         f = state["f"]
-        x[live] = x_new[running]
-        f_all[live] = f[running]
+        if everyone:
+            live = rows
+            steps += 1
+            x, f_all = x_new, f.clone()
+        else:
+            live = rows[running]
+            steps[live] += 1
+            x[live] = x_new[running]
+            f_all[live] = f[running]
         elapsed = time.perf_counter() - start
         if record:
-            trace.append((live, f[running], state["gm"][running], info.step_norm[running]))
+            if everyone:
+                trace.append((live, f, state["gm"], info.step_norm))
+            else:
+                trace.append((live, f[running], state["gm"][running], info.step_norm[running]))
             times.append(elapsed)
         # Loss change over the window (a step count below the window compares with the start).
         oldest = past[:, 0]
@@ -119,8 +157,10 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
         if bool(done.any()):
             status[rows[done]] = code[done]
             running = running & ~done
+            if info.evaluated is not None and getattr(obj, "keep_final", False):
+                final.keep(b, info.evaluated, done & info.accepted, rows)
     history = _history(trace, times, b, x0) if record else None
-    return Outcome(x, f0, g0, f_all, status, steps, history, time.perf_counter() - start)
+    return Outcome(x, f0, g0, f_all, status, steps, history, time.perf_counter() - start, final)
 
 
 def _history(trace: list[tuple[torch.Tensor, ...]], times: list[float], b: int, like: torch.Tensor) -> History:

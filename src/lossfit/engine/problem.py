@@ -18,13 +18,14 @@ from typing import Any
 import torch
 from torch.func import jacfwd, jacrev, vmap
 
+from lossfit.engine import robust
 from lossfit.engine.constraints import Constraint, as_constraint
 from lossfit.errors import NonFiniteError
-from lossfit.losses import Rho, rho_and_weight
+from lossfit.losses import Rho
 
 
 @functools.cache
-def _load_forward_ad() -> None:
+def load_forward_ad() -> None:
     """Import torch's forward-mode decompositions once, silencing the deprecation warning their import raises."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -206,6 +207,11 @@ class Objective:
         self.evals = 0
         self.num_residuals: int | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor, tuple] | None = None
+        self.jac: Any = None
+        self._jac_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The driver keeps what a dense solver evaluated where problems stop, for the final check (not needed for
+        # a constant Jacobian, which is at hand anyway).
+        self.keep_final = True
 
     # -- the user's function on one flat row ---------------------------------------------------------------
     def _one(self, x: torch.Tensor, aux: torch.Tensor, *args: Any) -> torch.Tensor:
@@ -231,9 +237,23 @@ class Objective:
         self._cache = (rows, picked[0], picked[1])
         return picked
 
-    def _map(self, function: Callable[..., Any], x: torch.Tensor, rows: torch.Tensor) -> Any:
-        """Apply ``function(x_row, aux_row, *args_row)`` to every row."""
+    def parts(self, b: int, per_row: int) -> list[slice]:
+        """Slices of ``b`` rows holding a bounded amount of numbers each (``per_row`` numbers per row).
+
+        Dense solvers work through a large batch part by part: with the caller's Jacobian, parts of about ``2**19``
+        numbers keep each part's temporaries in cache and in memory the allocator reuses (whole-batch temporaries
+        of tens of megabytes are fresh pages on every operation, several times slower on a CPU); autodiff has a
+        large fixed cost per call, so its parts are 16 times larger (they only bound the memory).
+        """
+        budget = 2**19 if self.jac is not None else 2**23
+        size = max(1, budget // max(per_row, 1)) if self.spec.batch else b
+        return [slice(lo, min(lo + size, b)) for lo in range(0, b, size)] or [slice(0, b)]
+
+    def _map(self, function: Callable[..., Any], x: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> Any:
+        """Apply ``function(x_row, aux_row, *args_row)`` to every row (of ``rows[part]``: ``x`` holds only those)."""
         aux, args = self._rows_args(rows)
+        if part is not None and self.spec.batch:
+            aux, args = aux[part], tuple(a[part] if isinstance(a, torch.Tensor) else a for a in args)
         if self.spec.batch:
             dims = (0, 0, *tuple(0 if isinstance(a, torch.Tensor) else None for a in args))
             return vmap(function, in_dims=dims)(x, aux, *args)
@@ -256,10 +276,10 @@ class Objective:
             (g,) = torch.autograd.grad(f.sum(), xg)
         return f.detach(), g
 
-    def residual(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The residuals of each row, shape ``(B, m)``."""
-        self.evals += 1
-        r = self._map(self._one, x, rows)
+    def residual(self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> torch.Tensor:
+        """The residuals of each row, shape ``(B, m)`` (of ``rows[part]`` where a part is given)."""
+        self.evals += part is None or not part.start
+        r = self._map(self._one, x, rows, part)
         self.num_residuals = int(r.shape[1])
         return r
 
@@ -267,28 +287,106 @@ class Objective:
         """The residuals the robust loss sees: each entry, or each group's Euclidean length."""
         if self.group == 1:
             return r
-        return r.reshape(r.shape[0], -1, self.group).norm(dim=-1)
+        parts = r.reshape(r.shape[0], -1, self.group)
+        if self.group > 4:
+            return parts.norm(dim=-1)
+        total = parts[..., 0] * parts[..., 0]
+        for i in range(1, self.group):
+            total = total + parts[..., i] * parts[..., i]
+        return total.sqrt()
 
     def cost(self, r: torch.Tensor) -> torch.Tensor:
         """The loss of residuals ``(B, m)``: half the sum of (robust) squares."""
         if self.rho is None:
             return 0.5 * (r * r).sum(dim=1)
-        value, _ = rho_and_weight(self.rho, self._lengths(r), self.f_scale)
-        return 0.5 * value.sum(dim=1)
+        return 0.5 * robust.value(self.rho, self._lengths(r), self.f_scale).sum(dim=1)
 
     def weights(self, r: torch.Tensor) -> torch.Tensor | None:
         """``rho'`` at each residual (None for plain least squares): the re-weighting of a robust step."""
         if self.rho is None:
             return None
-        weight = rho_and_weight(self.rho, self._lengths(r), self.f_scale)[1]
+        weight = robust.derivatives(self.rho, self._lengths(r), self.f_scale)[0]
         return weight if self.group == 1 else weight.repeat_interleave(self.group, dim=1)
 
-    def residual_and_jacobian(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residuals ``(B, m)`` and the Jacobian ``(B, m, n)`` of each row, in one pass.
+    def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The robust cost's Hessian in the residuals (None for plain least squares), for Newton-like steps.
 
-        Forward mode when there are no more parameters than residuals, reverse mode otherwise.
+        Per group of residuals ``r_i`` (one residual, or one point's coordinates) the Hessian of
+        ``0.5 f^2 rho(|r_i|^2 / f^2)`` is ``rho' I + c u u^T`` with ``u = r_i / |r_i|`` and ``c = 2 rho'' z``; ``c``
+        is clamped so that ``rho' + c >= 0`` (redescending losses such as Cauchy's have negative curvature far out;
+        scipy's ``least_squares`` clamps the same way). Returns ``rho'`` and ``c`` per group ``(B, m / group)``, and
+        ``u`` per residual ``(B, m)`` (0 for a group of zeros).
         """
-        self.evals += 1
+        if self.rho is None:
+            return None
+        lengths = self._lengths(r)
+        d1, d2, z = robust.derivatives(self.rho, lengths, self.f_scale)
+        c = torch.maximum(2 * d2 * z, -d1)
+        if self.group == 1:
+            return d1, c, torch.sign(r)
+        safe = torch.where(lengths > 0, lengths, torch.ones_like(lengths))
+        return d1, c, r / safe.repeat_interleave(self.group, dim=1)
+
+    def set_jacobian(self, jac: Any) -> None:
+        """Use the caller's Jacobian instead of autodiff: a function ``jac(params, *args) -> (m, n)`` of one
+        problem, or a constant ``(m, n)`` tensor (``(B, m, n)`` for a batch) for residuals linear in the parameters.
+
+        Only for one tensor of parameters without constraints (so the Jacobian is the one the solver needs).
+        """
+        if jac is None:
+            self.jac = None
+            return
+        if not (callable(jac) or isinstance(jac, torch.Tensor)):
+            raise TypeError(f"`jac` must be a function, a tensor or None; got {type(jac).__name__}")
+        if self.spec.is_dict or self.spec.leaves[0].constraint is not None:
+            raise ValueError("`jac` needs `params` as one tensor without constraints or bounds")
+        if isinstance(jac, torch.Tensor):
+            n, b = self.spec.numel, self.spec.batch_size
+            expected = (b, -1, n) if self.spec.batch else (-1, n)
+            if jac.ndim != len(expected) or jac.shape[-1] != n or (self.spec.batch and jac.shape[0] != b):
+                shape = "(B, m, n)" if self.spec.batch else "(m, n)"
+                raise ValueError(f"`jac` as a tensor must have shape {shape} with n = {n}; got {tuple(jac.shape)}")
+            jac = jac.detach().to(dtype=self.spec.dtype, device=self.spec.device)
+            jac = jac if self.spec.batch else jac.unsqueeze(0)
+            self.keep_final = False
+        self.jac = jac
+
+    def _jac_one(self, x: torch.Tensor, aux: torch.Tensor, *args: Any) -> torch.Tensor:
+        out = self.jac(self.spec.unflatten(x, aux), *args)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"`jac` must return a tensor; got {type(out).__name__}")
+        if out.ndim != 2 or out.shape[1] != x.shape[0]:
+            raise ValueError(f"`jac` must return the (m, n) Jacobian with n = {x.shape[0]}; got {tuple(out.shape)}")
+        return out
+
+    def given_jacobian(self, x: torch.Tensor, rows: torch.Tensor, m: int, part: slice | None = None) -> torch.Tensor:
+        """The caller's Jacobian of ``rows`` (``rows[part]``) at ``x``, checked to be ``(B, m, n)``."""
+        if callable(self.jac):
+            jac = self._map(self._jac_one, x, rows, part)
+        else:
+            if self._jac_rows is not None and self._jac_rows[0] is rows:
+                jac = self._jac_rows[1]
+            else:
+                whole = rows.numel() == self.jac.shape[0] and bool((rows == torch.arange(rows.numel())).all())
+                jac = self.jac if whole or not self.spec.batch else self.jac[rows]
+                self._jac_rows = (rows, jac)
+            jac = jac if part is None or not self.spec.batch else jac[part]
+        if jac.shape[1] != m:
+            raise ValueError(f"`jac` must have one row per residual, {m}; got {jac.shape[1]}")
+        return jac.to(x.dtype)
+
+    def residual_and_jacobian(
+        self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals ``(B, m)`` and the Jacobian ``(B, m, n)`` of each row (of ``rows[part]``), in one pass.
+
+        The caller's Jacobian where one was given (:meth:`set_jacobian`); otherwise forward mode when there are no
+        more parameters than residuals, reverse mode otherwise.
+        """
+        if self.jac is not None:
+            r = self.residual(x, rows, part)
+            return r, self.given_jacobian(x, rows, r.shape[1], part)
+        self.evals += part is None or not part.start
 
         def both(x1: torch.Tensor, aux: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
             r = self._one(x1, aux, *args)
@@ -297,13 +395,13 @@ class Objective:
         m = self.num_residuals
         transform = jacfwd if m is None or x.shape[1] <= m else jacrev
         if transform is jacfwd:
-            _load_forward_ad()
+            load_forward_ad()
 
         def one(x1: torch.Tensor, aux: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
             jac, r = transform(lambda v: both(v, aux, *args), has_aux=True)(x1)
             return r, jac
 
-        r, jac = self._map(one, x, rows)
+        r, jac = self._map(one, x, rows, part)
         self.num_residuals = int(r.shape[1])
         return r, jac
 

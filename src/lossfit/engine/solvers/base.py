@@ -14,11 +14,23 @@ State = dict[str, torch.Tensor]
 
 
 @dataclass
+class Evaluation:
+    """Residuals and Jacobians a dense solver evaluated at its trial points, part by part (``parts`` slice the
+    running rows): the driver keeps those of the problems that stop at an accepted trial, so that the final check
+    need not evaluate them again."""
+
+    parts: list[slice]
+    residuals: list[torch.Tensor]
+    jacobians: list[torch.Tensor]
+
+
+@dataclass
 class StepInfo:
     """What one step did, per problem: whether it moved, how far, and whether it can go on.
 
     Solvers with a local model also report the decrease the model ``predicted`` and the ``actual`` decrease of the
-    trial point, so that ``ftol`` can hold at a minimum where every further step is rejected (as in MINPACK).
+    trial point, so that ``ftol`` can hold at a minimum where every further step is rejected (as in MINPACK), and
+    dense solvers what they ``evaluated`` there.
     """
 
     accepted: torch.Tensor
@@ -26,6 +38,7 @@ class StepInfo:
     stalled: torch.Tensor
     predicted: torch.Tensor | None = None
     actual: torch.Tensor | None = None
+    evaluated: Evaluation | None = None
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """Gauss-Newton and Levenberg-Marquardt with a dense Jacobian, batched.
 
-Both build the normal equations ``(J^T W J + lambda D) step = -J^T W r`` for each problem, where ``W`` holds the
-robust loss's weights ``rho'(z)`` (so a robust fit takes re-weighted least-squares steps while every acceptance test
-uses the true robust loss). Gauss-Newton (``lambda = 0``) backtracks along its step; Levenberg-Marquardt adapts
+Both build the normal equations ``(H + lambda D) step = -J^T W r`` for each problem, where ``W`` holds the robust
+loss's weights ``rho'(z)``. Gauss-Newton takes ``H = J^T W J`` (re-weighted least-squares steps) and backtracks
+along its step. Levenberg-Marquardt adds the robust loss's own curvature to ``H`` (clamped where the loss
+redescends, as scipy does), so that robust fits converge like Newton's method instead of linearly; it adapts
 ``lambda`` per problem by the ratio of actual to predicted decrease (Nielsen's update) and scales it by the running
-maximum of the diagonal of ``J^T J`` (Marquardt's scaling), so badly scaled parameters need no tuning.
+maximum of the diagonal of ``J^T W J`` (Marquardt's scaling), so badly scaled parameters need no tuning. Every
+acceptance test uses the true robust loss. Levenberg-Marquardt works through a large batch part by part (see
+:meth:`Objective.parts`) and hands the driver what it evaluated, so that the final check can reuse it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import ClassVar
 import torch
 
 from lossfit.engine.problem import Objective
-from lossfit.engine.solvers.base import Solver, State, StepInfo, rowdot
+from lossfit.engine.solvers.base import Evaluation, Solver, State, StepInfo, rowdot
 
 
 def solve_spd(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,17 +50,41 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def normal_equations(
     obj: Objective, r: torch.Tensor, jac: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradient ``J^T W r``, the Gauss-Newton matrix ``J^T W J`` and the loss, for residuals and Jacobians."""
-    w = obj.weights(r)
-    if w is None:
-        jw, rw = jac, r
-    else:
-        root = w.sqrt()
-        jw, rw = jac * root.unsqueeze(-1), r * root
-    g = torch.einsum("bmn,bm->bn", jw, rw)
-    a = torch.einsum("bmi,bmj->bij", jw, jw)
-    return g, a, obj.cost(r)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient ``J^T W r``, the Gauss-Newton matrix ``J^T W J``, the model Hessian and the loss.
+
+    For plain least squares the model Hessian is ``J^T J``; for a robust loss it adds the loss's own curvature
+    (:meth:`Objective.robust_terms`), ``sum_i c_i (J_i^T u_i)(J_i^T u_i)^T``, so that steps are Newton steps in the
+    residuals (re-weighting alone converges only linearly). ``J^T W J`` stays the measure of the columns (for the
+    gradient test and Marquardt's scaling).
+    """
+    f = obj.cost(r)
+    jt = jac.transpose(1, 2)
+    if not hasattr(obj, "robust_terms"):
+        # An objective that only quacks like Objective (registration's levels): re-weighted steps, H = J^T W J.
+        w = obj.weights(r)
+        jw, rw = (jac, r) if w is None else (jac * w.sqrt().unsqueeze(-1), r * w.sqrt())
+        a = torch.bmm(jw.transpose(1, 2), jw)
+        return torch.bmm(jw.transpose(1, 2), rw.unsqueeze(-1)).squeeze(-1), a, a, f
+    terms = obj.robust_terms(r)
+    if terms is None:
+        a = torch.bmm(jt, jac)
+        return torch.bmm(jt, r.unsqueeze(-1)).squeeze(-1), a, a, f
+    w, c, u = terms
+    b, m, n = jac.shape
+    k = m // w.shape[1]
+    lengths = (u * r).reshape(b, -1, k).sum(-1)  # |r_i| per group: u_i . r_i
+    # v_i = J_i^T u_i for each group i (a sum over the group's k rows, written out: k is 1 to 3 for points).
+    j4, u3 = jac.reshape(b, -1, k, n), u.reshape(b, -1, k)
+    v = j4[:, :, 0] * u3[:, :, :1]
+    for i in range(1, k):
+        v = v + j4[:, :, i] * u3[:, :, i : i + 1]
+    # J^T W r = sum_i rho'_i |r_i| v_i: from v, without another pass over the Jacobian.
+    g = torch.bmm(v.transpose(1, 2), (w * lengths).unsqueeze(-1)).squeeze(-1)
+    jw = jac * (w if k == 1 else w.repeat_interleave(k, dim=1)).sqrt().unsqueeze(-1)
+    a = torch.bmm(jw.transpose(1, 2), jw)
+    h = a + torch.bmm((v * c.unsqueeze(-1)).transpose(1, 2), v)
+    return g, a, h, f
 
 
 def column_cosine(g: torch.Tensor, a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -72,10 +99,22 @@ def column_cosine(g: torch.Tensor, a: torch.Tensor, f: torch.Tensor) -> torch.Te
 class _Dense(Solver):
     needs: ClassVar[str] = "residuals"
 
-    def _evaluate(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
-        r, jac = obj.residual_and_jacobian(x, rows)
-        g, a, f = normal_equations(obj, r, jac)
-        return {"f": f, "g": g, "a": a, "gm": column_cosine(g, a, f)}
+    def _evaluate(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> tuple[State, Evaluation]:
+        # Part by part: the whole batch's normal equations are put together, not its Jacobian.
+        m = obj.num_residuals or 1
+        out, done = [], Evaluation([], [], [])
+        # An objective without parts (one that only quacks like Objective) is evaluated whole.
+        parts = obj.parts(x.shape[0], m * (x.shape[1] + 1)) if hasattr(obj, "parts") else [slice(0, x.shape[0])]
+        for part in parts:
+            whole = len(parts) == 1
+            r, jac = obj.residual_and_jacobian(x, rows) if whole else obj.residual_and_jacobian(x[part], rows, part)
+            out.append(normal_equations(obj, r, jac))
+            done.parts.append(part)
+            done.residuals.append(r)
+            done.jacobians.append(jac)
+        g, a, h, f = (torch.cat(z) if len(out) > 1 else z[0] for z in zip(*out, strict=True))
+        h = a if all(o[1] is o[2] for o in out) else h
+        return {"f": f, "g": g, "a": a, "h": h, "gm": column_cosine(g, a, f)}, done
 
 
 @dataclass
@@ -88,7 +127,7 @@ class LevenbergMarquardt(_Dense):
         self.options = {"damping": 1e-3, **self.options}
 
     def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
-        state = self._evaluate(obj, x, rows)
+        state, _ = self._evaluate(obj, x, rows)
         state["lam"] = torch.full_like(state["f"], self.options["damping"])
         state["nu"] = torch.full_like(state["f"], 2.0)
         state["scale"] = torch.diagonal(state["a"], dim1=-2, dim2=-1).clamp_min(1e-300)
@@ -97,11 +136,11 @@ class LevenbergMarquardt(_Dense):
     def step(
         self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
-        g, a, f, lam, scale = state["g"], state["a"], state["f"], state["lam"], state["scale"]
-        damped = a + torch.diag_embed(lam.unsqueeze(1) * scale)
+        g, h, f, lam, scale = state["g"], state["h"], state["f"], state["lam"], state["scale"]
+        damped = h + torch.diag_embed(lam.unsqueeze(1) * scale)
         step, bad = solve_spd(damped, -g)
-        predicted = -(rowdot(g, step) + 0.5 * rowdot(step, torch.einsum("bij,bj->bi", a, step)))
-        trial = self._evaluate(obj, x + step, rows)
+        predicted = -(rowdot(g, step) + 0.5 * rowdot(step, torch.einsum("bij,bj->bi", h, step)))
+        trial, evaluated = self._evaluate(obj, x + step, rows)
         actual = f - trial["f"]
         ratio = actual / predicted.clamp_min(1e-300)
         accept = ~bad & torch.isfinite(trial["f"]) & (predicted > 0) & (ratio > 1e-4)
@@ -117,7 +156,7 @@ class LevenbergMarquardt(_Dense):
         x_new = torch.where(keep, x + step, x)
         stalled = ~accept & (lam >= 1e16)
         step_norm = torch.where(accept, step.norm(dim=1), torch.zeros_like(f))
-        return x_new, new, StepInfo(accept, step_norm, stalled, predicted, actual)
+        return x_new, new, StepInfo(accept, step_norm, stalled, predicted, actual, evaluated)
 
 
 @dataclass
@@ -135,7 +174,7 @@ class GaussNewton(_Dense):
     def __post_init__(self) -> None:
         self.options = {"max_backtracks": 30, **self.options}
 
-    def _evaluate(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def _evaluate_gn(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
         r, jac = obj.residual_and_jacobian(x, rows)
         w = obj.weights(r)
         root = torch.ones_like(r) if w is None else w.sqrt()
@@ -146,7 +185,7 @@ class GaussNewton(_Dense):
         return {"f": f, "g": g, "a": a, "jw": jw, "rw": rw, "gm": column_cosine(g, a, f)}
 
     def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
-        return self._evaluate(obj, x, rows)
+        return self._evaluate_gn(obj, x, rows)
 
     def step(
         self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
@@ -172,7 +211,7 @@ class GaussNewton(_Dense):
         taken = t.unsqueeze(1) * step
         x_new = torch.where(accept.unsqueeze(1), x + taken, x)
         if bool(accept.any()):
-            fresh = self._evaluate(obj, x_new, rows)
+            fresh = self._evaluate_gn(obj, x_new, rows)
             new = {k: torch.where(_expand(accept, v), fresh[k], state[k]) for k, v in fresh.items()}
         else:
             new = state
