@@ -81,6 +81,12 @@ def guarded(function: Any) -> Any:
     return wrapper
 
 
+def check_plot(plot: Path | None) -> None:
+    """Refuse, before any work, a --plot file of a format matplotlib is not asked to write here."""
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+
+
 def check_folder(path: Path | None, option: str) -> None:
     """Refuse, before any work, a folder option that cannot be written: a file of that name, a missing parent
     folder, or a folder without write permission. The folder itself is made only when there is something to
@@ -162,8 +168,7 @@ def matrix(
     several = op in (MatrixOp.svd, MatrixOp.eigh, MatrixOp.polar, MatrixOp.low_rank)
     if out is not None:
         check_output_suffix(out, several)
-    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-        fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+    check_plot(plot)
     needs_rhs = op in (MatrixOp.solve, MatrixOp.lstsq)
     if needs_rhs and rhs is None:
         fail(f"`{op.value}` needs a right-hand side file B after the matrix file")
@@ -335,8 +340,7 @@ def fit(
 
     if out is not None:
         check_output_suffix(out, several=True)
-    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-        fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+    check_plot(plot)
     check_folder(report, "--report")
     table = read_table(data)
     if target not in table:
@@ -419,8 +423,7 @@ def align(
 
     if out is not None:
         check_output_suffix(out, several=False)
-    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-        fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+    check_plot(plot)
     check_folder(report, "--report")
     src_points, dst_points = read_matrix(src), read_matrix(dst)
     result = align_points(src_points, dst_points, model=model, loss=loss)
@@ -478,8 +481,7 @@ def seed003(
         fail(f"--compare must name solvers from {', '.join(sorted(known))}; got {compare!r}")
     if steps < 1:
         fail(f"--steps must be at least 1; got {steps}")
-    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-        fail(f"{plot}: the plot must end in .png, .svg or .pdf")
+    check_plot(plot)
     check_folder(report, "--report")
     dtype = torch.float64 if float64 else torch.float32
     runs = run_seed003(solvers, steps, dtype, targets=(1e-6,))

@@ -604,7 +604,6 @@ def register(
     done_levels: list[Level] = []
     evaluations = 0  # resamplings of the moving image, over all levels
     history: History | None = None
-    statuses: torch.Tensor | None = None
     outcome = None
     for index, shrink in enumerate(factors):
         if progress is not None:
@@ -680,9 +679,7 @@ def register(
         evaluations += objective.evals
         q = outcome.x
         history = outcome.history
-        by_code = {int(s): s for s in Status}
-        level_status = tuple(by_code[c] for c in outcome.status.tolist())
-        statuses = outcome.status
+        level_status = tuple(Status(c) for c in outcome.status.tolist())
         loss_rows = history.loss if history is not None else torch.empty(0)
         done_levels.append(
             Level(
@@ -695,10 +692,9 @@ def register(
                 time.perf_counter() - level_start,
             )
         )
-    assert outcome is not None and statuses is not None
+    assert outcome is not None
     final = (left_t @ model_matrix(q) @ right_t).detach().to("cpu", _FLOAT)
-    by_code = {int(s): s for s in Status}
-    status_list = tuple(by_code[c] for c in statuses.tolist())
+    status_list = done_levels[-1].status  # the finest level's statuses are the result's
     failing = [s for s in status_list if not s.success]
     warped = []
     for i in range(b):
