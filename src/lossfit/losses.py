@@ -44,6 +44,17 @@ ROBUST: dict[str, Rho] = {
 }
 
 
+# Robust scales, in one place. The median absolute deviation times MAD_TO_SIGMA estimates a normal standard deviation;
+# a loss's tuning constant (in those standard deviations) gives it 95% efficiency at Gaussian noise.
+MAD_TO_SIGMA = 1.4826
+TUNING = {"huber": 1.345, "cauchy": 2.385, "soft_l1": 1.0}
+
+
+def robust_tuning(loss: str) -> float:
+    """The tuning constant of a robust loss by name, in robust standard deviations (1 for any other loss)."""
+    return TUNING.get(loss, 1.0)
+
+
 def robust_loss(loss: str | Rho) -> Rho:
     """Resolve a robust loss given by name (``linear``, ``huber``, ``soft_l1``, ``cauchy``, ``arctan``) or callable."""
     if callable(loss):

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, Status, least_squares, minimize
 from lossfit.engine.minibatch import minimize_minibatches
+from lossfit.losses import MAD_TO_SIGMA, TUNING
 from lossfit.stats import t_quantile
 
 DATA_LOSSES = ("mse", "mae", "huber", "bce", "cross_entropy")
@@ -238,7 +239,7 @@ def _fields(result: FitResult) -> dict[str, Any]:
 def _huber_scale(r: torch.Tensor) -> float:
     """1.345 robust standard deviations (median absolute deviation): Huber's 95%-efficiency threshold."""
     mad = (r - r.median()).abs().median()
-    return float(1.345 * 1.4826 * mad.clamp_min(1e-12))
+    return float(TUNING["huber"] * MAD_TO_SIGMA * mad.clamp_min(1e-12))
 
 
 def fit(

@@ -23,12 +23,13 @@ import torch
 from lossfit import transforms as T
 from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, least_squares
+from lossfit.losses import MAD_TO_SIGMA, TUNING
 from lossfit.transforms.homogeneous import _check_model
 
 LOSSES = ("mse", "mae", "huber", "cauchy", "soft_l1")
 LINEAR_MODELS = ("translation", "linear", "affine")  # residuals linear in the parameters
 # Tuning constants (in units of the robust noise scale): 95% efficiency at Gaussian noise for Huber and Cauchy.
-_SCALE = {"huber": 1.345, "cauchy": 2.385, "soft_l1": 1.0, "mae": 1e-3}
+_SCALE = {**TUNING, "mae": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -391,7 +392,7 @@ def _linear_jacobian(model: str, src: torch.Tensor, root_w: torch.Tensor | None)
 
 def _robust_scale(median_sq: torch.Tensor, n: int, p: int) -> torch.Tensor:
     """Rousseeuw's small-sample corrected scale from the median squared residual."""
-    return 1.4826 * (1 + 5 / max(n - p, 1)) * median_sq.clamp_min(0).sqrt()
+    return MAD_TO_SIGMA * (1 + 5 / max(n - p, 1)) * median_sq.clamp_min(0).sqrt()
 
 
 def align(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lossfit.engine.problem import Objective
+from lossfit.engine.problem import Problem
 from lossfit.engine.result import History, Status
 from lossfit.engine.solvers import Solver
 from lossfit.engine.solvers.base import Evaluation
@@ -67,7 +67,7 @@ class Final:
             self.have[problems] = True
 
 
-def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record: bool = True) -> Outcome:
+def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: bool = True) -> Outcome:
     """Minimise from ``x0`` (``(B, n)``) until every problem has stopped.
 
     Finished problems leave the batch lazily: they stay in the computed rows, frozen, until a tenth of the rows
@@ -157,7 +157,7 @@ def run(obj: Objective, solver: Solver, x0: torch.Tensor, stop: Stopping, record
         if bool(done.any()):
             status[rows[done]] = code[done]
             running = running & ~done
-            if info.evaluated is not None and getattr(obj, "keep_final", False):
+            if info.evaluated is not None and obj.keep_final:
                 final.keep(b, info.evaluated, done & info.accepted, rows)
     history = _history(trace, times, b, x0) if record else None
     return Outcome(x, f0, g0, f_all, status, steps, history, time.perf_counter() - start, final)

@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.func import jacfwd, jacrev, vmap
@@ -178,6 +178,41 @@ def batch_args(args: tuple, batch_size: int, batch: bool) -> tuple:
             )
         out.append(a)
     return tuple(out)
+
+
+class Problem(Protocol):
+    """What the driver and the solvers ask of a problem: the protocol :class:`Objective` (a user's function) and
+    every family's own objective (registration's levels, say) implement.
+
+    ``x`` is ``(B, n)``, one row per running problem, and ``rows`` their indices among all the problems. ``kind``
+    is ``"scalar"`` (``value``, ``value_and_grad``) or ``"residual"`` (also ``residual``, ``residual_and_jacobian``
+    and the robust terms, with the loss ``cost(r)``). ``parts`` splits a batch for dense solvers; ``keep_final``
+    asks the driver to keep the residuals and Jacobians evaluated where problems stop, for the final check;
+    ``evals`` counts evaluations.
+    """
+
+    kind: str
+    evals: int
+    num_residuals: int | None
+    keep_final: bool
+
+    def value(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def value_and_grad(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def residual(self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> torch.Tensor: ...
+
+    def residual_and_jacobian(
+        self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor: ...
+
+    def weights(self, r: torch.Tensor) -> torch.Tensor | None: ...
+
+    def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None: ...
+
+    def parts(self, b: int, per_row: int) -> list[slice]: ...
 
 
 class Objective:

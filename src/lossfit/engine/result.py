@@ -25,11 +25,22 @@ class Status(enum.IntEnum):
     SINGULAR = 9
     RANK_DEFICIENT = 10
     CONVERGED_ZERO = 11
+    CONVERGED_PRECISION = 12
+    NO_OVERLAP = 13
+    DEGENERATE = 14
+    WORSE_THAN_START = 15
+    CHECK_MISMATCH = 16
 
     @property
     def success(self) -> bool:
         """True for the members that mean the answer is a verified minimum."""
-        return self in (Status.CONVERGED_FTOL, Status.CONVERGED_XTOL, Status.CONVERGED_GTOL, Status.CONVERGED_ZERO)
+        return self in (
+            Status.CONVERGED_FTOL,
+            Status.CONVERGED_XTOL,
+            Status.CONVERGED_GTOL,
+            Status.CONVERGED_ZERO,
+            Status.CONVERGED_PRECISION,
+        )
 
     @property
     def message(self) -> str:
@@ -54,6 +65,27 @@ _MESSAGES = {
     Status.SINGULAR: (
         "converged, but the Jacobian at the answer is numerically singular: some parameters are not determined "
         "by the data (their standard errors are infinite)"
+    ),
+    Status.CONVERGED_PRECISION: (
+        "converged: no step lowers the sampled metric any more, and the last steps moved the image by under 2% of "
+        "a voxel (the metric's own precision)"
+    ),
+    Status.NO_OVERLAP: (
+        "the images overlap too little at the answer (see checks['overlap']): the solver ran off the image; check "
+        "the images' geometry and the start (`init`, `initial`), or use a metric that fits the contrasts "
+        "(mean squares needs the same intensities: try 'ncc' or 'mi')"
+    ),
+    Status.DEGENERATE: (
+        "the transform at the answer collapses, stretches or mirrors the image (see checks['singular_values'] and "
+        "checks['determinant']): not a plausible alignment; try a simpler transform, a better start or masks"
+    ),
+    Status.WORSE_THAN_START: (
+        "the answer matches the images worse than the start, measured over the whole fixed grid (see "
+        "checks['metric_start'] and checks['metric_answer']); try more `samples`, another metric or masks"
+    ),
+    Status.CHECK_MISMATCH: (
+        "the solver's objective disagrees with an independent evaluation at the answer (see checks); the answer "
+        "cannot be trusted: please report this with the images' geometry"
     ),
     Status.RANK_DEFICIENT: (
         "the matrix is numerically rank deficient, so no exact answer exists; the result is the minimum-norm "

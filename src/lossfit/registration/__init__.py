@@ -4,8 +4,9 @@ from lossfit.registration.evaluate import displacement, target_registration_erro
 from lossfit.registration.export import read_itk_transform, write_itk_transform
 from lossfit.registration.image import Image
 from lossfit.registration.io import load_image
-from lossfit.registration.register import Level, Registration, register
+from lossfit.registration.register import register
 from lossfit.registration.resample import resample
+from lossfit.registration.result import Level, Registration
 
 __all__ = [
     "Image",

@@ -1,23 +1,19 @@
 """``register(fixed, moving)``: the world transform that maps the fixed image onto the moving one.
 
-How it works:
+How it works, step by step (each step has its module):
 
-- **The transform** is ``T = L @ M(p) @ Q`` in world coordinates (LPS, mm), where ``M`` is the model's matrix
-  (:func:`lossfit.transforms.matrix`; rotations by the exponential map, so every parameter value is valid),
-  ``Q`` moves the fixed image's centre to the origin (rotations and scalings turn about it) and ``L`` holds the
-  initialisation (the centres, centres of mass or principal axes brought together). ``T`` maps points of the fixed
-  image's world space to the moving image's: it is what resampling the moving image onto the fixed grid needs.
-- **Parameters are scaled** by the physical shift they cause (ITK's idea): each is divided by the largest distance a
-  unit change moves a corner of the fixed image, so a step of 1 in any scaled parameter moves voxels by about 1 mm.
-  Together with solvers that need no learning rate, nothing has to be tuned.
-- **A pyramid** of levels (shrink factors, Gaussian smoothing) runs coarse to fine; each level stops on convergence
-  (the engine's ftol/xtol/gtol), not after a fixed count. The finest level's status is the result's status.
-- **Samples**: each level compares the images at up to ``samples`` fixed voxels (a seeded draw, the same through the
-  level, weighted towards the fixed image's edges, which is where the information about the alignment is), so the
-  cost of a step does not grow with the volume.
-- **Mean squares** is a least-squares problem: Levenberg-Marquardt with the exact Jacobian ``grad I_m(T x) dT/dp``
-  (the moving image's gradient is resampled with its values in one pass). **NCC, local NCC and mutual
-  information** are scalar losses: L-BFGS with the gradient by autograd through the resampling.
+1. **Check the inputs** (here): images, options, masks, and that the images overlap at the start.
+2. **The start** (:mod:`~lossfit.registration.start`): ``T = L M(p) R`` in world coordinates (LPS, mm), where ``M``
+   is the model's matrix (:func:`lossfit.transforms.matrix`; rotations by the exponential map), ``R`` moves the
+   fixed centre to the origin and ``L`` holds the initialisation; parameters scaled to millimetres of shift.
+3. **The pyramid** (:mod:`~lossfit.registration.pyramid`): levels coarse to fine, each with its own smoothed,
+   subsampled images (each on its own grid) and a seeded draw of fixed samples weighted towards edges.
+4. **Each level's objective** (:mod:`~lossfit.registration.level`) is solved by the engine's driver: mean squares
+   by Levenberg-Marquardt with the exact image Jacobian, the other metrics by L-BFGS; each level stops on
+   convergence. Every metric is normalised over the overlap, and trial points that leave the image are refused.
+5. **The independent check** (:mod:`~lossfit.registration.checks`): overlap, whole-grid metric at the start and
+   the answer, the objective recomputed, the transform's linear part. ``success`` needs the finest level to have
+   converged and every check to pass.
 """
 
 from __future__ import annotations
@@ -26,294 +22,417 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lossfit import transforms as T
-from lossfit.engine.loop import Stopping, run
-from lossfit.engine.result import FitResult, History, SolverInfo, Status
+from lossfit.engine.loop import Outcome, Stopping, run
+from lossfit.engine.result import History, SolverInfo, Status
 from lossfit.engine.solvers import resolve
-from lossfit.losses import rho_and_weight, robust_loss
+from lossfit.losses import robust_loss
+from lossfit.registration import checks as C
 from lossfit.registration import metrics as M
+from lossfit.registration import pyramid as P
 from lossfit.registration.image import Image
-from lossfit.registration.resample import gaussian_smooth, index_to_normalized, resample, sample
+from lossfit.registration.level import LevelProblem
+from lossfit.registration.resample import resample, world_to_normalized
+from lossfit.registration.result import Level, Registration
+from lossfit.registration.start import INITS, identity_params, physical_scales, starts
 
 TRANSFORMS = ("translation", "rigid", "similarity", "affine", "projective")
-INITS = ("geometry", "mass", "moments", "none")
+LOSSES = ("linear", "huber", "cauchy")
 _FLOAT = torch.float64
+_MIN_START_OVERLAP = 0.01  # below this fraction of the fixed voxels overlapping at the start: an error
+_PRECISION_VOXELS = 0.02  # a stall after steps this short (in voxels) is convergence to the metric's precision
 
 
-@dataclass(frozen=True)
-class Level:
-    """One pyramid level: its shrink factor, smoothing (voxels of the input), samples and how it ended."""
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    """The transform model with its scaled parameters: ``p = p_id + scale * q``."""
 
-    shrink: int
-    sigma: float
-    samples: int
-    steps: int
-    status: tuple[Status, ...]
-    loss: torch.Tensor  # per step (rows) and pair (columns)
-    time: float
+    name: str
+    d: int
+    p_id: torch.Tensor
+    scale: torch.Tensor
+
+    def matrix(self, q: torch.Tensor) -> torch.Tensor:
+        return T.matrix(self.name, self.p_id + q * self.scale, self.d)
+
+    def params(self, q: torch.Tensor) -> torch.Tensor:
+        return self.p_id.cpu() + q.cpu() * self.scale.cpu()
 
 
-@dataclass(frozen=True)
-class Registration(FitResult):
-    """The result of :func:`register`: a :class:`~lossfit.FitResult` plus the world transform and the images.
+def register(
+    fixed: Image | Sequence[Image],
+    moving: Image | Sequence[Image],
+    transform: str = "affine",
+    metric: str = "mse",
+    *,
+    levels: int | Sequence[int] | None = None,
+    samples: int = 100_000,
+    smoothing: float = 0.0,
+    sampling: str = "gradient",
+    loss: str = "linear",
+    init: str = "geometry",
+    initial: Any = None,
+    fixed_mask: Image | None = None,
+    moving_mask: Image | None = None,
+    solver: str = "auto",
+    bins: int = 32,
+    window: int = 9,
+    ftol: float = 1e-7,
+    xtol: float = 1e-5,
+    gtol: float = 1e-8,
+    max_steps: int = 200,
+    seed: int = 0,
+    progress: Any = None,
+) -> Registration:
+    """Register ``moving`` to ``fixed``: find the world transform ``T`` with ``moving(T x) ~ fixed(x)``.
 
-    Attributes:
-        matrix: ``(d+1, d+1)`` float64 (``(B, d+1, d+1)`` for a batch): maps points of the fixed image's world space
-            (LPS, mm) to the moving image's world space.
-        transform, metric: what was fitted and compared.
-        levels: a :class:`Level` per pyramid level, coarse to fine.
-        fixed, moving: the input images (lists for a batch).
-        warped: the moving image resampled onto the fixed grid (a list for a batch).
+    The two images may lie on any grids (shape, spacing, direction and origin of their own): they are compared in
+    world coordinates (LPS, mm).
+
+    Args:
+        fixed, moving: :class:`Image` objects of the same dimension (2-D or 3-D), or two lists of them (a batch of
+            pairs, same shape within each list, each pair stopping on its own). When every image is a one-slice
+            volume in the x-y plane (as 2-D NIfTI files load), they are registered as 2-D images (3x3 matrix).
+        transform: ``"translation"``, ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"projective"`` (2-D).
+        metric: ``"mse"`` (same modality), ``"ncc"`` (linear intensity change), ``"lncc"`` (local correlation,
+            whole grids: slower) or ``"mi"`` (mutual information: different modalities).
+        levels: pyramid shrink factors, coarse to fine (default: up to (4, 2, 1), while the coarsest level keeps 24
+            voxels per axis), or a count of levels.
+        samples: the most fixed voxels compared at the finest level (a seeded draw; all voxels when fewer);
+            a level shrunk by ``s`` compares at most ``samples / s``.
+        smoothing: Gaussian smoothing (voxels) of both images at the finest level (coarser levels smooth by half
+            their shrink factor).
+        sampling: ``"gradient"`` draws the compared voxels with probability growing with the fixed image's gradient
+            (edges carry the information about the alignment), ``"random"`` uniformly. Both are seeded.
+        loss: for ``metric="mse"``, ``"linear"`` (plain least squares), ``"huber"`` or ``"cauchy"``: a robust loss
+            whose scale follows the residuals' robust spread at the start of each level, for content that one image
+            has and the other lacks (a field of view cut off, a fill value, a lesion).
+        init: ``"geometry"`` (image centres), ``"mass"`` (intensity centres of mass), ``"moments"`` (centres of mass
+            and principal axes) or ``"none"`` (the identity); ignored when ``initial`` (a world matrix, fixed to
+            moving) is given.
+        fixed_mask, moving_mask: images (any grid; brought onto the fixed / moving grid by nearest neighbour); only
+            voxels where they are non-zero count. A mask that selects no voxel is an error.
+        solver: ``"auto"`` (Levenberg-Marquardt for mse, L-BFGS otherwise) or any engine solver name.
+        bins: histogram bins for ``mi``; ``window``: box size (voxels) for ``lncc``.
+        ftol, xtol, gtol, max_steps: stopping at each level (engine semantics, on scaled parameters).
+        seed: seeds the sample choice (same inputs and seed give the same result on CPU).
+        progress: called as ``progress(level_index, level_count)`` before each level (for progress bars).
+
+    Returns:
+        A :class:`Registration`: ``matrix`` (fixed world -> moving world, float64), ``warped``, ``levels``,
+        ``checks``, ``inverse()``, ``warp()``, ``save_transform()``, ``to_dict()``. ``success`` when the finest
+        level converged and the independent checks confirm the answer (see :mod:`lossfit.registration.checks`):
+        otherwise ``status`` says which check failed (``NO_OVERLAP``, ``DEGENERATE``, ``WORSE_THAN_START``,
+        ``CHECK_MISMATCH``) and what to try.
+
+    Raises:
+        TypeError, ValueError: bad images or options, a mask that selects nothing, or images that do not overlap
+            at the start (the message gives both world extents).
     """
+    began = time.perf_counter()
+    batch = isinstance(fixed, (list, tuple))
+    fixed_list, moving_list = _pairs(fixed, moving)
+    d = fixed_list[0].ndim
+    _check_options(transform, metric, init, sampling, loss, smoothing, samples, d)
+    factors = P.shrink_factors(fixed_list[0].shape, levels)
+    masks = (_mask_on(fixed_mask, fixed_list[0], "fixed_mask"), _mask_on(moving_mask, moving_list[0], "moving_mask"))
+    left, right = starts(fixed_list, moving_list, init, transform, initial)
+    device = fixed_list[0].device
+    left, right = left.to(device), right.to(device)
+    p_id = identity_params(transform, d)
+    model = _Model(
+        transform, d, p_id.to(device), physical_scales(transform, d, fixed_list[0], right[0].cpu()).to(device)
+    )
+    q = torch.zeros(len(fixed_list), p_id.numel(), dtype=_FLOAT, device=device)
+    start_matrices = (left @ model.matrix(q) @ right).detach().cpu()
+    start_overlap = [
+        C.overlap(f, m, t, masks[0], masks[1]) for f, m, t in zip(fixed_list, moving_list, start_matrices, strict=True)
+    ]
+    for i, share in enumerate(start_overlap):
+        if share < _MIN_START_OVERLAP:
+            where = f"[{i}]" if batch else ""
+            raise ValueError(
+                f"`fixed`{where} and `moving`{where} do not overlap at the start ({100 * share:.2g}% of the fixed "
+                f"voxels map inside the moving image): fixed covers {C.world_extent(fixed_list[i])}; moving covers "
+                f"{C.world_extent(moving_list[i])}; check their geometry, or give `initial` or another `init`"
+            )
 
-    matrix: torch.Tensor | None = None
-    transform: str = ""
-    metric: str = ""
-    levels: tuple[Level, ...] = ()
-    fixed: Any = None
-    moving: Any = None
-    warped: Any = None
+    chosen_name = ("lm" if metric == "mse" else "lbfgs") if solver == "auto" else solver
+    generator = torch.Generator().manual_seed(seed)
+    done_levels: list[Level] = []
+    evaluations = 0
+    problem: LevelProblem | None = None
+    outcome: Outcome | None = None
+    for index, shrink in enumerate(factors):
+        if progress is not None:
+            progress(index, len(factors))
+        level_began = time.perf_counter()
+        finest = index == len(factors) - 1
+        sigma = shrink / 2 if shrink > 1 else smoothing
+        problem, n = _level_problem(
+            fixed_list, moving_list, masks, shrink, sigma, metric, samples, sampling, generator, bins, window,
+            model, left, right, torch.tensor(start_overlap, dtype=_FLOAT, device=device),
+        )  # fmt: skip
+        engine_solver = resolve(chosen_name, {})
+        if loss != "linear":
+            problem.set_robust_scale(q, loss)
+        if engine_solver.needs == "gradient":
+            problem.scale_loss(q)
+        # Coarse levels hand over a start to the next: a loose tolerance; the finest level gets the requested one.
+        stop = Stopping(ftol if finest else max(ftol, 1e-5), xtol if finest else max(xtol, 1e-3), gtol, max_steps, None)
+        outcome = run(problem, engine_solver, q, stop, record=True)
+        evaluations += problem.evals
+        q = outcome.x
+        statuses = tuple(Status(c) for c in outcome.status.tolist())
+        if finest:
+            statuses = _precision_rule(statuses, outcome.history, model, min(min(f.spacing) for f in fixed_list))
+        loss_rows = outcome.history.loss if outcome.history is not None else torch.empty(0)
+        steps = int(outcome.steps.max())
+        done_levels.append(Level(shrink, sigma, n, steps, statuses, loss_rows, time.perf_counter() - level_began))
+    assert outcome is not None and problem is not None  # there is at least one level
 
-    def inverse(self) -> torch.Tensor:
-        """The matrix that maps the moving image's world space back to the fixed image's."""
-        assert self.matrix is not None
-        return torch.linalg.inv(self.matrix)
-
-    def warp(self, image: Image, interpolation: str = "linear", pair: int = 0) -> Image:
-        """``image``, living in the moving image's world space, resampled onto the fixed image's grid."""
-        assert self.matrix is not None
-        fixed = self.fixed[pair] if isinstance(self.fixed, list) else self.fixed
-        m = self.matrix[pair] if self.matrix.dim() == 3 else self.matrix
-        out = resample(image, fixed, m, interpolation=interpolation)
-        assert isinstance(out, Image)
-        return out
-
-    def save_transform(self, path: Any, pair: int = 0) -> None:
-        """Write the transform as an ITK transform file (.tfm/.txt), readable by SimpleITK and ANTs."""
-        from lossfit.registration.export import write_itk_transform
-
-        assert self.matrix is not None
-        write_itk_transform(path, self.matrix[pair] if self.matrix.dim() == 3 else self.matrix)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        assert self.matrix is not None
-        out["matrix"] = self.matrix.tolist()
-        out["convention"] = (
-            "matrix maps homogeneous points of the fixed image's world space (LPS, mm) to the moving image's "
-            "world space; inverse() maps back"
-        )
-        out["transform"], out["metric"] = self.transform, self.metric
-        out["levels"] = [
-            {
-                "shrink": lv.shrink,
-                "sigma_voxels": lv.sigma,
-                "samples": lv.samples,
-                "steps": lv.steps,
-                "status": [s.name.lower() for s in lv.status],
-                "time_s": lv.time,
-            }
-            for lv in self.levels
-        ]
-        return out
+    final = (left @ model.matrix(q) @ right).detach().to("cpu", _FLOAT)
+    pair_checks = _check_answers(
+        problem, q, final, start_matrices, start_overlap, fixed_list, moving_list, masks, moving_mask, metric, loss,
+        bins, window, factors[-1], done_levels[-1].sigma,
+    )  # fmt: skip
+    statuses = tuple(
+        (C.verdict(c, metric) or s) if s.success else s
+        for s, c in zip(done_levels[-1].status, pair_checks, strict=True)
+    )
+    failing = [s for s in statuses if not s.success]
+    warped = []
+    for f_img, m_img, matrix in zip(fixed_list, moving_list, final, strict=True):
+        out = resample(m_img, f_img, matrix)
+        assert isinstance(out, Image)  # mask=False returns an Image
+        warped.append(out)
+    params = model.params(q)
+    loss_out = outcome.f.detach().cpu()
+    return Registration(
+        params=params if batch else params[0],
+        loss=loss_out if batch else loss_out[0],
+        success=not failing,
+        status=failing[0] if failing else statuses[0],
+        statuses=statuses,
+        steps=outcome.steps if batch else outcome.steps[0],
+        num_steps=sum(level.steps for level in done_levels),
+        num_evals=evaluations,
+        history=_squeeze(outcome.history, batch),
+        solver=SolverInfo(chosen_name, {}, f"{'least squares' if metric == 'mse' else 'scalar loss'} ({metric})"),
+        time=time.perf_counter() - began,
+        matrix=final if batch else final[0],
+        transform=transform,
+        metric=metric,
+        levels=tuple(done_levels),
+        fixed=fixed_list if batch else fixed_list[0],
+        moving=moving_list if batch else moving_list[0],
+        warped=warped if batch else warped[0],
+        checks=pair_checks if batch else pair_checks[0],
+        extras={"level_times_s": [lv.time for lv in done_levels]},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The objective over one level
+# One level
 
 
-class _Level:
-    """Residuals (mean squares) or scalar losses over the fixed samples of one level, for a batch of pairs.
-
-    Quacks like :class:`lossfit.engine.problem.Objective` for the engine's driver and solvers.
-    """
-
-    def __init__(
-        self,
-        points: torch.Tensor,  # (B, N, d) fixed world points, float64
-        values: torch.Tensor,  # (B, N) fixed values
-        fixed_ok: torch.Tensor,  # (B, N) fixed mask at the samples
-        moving: torch.Tensor,  # (B, C, *spatial) moving values (and world gradients for mse)
-        to_normalized: torch.Tensor,  # (B, d+1, d+1) moving world -> normalised
-        model_matrix: Any,  # q (B, n) -> M (B, d+1, d+1)
-        left: torch.Tensor,  # (B, d+1, d+1): T = L M(q) Q
-        right: torch.Tensor,
-        metric: str,
-        mi_bins: int,
-        grid_shape: tuple[int, ...] | None,
-        window: int,
-        linear_model: bool,
-    ) -> None:
-        self.points = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)  # homogeneous
-        self.values, self.fixed_ok, self.moving = values, fixed_ok, moving
-        self.to_normalized, self.model_matrix, self.left, self.right = to_normalized, model_matrix, left, right
-        self.metric, self.bins, self.grid_shape, self.window = metric, mi_bins, grid_shape, window
-        self.kind = "residual" if metric == "mse" else "scalar"
-        self.d = points.shape[-1]
-        self.evals = 0
-        self.num_residuals = values.shape[1]
-        self.loss_scale = torch.ones(values.shape[0], dtype=_FLOAT, device=values.device)
-        self.rho: Any = None
-        self.f_scale = torch.ones(values.shape[0], 1, dtype=_FLOAT, device=values.device)
-        self.linear_model = linear_model
-        self._dt: torch.Tensor | None = None
-        self._dt_rows = torch.empty(0, dtype=torch.long)
-        if metric == "mi":
-            self.ranges = (*M.intensity_range(values, fixed_ok), *_volume_range(moving[:, 0]))
-            self.fixed_weights = M.parzen_weights(values, self.ranges[0], self.ranges[1], mi_bins)
-
-    # -- geometry -----------------------------------------------------------------------------------------------
-    def _warp(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """World points in moving space ``Y (B, N, d)``, their homogeneous weight ``w (B, N)`` and normalised
-        coordinates ``(B, N, d)``."""
-        t = _take(self.left, rows) @ self.model_matrix(q) @ _take(self.right, rows)
-        h = _take(self.points, rows) @ t.transpose(-1, -2)
-        w = h[..., self.d]
-        y = h[..., : self.d] / w.unsqueeze(-1)
-        a = _take(self.to_normalized, rows)
-        normalized = y @ a[:, : self.d, : self.d].transpose(-1, -2) + a[:, None, : self.d, self.d]
-        return y, w, normalized
-
-    def _sampled(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
-        y, w, normalized = self._warp(q, rows)
-        out = sample(_take(self.moving, rows), normalized).to(_FLOAT)  # float64 from here: losses sum many samples
-        ok = (normalized.detach().abs() <= 1).all(dim=-1) & _take(self.fixed_ok, rows)
-        self.evals += 1
-        return out, ok.to(out.dtype), y, w
-
-    # -- least squares (mse) --------------------------------------------------------------------------------------
-    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
-        if self.rho is None:
-            return None
-        return rho_and_weight(self.rho, r, self._scale(r))[1]
-
-    def cost(self, r: torch.Tensor) -> torch.Tensor:
-        if self.rho is None:
-            return 0.5 * (r * r).sum(-1)
-        return 0.5 * rho_and_weight(self.rho, r, self._scale(r))[0].sum(-1)
-
-    def _scale(self, r: torch.Tensor) -> Any:
-        scale = self.f_scale
-        return scale if scale.shape[0] == r.shape[0] else scale[: r.shape[0]]
-
-    def set_robust_scale(self, q: torch.Tensor, loss: str) -> None:
-        """The robust loss's scale per pair: a multiple of the residuals' robust standard deviation at the level's
-        start (1.4826 median absolute residual over the overlap; Huber 1.345, Cauchy 2.385 of those)."""
-        self.rho = robust_loss(loss)
-        rows = torch.arange(q.shape[0], device=q.device)
-        out, ok, _, _ = self._sampled(q, rows)
-        r = (out[:, 0] - self.values) * ok
-        scales = []
-        for row in range(r.shape[0]):
-            inside = r[row][ok[row] > 0].abs()
-            inside = inside[inside > 0]  # empty background against empty background says nothing about the noise
-            mad = float(inside.median()) if inside.numel() else 1.0
-            scales.append(max(1.4826 * mad, 1e-12) * {"huber": 1.345, "cauchy": 2.385}.get(loss, 1.0))
-        self.f_scale = torch.tensor(scales, dtype=_FLOAT, device=q.device).unsqueeze(1)
-
-    def residual(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        out, ok, _, _ = self._sampled(q, rows)
-        return ((out[:, 0] - _take(self.values, rows)) * ok).to(q.dtype)
-
-    def residual_and_jacobian(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, ok, y, w = self._sampled(q, rows)
-        d = self.d
-        r = (out[:, 0] - _take(self.values, rows)) * ok
-        grad = out[:, 1:].transpose(1, 2).to(_FLOAT)  # (B, N, d) world gradient of the moving image at y
-        inv_w = (1 / w).unsqueeze(-1)
-        # d y_i / d T_lj = (delta_il - y_i delta_dl) x_j / w: the effective gradient over the matrix rows l
-        eff = torch.cat([grad * inv_w, -(grad * y).sum(-1, keepdim=True) * inv_w], dim=-1)  # (B, N, d+1)
-        outer = (eff.unsqueeze(-1) * _take(self.points, rows).unsqueeze(-2)).reshape(*eff.shape[:2], (d + 1) ** 2)
-        jac = outer @ self._matrix_jacobian(q, rows)
-        return r.to(q.dtype), (jac * ok.unsqueeze(-1).to(_FLOAT)).to(q.dtype)
-
-    def _matrix_jacobian(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``dT/dq`` as ``(B, (d+1)^2, n)``; constant (and cached) for the models linear in their parameters."""
-        if (
-            self.linear_model
-            and self._dt is not None
-            and self._dt.shape[0] == len(rows)
-            and torch.equal(self._dt_rows, rows)
-        ):
-            return self._dt
-        k = (self.d + 1) ** 2
-        # Central differences of the closed-form model matrix, all parameters and pairs in one call (errors near
-        # 1e-10 relative: ample for a Gauss-Newton step; the residuals themselves are exact).
-        b, n = q.shape
-        h = 1e-5
-        steps = h * torch.eye(n, dtype=q.dtype, device=q.device)
-        shifted = torch.cat([q.unsqueeze(1) + steps, q.unsqueeze(1) - steps], dim=1).reshape(b * 2 * n, n)
-        m = self.model_matrix(shifted).reshape(b, 2, n, k)
-        dm = ((m[:, 0] - m[:, 1]) / (2 * h)).transpose(1, 2)  # (B, k, n)
-        dm = dm.reshape(q.shape[0], self.d + 1, self.d + 1, -1).permute(0, 3, 1, 2)  # (B, n, d+1, d+1)
-        dt = (
-            (_take(self.left, rows).unsqueeze(1) @ dm @ _take(self.right, rows).unsqueeze(1))
-            .reshape(q.shape[0], -1, k)
-            .transpose(1, 2)
-        )
-        self._dt, self._dt_rows = dt, rows.clone()
-        return dt
-
-    # -- scalar losses ----------------------------------------------------------------------------------------------
-    def _loss(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        out, ok, _, _ = self._sampled(q, rows)
-        b, a = out[:, 0], _take(self.values, rows)
-        if self.metric == "ncc":
-            return M.ncc(a, b, ok)
-        if self.metric == "mi":
-            lo_a, hi_a, lo_b, hi_b = (_take(v, rows) for v in self.ranges)
-            first, weights = self.fixed_weights
-            return M.mi(a, b, ok, self.bins, (lo_a, hi_a, lo_b, hi_b), (_take(first, rows), _take(weights, rows)))
-        if self.metric == "mse":
-            return M.mse(a, b, ok)
-        assert self.grid_shape is not None
-        shape = (len(rows), *self.grid_shape)
-        return M.lncc(a.reshape(shape), b.reshape(shape), ok.reshape(shape), self.window)
-
-    def value(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return (self._loss(q, rows) * _take(self.loss_scale, rows)).to(q.dtype)
-
-    def value_and_grad(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.enable_grad():
-            qq = q.detach().requires_grad_(True)
-            f = self._loss(qq, rows) * _take(self.loss_scale, rows)
-            (g,) = torch.autograd.grad(f.sum(), qq)
-        return f.detach().to(q.dtype), g.to(q.dtype)
-
-    def scale_loss(self, q: torch.Tensor) -> None:
-        """Scale each pair's loss so that its largest gradient entry at ``q`` is 1: a first quasi-Newton step then
-        moves the image by about a millimetre (the parameters are in millimetres of shift), whatever the metric."""
-        rows = torch.arange(q.shape[0], device=q.device)
-        self.loss_scale = torch.ones(q.shape[0], dtype=_FLOAT, device=q.device)
-        _, g = self.value_and_grad(q, rows)
-        self.loss_scale = 1 / g.abs().amax(dim=1).clamp_min(1e-12)
+def _level_problem(
+    fixed: list[Image],
+    moving: list[Image],
+    masks: tuple[torch.Tensor | None, torch.Tensor | None],
+    shrink: int,
+    sigma: float,
+    metric: str,
+    samples: int,
+    sampling: str,
+    generator: torch.Generator,
+    bins: int,
+    window: int,
+    model: _Model,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    start_overlap: torch.Tensor,
+) -> tuple[LevelProblem, int]:
+    """The level's objective over its fixed samples, and their number."""
+    d, device = fixed[0].ndim, fixed[0].device
+    dtype = torch.float32 if fixed[0].dtype != torch.float64 else torch.float64
+    f_data, f_aff = P.level_images(fixed, shrink, dtype, sigma)
+    m_data, m_aff = P.level_images(moving, shrink, dtype, sigma)
+    f_shape, m_shape = tuple(f_data.shape[1:]), tuple(m_data.shape[1:])
+    whole = metric == "lncc"
+    chosen = P.draw_samples(f_data, max(64, samples // shrink), sampling, generator, whole)
+    n = chosen.numel()
+    idx = P.unravel(chosen, f_shape)  # (n, d) in index order, float64
+    f_aff = f_aff.to(device)
+    points = torch.cat([idx, torch.ones(n, 1, dtype=_FLOAT, device=device)], dim=1) @ f_aff.transpose(-1, -2)
+    fixed_ok = torch.ones(len(fixed), n, dtype=torch.bool, device=device)
+    if masks[0] is not None:
+        fixed_ok = fixed_ok & masks[0][(slice(None, None, shrink),) * d].reshape(1, -1)[:, chosen]
+    channels = [m_data.unsqueeze(1)]
+    if metric == "mse":
+        channels.append(P.world_gradient(m_data, m_aff.to(device)))
+    if masks[1] is not None:
+        level_mask = masks[1][(slice(None, None, shrink),) * d]
+        channels.append(level_mask.to(m_data.dtype).expand(len(moving), *m_shape).unsqueeze(1))
+    # Moving world -> the normalised coordinates of the *moving* level grid (its own shape, its own affine).
+    to_normalized = torch.stack(
+        [world_to_normalized(Image.from_affine(m_data[i], m_aff[i].cpu())) for i in range(len(moving))]
+    ).to(device)
+    min_count = C.OVERLAP_BARRIER * start_overlap * fixed_ok.sum(-1)
+    problem = LevelProblem(
+        points=points[..., :d].to(_FLOAT),
+        values=f_data.reshape(len(fixed), -1)[:, chosen],
+        fixed_ok=fixed_ok,
+        moving=torch.cat(channels, dim=1),
+        has_mask=masks[1] is not None,
+        to_normalized=to_normalized,
+        model_matrix=model.matrix,
+        left=left,
+        right=right,
+        metric=metric,
+        bins=bins,
+        window=window,
+        grid_shape=f_shape if whole else None,
+        linear_model=model.name in ("translation", "affine", "projective"),
+        min_count=min_count.clamp_min(1.0),
+    )
+    return problem, n
 
 
-def _take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``t[rows]``, without copying when ``rows`` is every row in order (one pair, or a batch still all running)."""
-    if rows.numel() == t.shape[0] and ((rows.numel() == 1 and int(rows[0]) == 0) or bool((rows == _arange(t)).all())):
-        return t
-    return t[rows]
-
-
-def _arange(t: torch.Tensor) -> torch.Tensor:
-    return torch.arange(t.shape[0], device=t.device)
-
-
-def _volume_range(volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    flat = volume.reshape(volume.shape[0], -1)
-    step = max(1, flat.shape[1] // 200_000)
-    return M.intensity_range(flat[:, ::step])
+def _precision_rule(
+    statuses: tuple[Status, ...], history: History | None, model: _Model, spacing: float
+) -> tuple[Status, ...]:
+    """A pair that stalled at the finest level after steps shorter than ``_PRECISION_VOXELS`` of a voxel has
+    converged as far as the sampled metric can tell (its precision, not the gradient, ends the run)."""
+    if history is None or Status.STALLED not in statuses:
+        return statuses
+    steps = history.step_norm if history.step_norm.dim() == 2 else history.step_norm.unsqueeze(1)
+    limit = _PRECISION_VOXELS * spacing / math.sqrt(model.p_id.numel())  # a unit of q moves a corner 1 mm at most
+    out = []
+    for pair, status in enumerate(statuses):
+        taken = steps[1:, pair]
+        taken = taken[torch.isfinite(taken) & (taken > 0)]
+        last = float(taken[-1]) if taken.numel() else 0.0
+        out.append(Status.CONVERGED_PRECISION if status is Status.STALLED and last <= limit else status)
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Input checks and the pyramid
+# The end-of-run check
+
+
+def _check_answers(
+    problem: LevelProblem,
+    q: torch.Tensor,
+    final: torch.Tensor,
+    start_matrices: torch.Tensor,
+    start_overlap: list[float],
+    fixed: list[Image],
+    moving: list[Image],
+    masks: tuple[torch.Tensor | None, torch.Tensor | None],
+    moving_mask: Image | None,
+    metric: str,
+    loss: str,
+    bins: int,
+    window: int,
+    shrink: int,
+    sigma: float,
+) -> list[dict[str, Any]]:
+    """Each pair's independent check (see :mod:`lossfit.registration.checks`), as a dict of plain numbers."""
+    rows = torch.arange(q.shape[0], device=q.device)
+    own = problem.own_value(q, rows).cpu()
+    dtype = problem.moving.dtype
+    m_data, m_aff = P.level_images(moving, shrink, dtype, sigma)
+    level_mask = None
+    if masks[1] is not None:
+        level_mask = masks[1][(slice(None, None, shrink),) * moving[0].ndim].to(dtype)
+    values, inside = [], []
+    for i in range(len(moving)):
+        level = Image.from_affine(m_data[i], m_aff[i])
+        mask_image = None if level_mask is None else level.with_data(level_mask)
+        v, ok = C.resampled_samples(problem.world_points[i], final[i].to(q.device), level, mask_image)
+        values.append(v)
+        inside.append(ok & problem.fixed_ok[i])
+    again = problem.objective(torch.stack(values), torch.stack(inside).to(_FLOAT), rows).cpu()
+    rho = robust_loss(loss) if loss != "linear" else None
+    out = []
+    for i in range(len(fixed)):
+        grid: dict[str, Any] = {"fixed_mask": masks[0], "moving_mask": moving_mask, "bins": bins, "window": window}
+        if rho is not None:
+            grid.update(robust_loss=rho, f_scale=float(problem.f_scale[i]))
+        check = {
+            "overlap_start": start_overlap[i],
+            "overlap": C.overlap(fixed[i], moving[i], final[i], masks[0], masks[1]),
+            "metric": metric,
+            "metric_start": C.metric_on_grid(fixed[i], moving[i], start_matrices[i], metric, **grid),
+            "metric_answer": C.metric_on_grid(fixed[i], moving[i], final[i], metric, **grid),
+            "objective": float(own[i]),
+            "objective_independent": float(again[i]),
+            **C.linear_part(final[i]),
+        }
+        failed = C.verdict(check, metric)
+        check["passed"] = failed is None
+        check["failed"] = None if failed is None else failed.name.lower()
+        out.append(check)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _check_options(
+    transform: str, metric: str, init: str, sampling: str, loss: str, smoothing: float, samples: int, d: int
+) -> None:
+    def one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
+        if value not in allowed:
+            raise ValueError(f"`{name}` must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+
+    one_of("transform", transform, TRANSFORMS)
+    if transform == "projective" and d != 2:
+        raise ValueError("`transform='projective'` is for 2-D images")
+    one_of("metric", metric, M.METRICS)
+    one_of("init", init, INITS)
+    one_of("sampling", sampling, ("gradient", "random"))
+    one_of("loss", loss, LOSSES)
+    if loss != "linear" and metric != "mse":
+        raise ValueError(f"`loss={loss!r}` applies to metric='mse' only; got metric={metric!r}")
+    if isinstance(smoothing, bool) or not (isinstance(smoothing, (int, float)) and smoothing >= 0):
+        raise ValueError(f"`smoothing` must be a number of voxels >= 0; got {smoothing!r}")
+    if isinstance(samples, bool) or not (isinstance(samples, int) and samples >= 64):
+        raise ValueError(f"`samples` must be an integer >= 64; got {samples!r}")
+
+
+def _mask_on(mask: Image | None, grid: Image, argument: str) -> torch.Tensor | None:
+    """A mask brought onto ``grid`` (nearest neighbour) as a bool tensor; an error if it selects nothing there."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Image):
+        raise TypeError(f"`{argument}` must be a lossfit.registration.Image or None; got {type(mask).__name__}")
+    if mask.ndim != grid.ndim:
+        raise ValueError(f"`{argument}` is {mask.ndim}-D but the images are {grid.ndim}-D")
+    on_grid = resample(mask, grid, interpolation="nearest")
+    assert isinstance(on_grid, Image)  # mask=False returns an Image
+    keep = on_grid.data > 0.5
+    if not bool(keep.any()):
+        raise ValueError(
+            f"`{argument}` selects no voxel of the image it masks ({int((mask.data > 0.5).sum())} voxels non-zero "
+            f"on its own grid, none of them on the image's grid): nothing would be compared"
+        )
+    return keep
+
+
+def _pairs(fixed: Any, moving: Any) -> tuple[list[Image], list[Image]]:
+    fixed_list, moving_list = _as_list(fixed, "fixed"), _as_list(moving, "moving")
+    if all(_single_slice(im) is not None for im in fixed_list + moving_list):
+        fixed_list = [_single_slice(im) or im for im in fixed_list]
+        moving_list = [_single_slice(im) or im for im in moving_list]
+    _check_pairs(fixed_list, moving_list)
+    return fixed_list, moving_list
 
 
 def _as_list(images: Any, argument: str) -> list[Image]:
@@ -355,384 +474,6 @@ def _single_slice(image: Image) -> Image | None:
     if float(direction[:2, 2].abs().max()) > 1e-9 or float(direction[2, :2].abs().max()) > 1e-9:
         return None
     return Image(image.data[0], spacing=image.spacing[:2], origin=image.origin[:2], direction=direction[:2, :2])
-
-
-def _pyramid(shape: Sequence[int], levels: int | Sequence[int] | None) -> list[int]:
-    if levels is None:
-        smallest = min(shape)
-        count = 1
-        while count < 3 and smallest // 2**count >= 24:
-            count += 1
-        return [2**k for k in reversed(range(count))]
-    if isinstance(levels, int):
-        if levels < 1:
-            raise ValueError(f"`levels` must be >= 1; got {levels}")
-        return [2**k for k in reversed(range(levels))]
-    factors = [int(v) for v in levels]
-    if not factors or any(v < 1 for v in factors) or factors != sorted(factors, reverse=True):
-        raise ValueError(f"`levels` must be shrink factors >= 1, coarse to fine (e.g. (4, 2, 1)); got {levels!r}")
-    return factors
-
-
-def _level_images(
-    images: list[Image], shrink: int, dtype: torch.dtype, sigma: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smoothed (``sigma`` voxels of the input) and subsampled data ``(B, *shape)`` and the level grids' affines."""
-    data = torch.stack([im.data.to(dtype) for im in images]).unsqueeze(1)
-    if sigma > 0:  # smoothing computes only the kept voxels (a strided convolution per axis)
-        data = gaussian_smooth(data, (sigma,) * (data.dim() - 2), stride=shrink)
-    elif shrink > 1:
-        index = (slice(None), slice(None), *([slice(None, None, shrink)] * (data.dim() - 2)))
-        data = data[index]
-    affines = []
-    for im in images:
-        a = im.affine.clone()
-        a[:-1, :-1] *= shrink
-        affines.append(a)
-    return data[:, 0], torch.stack(affines)
-
-
-def _gradient_at(data: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """Gradient magnitude (index units, central differences, clamped at the edges) of ``data (B, *spatial)`` at the
-    flat voxel positions ``flat``: ``(B, len(flat))``."""
-    shape = data.shape[1:]
-    values = data.reshape(data.shape[0], -1)
-    total = torch.zeros(data.shape[0], flat.numel(), dtype=data.dtype, device=data.device)
-    stride = 1
-    for axis in reversed(range(len(shape))):
-        n = shape[axis]
-        coord = (flat // stride) % n
-        up = flat + stride * ((coord + 1).clamp(max=n - 1) - coord)
-        down = flat - stride * (coord - (coord - 1).clamp(min=0))
-        total += (values[:, up] - values[:, down]) ** 2
-        stride *= n
-    return total.sqrt()
-
-
-def _world_gradient(data: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-    """World-space gradient ``(B, d, *spatial)`` of ``data (B, *spatial)`` on grids with index->world ``affine``."""
-    d = data.dim() - 1
-    by_index = torch.gradient(data, dim=tuple(range(1, d + 1)))  # along data axes (z, y, x)
-    g_index = torch.stack(list(reversed(by_index)), dim=1)  # (B, d, ...) in index order (i, j, k)
-    inv_t = torch.linalg.inv(affine[:, :d, :d]).transpose(-1, -2).to(data.dtype)  # dI/dy = A^-T dI/didx
-    return torch.einsum("blk,bk...->bl...", inv_t, g_index)
-
-
-def _centre(image: Image, how: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A centre (world, float64) and principal axes (columns) of an image, by geometry or intensity mass."""
-    d = image.ndim
-    if how == "geometry":
-        return torch.tensor(image.center, dtype=_FLOAT), torch.eye(d, dtype=_FLOAT)
-    data = image.data.to(_FLOAT)
-    step = max(1, round((data.numel() / 2e5) ** (1 / d)))
-    sub = data[(slice(None, None, step),) * d]
-    weight = (sub - sub.min()).reshape(-1)
-    index_grid = torch.stack(
-        torch.meshgrid(*[torch.arange(0, n, step, dtype=_FLOAT) for n in data.shape], indexing="ij")[::-1], dim=-1
-    ).reshape(-1, d)
-    world = image.index_to_world(index_grid)
-    total = weight.sum().clamp_min(1e-300)
-    mean = (weight.unsqueeze(1) * world).sum(0) / total
-    centred = world - mean
-    cov = (weight.unsqueeze(1) * centred).T @ centred / total
-    _, axes = torch.linalg.eigh(cov)
-    return mean, axes
-
-
-def _initial(fixed: Image, moving: Image, init: str, model: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``L`` and ``Q`` of ``T = L M(p) Q`` for one pair: turn about the fixed centre, start from ``init``."""
-    d = fixed.ndim
-    how = "geometry" if init in ("geometry", "none") else "mass"
-    c_f, axes_f = _centre(fixed, how)
-    c_m, axes_m = _centre(moving, how)
-    if init == "none":
-        c_m = c_f
-    rot = torch.eye(d, dtype=_FLOAT)
-    if init == "moments" and model != "translation":
-        best = -math.inf
-        for signs in torch.cartesian_prod(*[torch.tensor([1.0, -1.0], dtype=_FLOAT)] * d).reshape(-1, d):
-            candidate = axes_m @ torch.diag(signs) @ axes_f.T
-            if float(torch.linalg.det(candidate)) > 0 and float(candidate.trace()) > best:
-                best, rot = float(candidate.trace()), candidate
-    left = torch.eye(d + 1, dtype=_FLOAT)
-    left[:d, :d] = rot
-    left[:d, d] = c_m
-    right = torch.eye(d + 1, dtype=_FLOAT)
-    right[:d, d] = -c_f
-    return left, right
-
-
-def _identity_params(model: str, d: int) -> torch.Tensor:
-    return T.params(model, torch.eye(d + 1, dtype=_FLOAT))
-
-
-def _physical_scales(model: str, d: int, fixed: Image, right: torch.Tensor) -> torch.Tensor:
-    """Per parameter: 1 / the largest distance (mm) a unit change moves a corner of the fixed image, at identity."""
-    corners = torch.cartesian_prod(*[torch.tensor([0.0, n - 1.0], dtype=_FLOAT) for n in fixed.size]).reshape(-1, d)
-    world = fixed.index_to_world(corners)
-    centred = torch.cat([world, torch.ones(len(world), 1, dtype=_FLOAT)], dim=1) @ right.T
-
-    def moved(p: torch.Tensor) -> torch.Tensor:
-        h = centred @ T.matrix(model, p, d).T
-        return h[:, :d] / h[:, d : d + 1]
-
-    jac = torch.autograd.functional.jacobian(moved, _identity_params(model, d))  # (corners, d, n)
-    reach = jac.norm(dim=1).amax(dim=0)
-    return 1 / reach.clamp_min(1e-12)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# register
-
-
-def register(
-    fixed: Image | Sequence[Image],
-    moving: Image | Sequence[Image],
-    transform: str = "affine",
-    metric: str = "mse",
-    *,
-    levels: int | Sequence[int] | None = None,
-    samples: int = 100_000,
-    smoothing: float = 0.0,
-    sampling: str = "gradient",
-    loss: str = "linear",
-    init: str = "geometry",
-    initial: Any = None,
-    fixed_mask: Image | None = None,
-    moving_mask: Image | None = None,
-    solver: str = "auto",
-    bins: int = 32,
-    window: int = 9,
-    ftol: float = 1e-7,
-    xtol: float = 1e-5,
-    gtol: float = 1e-8,
-    max_steps: int = 200,
-    seed: int = 0,
-    progress: Any = None,
-) -> Registration:
-    """Register ``moving`` to ``fixed``: find the world transform ``T`` with ``moving(T x) ~ fixed(x)``.
-
-    Args:
-        fixed, moving: :class:`Image` objects of the same dimension (2-D or 3-D), or two lists of them (a batch of
-            same-sized pairs, each pair stopping on its own). When every image is a one-slice volume in the x-y plane
-            (as 2-D NIfTI files load), they are registered as 2-D images (the matrix is then 3x3).
-        transform: ``"translation"``, ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"projective"`` (2-D).
-        metric: ``"mse"`` (same modality), ``"ncc"`` (linear intensity change), ``"lncc"`` (local correlation,
-            whole grids: slower) or ``"mi"`` (mutual information: different modalities).
-        levels: pyramid shrink factors, coarse to fine (default: up to (4, 2, 1), while the coarsest level keeps 24
-            voxels per axis), or a count of levels.
-        sampling: ``"gradient"`` draws the compared voxels with probability growing with the fixed image's gradient
-            (where its content is: edges carry the information about the alignment; flat regions add little but
-            cost), ``"random"`` uniformly. Both are seeded.
-        smoothing: Gaussian smoothing (voxels) of both images at the finest level (coarser levels smooth by half
-            their shrink factor).
-        loss: for ``metric="mse"``, ``"linear"`` (plain least squares), ``"huber"`` or ``"cauchy"``: a robust loss
-            whose scale follows the residuals' robust spread at the start of each level, for content that one image
-            has and the other lacks (a field of view cut off, a fill value, a lesion).
-        samples: the most fixed voxels compared at the finest level (a seeded draw; all voxels when fewer);
-            a level shrunk by ``s`` compares at most ``samples / s``.
-        init: ``"geometry"`` (image centres), ``"mass"`` (intensity centres of mass), ``"moments"`` (centres of mass
-            and principal axes) or ``"none"`` (the identity); ignored when ``initial`` (a world matrix, fixed to
-            moving) is given.
-        fixed_mask, moving_mask: images on the fixed/moving grids; only voxels where they are non-zero count.
-        solver: ``"auto"`` (Levenberg-Marquardt for mse, L-BFGS otherwise) or any engine solver name.
-        bins: histogram bins for ``mi``; ``window``: box size (voxels) for ``lncc``.
-        ftol, xtol, gtol, max_steps: stopping at each level (engine semantics, on scaled parameters).
-        seed: seeds the sample choice (same inputs and seed give the same result on CPU).
-        progress: called as ``progress(level_index, level_count)`` before each level (for progress bars).
-
-    Returns:
-        A :class:`Registration`: ``matrix`` (fixed world -> moving world, float64), ``warped``, ``levels``,
-        ``inverse()``, ``warp()``, ``save_transform()``, ``to_dict()``; ``success`` when the finest level converged.
-    """
-    start = time.perf_counter()
-    fixed_list, moving_list = _as_list(fixed, "fixed"), _as_list(moving, "moving")
-    batch = isinstance(fixed, (list, tuple))
-    if all(_single_slice(im) is not None for im in fixed_list + moving_list):
-        fixed_list = [_single_slice(im) or im for im in fixed_list]
-        moving_list = [_single_slice(im) or im for im in moving_list]
-    _check_pairs(fixed_list, moving_list)
-    d = fixed_list[0].ndim
-    if transform not in TRANSFORMS:
-        raise ValueError(f"`transform` must be one of {', '.join(repr(t) for t in TRANSFORMS)}; got {transform!r}")
-    if transform == "projective" and d != 2:
-        raise ValueError("`transform='projective'` is for 2-D images")
-    if metric not in M.METRICS:
-        raise ValueError(f"`metric` must be one of {', '.join(repr(m) for m in M.METRICS)}; got {metric!r}")
-    if init not in INITS:
-        raise ValueError(f"`init` must be one of {', '.join(repr(i) for i in INITS)}; got {init!r}")
-    if sampling not in ("gradient", "random"):
-        raise ValueError(f"`sampling` must be 'gradient' or 'random'; got {sampling!r}")
-    if loss not in ("linear", "huber", "cauchy"):
-        raise ValueError(f"`loss` must be 'linear', 'huber' or 'cauchy'; got {loss!r}")
-    if loss != "linear" and metric != "mse":
-        raise ValueError(f"`loss={loss!r}` applies to metric='mse' only; got metric={metric!r}")
-    if not (isinstance(smoothing, (int, float)) and smoothing >= 0):
-        raise ValueError(f"`smoothing` must be a number of voxels >= 0; got {smoothing!r}")
-    if not (isinstance(samples, int) and samples >= 64):
-        raise ValueError(f"`samples` must be an integer >= 64; got {samples!r}")
-    factors = _pyramid(fixed_list[0].shape, levels)
-    b = len(fixed_list)
-    device = fixed_list[0].device
-    dtype = torch.float32 if fixed_list[0].dtype != torch.float64 else torch.float64
-
-    # The transform T = L M(p) Q, p = p_id + s * q.
-    lefts, rights = [], []
-    for f_img, m_img in zip(fixed_list, moving_list, strict=True):
-        if initial is not None:
-            m0 = torch.as_tensor(initial, dtype=_FLOAT)
-            if m0.shape != (d + 1, d + 1):
-                raise ValueError(f"`initial` must be a {d + 1}x{d + 1} matrix; got shape {tuple(m0.shape)}")
-            right = torch.eye(d + 1, dtype=_FLOAT)
-            right[:d, d] = -torch.tensor(f_img.center, dtype=_FLOAT)
-            lefts.append(m0 @ torch.linalg.inv(right))
-            rights.append(right)
-        else:
-            left, right = _initial(f_img, m_img, init, transform)
-            lefts.append(left)
-            rights.append(right)
-    left_t, right_t = torch.stack(lefts).to(device), torch.stack(rights).to(device)
-    p_id = _identity_params(transform, d).to(device)
-    scale = _physical_scales(transform, d, fixed_list[0], rights[0]).to(device)
-
-    def model_matrix(q: torch.Tensor) -> torch.Tensor:
-        return T.matrix(transform, p_id + q * scale, d)
-
-    chosen_name = ("lm" if metric == "mse" else "lbfgs") if solver == "auto" else solver
-    generator = torch.Generator().manual_seed(seed)
-    q = torch.zeros(b, p_id.numel(), dtype=_FLOAT, device=device)
-    done_levels: list[Level] = []
-    evaluations = 0  # resamplings of the moving image, over all levels
-    history: History | None = None
-    outcome = None
-    for index, shrink in enumerate(factors):
-        if progress is not None:
-            progress(index, len(factors))
-        level_start = time.perf_counter()
-        finest = index == len(factors) - 1
-        sigma = shrink / 2 if shrink > 1 else smoothing
-        f_data, f_aff = _level_images(fixed_list, shrink, dtype, sigma)
-        m_data, m_aff = _level_images(moving_list, shrink, dtype, sigma)
-        spatial = tuple(f_data.shape[1:])
-        count = math.prod(spatial)
-        whole = metric == "lncc"
-        budget = max(64, samples // shrink)  # coarse levels only need to get close: fewer samples
-        n = count if whole or count <= budget else budget
-        # Sorted, so that neighbouring samples read neighbouring memory (much faster resampling of big volumes).
-        if n == count:
-            chosen = torch.arange(count)
-        elif sampling == "gradient":
-            # Voxels where the fixed image changes carry the information: draw 4n candidates uniformly, then n of
-            # them in proportion to the fixed image's gradient there (central differences, index units).
-            candidates = torch.randperm(count, generator=generator)[: min(count, 4 * n)]
-            strength = _gradient_at(f_data, candidates.to(device)).mean(0).cpu().double()
-            weight = strength + 0.05 * strength.mean() + 1e-12
-            pick = torch.multinomial(weight, n, replacement=False, generator=generator)
-            chosen = candidates[pick].sort().values
-        else:
-            chosen = torch.randperm(count, generator=generator)[:n].sort().values
-        chosen = chosen.to(device)
-        idx = _unravel(chosen, spatial)  # (n, d) in index order, float64
-        points = torch.cat([idx, torch.ones(n, 1, dtype=_FLOAT, device=device)], dim=1) @ f_aff.transpose(-1, -2)
-        values = f_data.reshape(b, -1)[:, chosen]
-        fixed_ok = torch.ones(b, n, dtype=torch.bool, device=device)
-        if fixed_mask is not None:
-            fm = resample(fixed_mask, fixed_list[0], interpolation="nearest")
-            assert isinstance(fm, Image)
-            level_mask, _ = _level_images([fm], shrink, dtype, 0.0)
-            fixed_ok = fixed_ok & (level_mask.reshape(1, -1)[:, chosen] > 0.5)
-        channels = [m_data.unsqueeze(1)]
-        if metric == "mse":
-            channels.append(_world_gradient(m_data, m_aff.to(device)))
-        volume = torch.cat(channels, dim=1)
-        if moving_mask is not None:
-            mm = resample(moving_mask, moving_list[0], interpolation="nearest")
-            assert isinstance(mm, Image)
-            level_mmask, _ = _level_images([mm], shrink, dtype, 0.0)
-            volume = volume * (level_mmask.unsqueeze(1) > 0.5)
-        to_norm = torch.stack(
-            [index_to_normalized(spatial, _FLOAT).to(device) @ torch.linalg.inv(a) for a in m_aff.to(device)]
-        )
-        objective = _Level(
-            points[..., :d].to(_FLOAT),
-            values,
-            fixed_ok,
-            volume,
-            to_norm,
-            model_matrix,
-            left_t,
-            right_t,
-            metric,
-            bins,
-            spatial if whole else None,
-            window,
-            transform in ("translation", "affine", "projective"),
-        )
-        engine_solver = resolve(chosen_name, {})
-        if loss != "linear":
-            objective.set_robust_scale(q, loss)
-        if engine_solver.needs == "gradient":
-            objective.scale_loss(q)
-        # Coarse levels hand over a start to the next: a loose tolerance; the finest level gets the requested one.
-        stop = Stopping(ftol if finest else max(ftol, 1e-5), xtol if finest else max(xtol, 1e-3), gtol, max_steps, None)
-        outcome = run(objective, engine_solver, q, stop, record=True)  # type: ignore[arg-type]
-        evaluations += objective.evals
-        q = outcome.x
-        history = outcome.history
-        level_status = tuple(Status(c) for c in outcome.status.tolist())
-        loss_rows = history.loss if history is not None else torch.empty(0)
-        done_levels.append(
-            Level(
-                shrink,
-                sigma,
-                n,
-                int(outcome.steps.max()),
-                level_status,
-                loss_rows,
-                time.perf_counter() - level_start,
-            )
-        )
-    assert outcome is not None
-    final = (left_t @ model_matrix(q) @ right_t).detach().to("cpu", _FLOAT)
-    status_list = done_levels[-1].status  # the finest level's statuses are the result's
-    failing = [s for s in status_list if not s.success]
-    warped = []
-    for i in range(b):
-        out = resample(moving_list[i], fixed_list[i], final[i])
-        assert isinstance(out, Image)
-        warped.append(out)
-    params = p_id.cpu() + q.cpu() * scale.cpu()
-    return Registration(
-        params=params if batch else params[0],
-        loss=outcome.f.detach().cpu() if batch else outcome.f.detach().cpu()[0],
-        success=not failing,
-        status=failing[0] if failing else status_list[0],
-        statuses=status_list,
-        steps=outcome.steps if batch else outcome.steps[0],
-        num_steps=sum(level.steps for level in done_levels),
-        num_evals=evaluations,
-        history=_squeeze(history, batch),
-        solver=SolverInfo(chosen_name, {}, f"{'least squares' if metric == 'mse' else 'scalar loss'} ({metric})"),
-        time=time.perf_counter() - start,
-        matrix=final if batch else final[0],
-        transform=transform,
-        metric=metric,
-        levels=tuple(done_levels),
-        fixed=fixed_list if batch else fixed_list[0],
-        moving=moving_list if batch else moving_list[0],
-        warped=warped if batch else warped[0],
-        extras={"level_times_s": [lv.time for lv in done_levels]},
-    )
-
-
-def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Continuous indices (i, j[, k]) (float64) of flat positions in data order ``shape`` (z, y, x)."""
-    coords = []
-    rest = flat
-    for n in reversed(shape):
-        coords.append(rest % n)
-        rest = rest // n
-    return torch.stack(coords, dim=-1).to(_FLOAT)
 
 
 def _squeeze(history: History | None, batch: bool) -> History | None:

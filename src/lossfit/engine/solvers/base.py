@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lossfit.engine.problem import Objective
+from lossfit.engine.problem import Problem
 
 State = dict[str, torch.Tensor]
 """A solver's state: tensors whose leading dimension indexes the running problems (so the driver can drop rows)."""
@@ -57,12 +57,12 @@ class Solver:
     window: ClassVar[int] = 1
     options: dict[str, Any] = field(default_factory=dict)
 
-    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
         """Evaluate the start; the state must hold ``f`` (loss) and ``gm`` (the gradient measure ``gtol`` tests)."""
         raise NotImplementedError
 
     def step(
-        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
         """Take one step from ``x``; return the new point, its state and what happened."""
         raise NotImplementedError

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from lossfit.engine.problem import Objective
+from lossfit.engine.problem import Problem
 from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted, gradient_measure, none_stalled
 
 
@@ -21,7 +21,7 @@ class _FirstOrder(Solver):
     tolerances: ClassVar[dict[str, float]] = {"ftol": 1e-12, "xtol": 0.0, "gtol": 1e-10}
     window: ClassVar[int] = 50
 
-    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
         f, g = obj.value_and_grad(x, rows)
         return {"f": f, "f0": f, "g": g, "gm": gradient_measure(f, f, g), **self._buffers(x)}
 
@@ -32,7 +32,7 @@ class _FirstOrder(Solver):
         raise NotImplementedError
 
     def step(
-        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
         delta, buffers = self._direction(state)
         x_new = x + delta

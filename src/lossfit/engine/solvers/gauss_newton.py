@@ -7,7 +7,7 @@ redescends, as scipy does), so that robust fits converge like Newton's method in
 ``lambda`` per problem by the ratio of actual to predicted decrease (Nielsen's update) and scales it by the running
 maximum of the diagonal of ``J^T W J`` (Marquardt's scaling), so badly scaled parameters need no tuning. Every
 acceptance test uses the true robust loss. Levenberg-Marquardt works through a large batch part by part (see
-:meth:`Objective.parts`) and hands the driver what it evaluated, so that the final check can reuse it.
+:meth:`Problem.parts`) and hands the driver what it evaluated, so that the final check can reuse it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from lossfit.engine.problem import Objective
+from lossfit.engine.problem import Problem
 from lossfit.engine.solvers.base import Evaluation, Solver, State, StepInfo, rowdot
 
 
@@ -49,23 +49,17 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def normal_equations(
-    obj: Objective, r: torch.Tensor, jac: torch.Tensor
+    obj: Problem, r: torch.Tensor, jac: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradient ``J^T W r``, the Gauss-Newton matrix ``J^T W J``, the model Hessian and the loss.
 
     For plain least squares the model Hessian is ``J^T J``; for a robust loss it adds the loss's own curvature
-    (:meth:`Objective.robust_terms`), ``sum_i c_i (J_i^T u_i)(J_i^T u_i)^T``, so that steps are Newton steps in the
+    (:meth:`Problem.robust_terms`), ``sum_i c_i (J_i^T u_i)(J_i^T u_i)^T``, so that steps are Newton steps in the
     residuals (re-weighting alone converges only linearly). ``J^T W J`` stays the measure of the columns (for the
     gradient test and Marquardt's scaling).
     """
     f = obj.cost(r)
     jt = jac.transpose(1, 2)
-    if not hasattr(obj, "robust_terms"):
-        # An objective that only quacks like Objective (registration's levels): re-weighted steps, H = J^T W J.
-        w = obj.weights(r)
-        jw, rw = (jac, r) if w is None else (jac * w.sqrt().unsqueeze(-1), r * w.sqrt())
-        a = torch.bmm(jw.transpose(1, 2), jw)
-        return torch.bmm(jw.transpose(1, 2), rw.unsqueeze(-1)).squeeze(-1), a, a, f
     terms = obj.robust_terms(r)
     if terms is None:
         a = torch.bmm(jt, jac)
@@ -99,12 +93,11 @@ def column_cosine(g: torch.Tensor, a: torch.Tensor, f: torch.Tensor) -> torch.Te
 class _Dense(Solver):
     needs: ClassVar[str] = "residuals"
 
-    def _evaluate(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> tuple[State, Evaluation]:
+    def _evaluate(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> tuple[State, Evaluation]:
         # Part by part: the whole batch's normal equations are put together, not its Jacobian.
         m = obj.num_residuals or 1
         out, done = [], Evaluation([], [], [])
-        # An objective without parts (one that only quacks like Objective) is evaluated whole.
-        parts = obj.parts(x.shape[0], m * (x.shape[1] + 1)) if hasattr(obj, "parts") else [slice(0, x.shape[0])]
+        parts = obj.parts(x.shape[0], m * (x.shape[1] + 1))
         for part in parts:
             whole = len(parts) == 1
             r, jac = obj.residual_and_jacobian(x, rows) if whole else obj.residual_and_jacobian(x[part], rows, part)
@@ -126,7 +119,7 @@ class LevenbergMarquardt(_Dense):
     def __post_init__(self) -> None:
         self.options = {"damping": 1e-3, **self.options}
 
-    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
         state, _ = self._evaluate(obj, x, rows)
         state["lam"] = torch.full_like(state["f"], self.options["damping"])
         state["nu"] = torch.full_like(state["f"], 2.0)
@@ -134,7 +127,7 @@ class LevenbergMarquardt(_Dense):
         return state
 
     def step(
-        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
         g, h, f, lam, scale = state["g"], state["h"], state["f"], state["lam"], state["scale"]
         damped = h + torch.diag_embed(lam.unsqueeze(1) * scale)
@@ -174,7 +167,7 @@ class GaussNewton(_Dense):
     def __post_init__(self) -> None:
         self.options = {"max_backtracks": 30, **self.options}
 
-    def _evaluate_gn(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def _evaluate_gn(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
         r, jac = obj.residual_and_jacobian(x, rows)
         w = obj.weights(r)
         root = torch.ones_like(r) if w is None else w.sqrt()
@@ -184,11 +177,11 @@ class GaussNewton(_Dense):
         f = obj.cost(r)
         return {"f": f, "g": g, "a": a, "jw": jw, "rw": rw, "gm": column_cosine(g, a, f)}
 
-    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
         return self._evaluate_gn(obj, x, rows)
 
     def step(
-        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
         g, a, f = state["g"], state["a"], state["f"]
         step = _min_norm_step(state["jw"], state["rw"])

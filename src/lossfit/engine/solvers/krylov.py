@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from lossfit.engine.problem import Objective
+from lossfit.engine.problem import Objective, Problem
 from lossfit.engine.solvers.base import Solver, State, StepInfo, rowdot
 
 
@@ -38,7 +38,7 @@ class KrylovGaussNewton(Solver):
     def __post_init__(self) -> None:
         self.options = {"damping": 1e-3, "cg_rtol": None, "cg_max": None, **self.options}
 
-    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
         r = obj.residual(x, rows)
         f = obj.cost(r)
         return {
@@ -49,8 +49,12 @@ class KrylovGaussNewton(Solver):
         }
 
     def step(
-        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
+        if not isinstance(obj, Objective):
+            raise TypeError(
+                f"the krylov solver needs Jacobian-vector products of a user's function; got {type(obj).__name__}"
+            )
         r, forward, backward = obj.linearize(x, rows)
         w = obj.weights(r)
         root = None if w is None else w.sqrt()

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from lossfit.engine.problem import Objective
+from lossfit.engine.problem import Problem
 from lossfit.engine.solvers.base import Solver, State, StepInfo, gradient_measure, rowdot
 
 
@@ -25,7 +25,7 @@ class LBFGS(Solver):
     def __post_init__(self) -> None:
         self.options = {"memory": 10, "c1": 1e-4, "c2": 0.9, "max_line_search": 25, **self.options}
 
-    def init(self, obj: Objective, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
         f, g = obj.value_and_grad(x, rows)
         b, n, mem = x.shape[0], x.shape[1], self.options["memory"]
         return {
@@ -58,7 +58,7 @@ class LBFGS(Solver):
         return -r
 
     def step(
-        self, obj: Objective, x: torch.Tensor, state: State, rows: torch.Tensor
+        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
         g, f = state["g"], state["f"]
         d = self._direction(state)
@@ -99,7 +99,7 @@ class LBFGS(Solver):
 
     def _line_search(
         self,
-        obj: Objective,
+        obj: Problem,
         x: torch.Tensor,
         f0: torch.Tensor,
         slope0: torch.Tensor,

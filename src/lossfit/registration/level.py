@@ -1,0 +1,292 @@
+"""The objective of one pyramid level, as the engine's solvers see it (:class:`lossfit.engine.problem.Problem`).
+
+For a batch of pairs, the fixed image is compared with the moving one at fixed sample points ``x`` (world, LPS mm)
+through the transform ``T = L M(p_id + s q) R`` (see :mod:`lossfit.registration.register`), over the parameters
+``q`` (scaled to millimetres of shift). Every metric is normalised over the samples that count: those inside the
+fixed mask whose mapped point ``T x`` falls inside the moving image (and its mask). So a transform cannot lower the
+loss by moving the image away. A trial point that keeps fewer than ``min_count`` such samples is refused (its loss
+is infinite, and every solver here rejects a non-finite trial), as ITK refuses when too many samples map outside.
+
+- **Mean squares** (``metric="mse"``) is a least-squares problem with residuals ``(I_m(T x_i) - I_f(x_i)) / sqrt(n)``
+  over the ``n`` samples that count (so the loss is half their mean square), the exact Jacobian from the moving
+  image's world gradient, and optionally a robust loss whose scale is set per level from the residuals' spread.
+- **NCC, local NCC and mutual information** are scalar losses with gradients by autograd through the resampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from lossfit.engine import robust
+from lossfit.losses import MAD_TO_SIGMA, Rho, robust_loss, robust_tuning
+from lossfit.registration import metrics as M
+from lossfit.registration.resample import sample
+
+_FLOAT = torch.float64
+
+
+class LevelProblem:
+    """Residuals (mean squares) or a scalar loss over the fixed samples of one level, for a batch of pairs.
+
+    Args:
+        points: ``(B, N, d)`` fixed world points (float64).
+        values: ``(B, N)`` fixed values there; ``fixed_ok``: ``(B, N)`` whether each lies in the fixed mask.
+        moving: ``(B, C, *shape)`` the moving level's values, then (mean squares) its world gradient (``d``
+            channels), then (with a moving mask) the mask: ``has_mask`` says whether the last channel is one.
+        to_normalized: ``(B, d+1, d+1)`` moving world -> ``grid_sample``'s coordinates *of the moving grid*.
+        model_matrix: ``q (B, n) -> M (B, d+1, d+1)``; ``left``, ``right``: ``(B, d+1, d+1)`` with ``T = L M R``.
+        min_count: ``(B,)`` the fewest samples that must count for a trial point to be evaluated.
+        grid_shape: for local NCC, the fixed level's shape (the samples are then the whole grid, in order).
+    """
+
+    keep_final = False  # the final check here is the registration's own (lossfit.registration.checks)
+
+    def __init__(
+        self,
+        *,
+        points: torch.Tensor,
+        values: torch.Tensor,
+        fixed_ok: torch.Tensor,
+        moving: torch.Tensor,
+        has_mask: bool,
+        to_normalized: torch.Tensor,
+        model_matrix: Callable[[torch.Tensor], torch.Tensor],
+        left: torch.Tensor,
+        right: torch.Tensor,
+        metric: str,
+        bins: int,
+        window: int,
+        grid_shape: tuple[int, ...] | None,
+        linear_model: bool,
+        min_count: torch.Tensor,
+    ) -> None:
+        self.world_points = points
+        self.points = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)  # homogeneous
+        self.values, self.fixed_ok, self.moving, self.has_mask = values, fixed_ok, moving, has_mask
+        self.to_normalized, self.model_matrix, self.left, self.right = to_normalized, model_matrix, left, right
+        self.metric, self.bins, self.window, self.grid_shape = metric, bins, window, grid_shape
+        self.linear_model, self.min_count = linear_model, min_count
+        self.kind = "residual" if metric == "mse" else "scalar"
+        self.d = points.shape[-1]
+        self.evals = 0
+        self.num_residuals: int | None = values.shape[1]
+        b = values.shape[0]
+        self.loss_scale = torch.ones(b, dtype=_FLOAT, device=values.device)
+        self.rho: Rho | None = None
+        self.f_scale = torch.ones(b, dtype=_FLOAT, device=values.device)  # robust scale, in image intensities
+        # The robust scale of the latest residual evaluation, per evaluated row, relative to its normalised
+        # residuals: cost, weights and robust_terms refer to the residuals evaluated last (as the solvers use them).
+        self._latest_scale: torch.Tensor | None = None
+        self._dt: torch.Tensor | None = None
+        self._dt_rows = torch.empty(0, dtype=torch.long)
+        if metric == "mi":
+            self.ranges = (*M.intensity_range(values, fixed_ok), *_volume_range(moving[:, 0]))
+            self.fixed_weights = M.parzen_weights(values, self.ranges[0], self.ranges[1], bins)
+
+    # -- geometry -----------------------------------------------------------------------------------------------
+    def matrix(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The world transforms ``T (B, d+1, d+1)`` of the rows ``rows`` at ``q``."""
+        return _take(self.left, rows) @ self.model_matrix(q) @ _take(self.right, rows)
+
+    def _warp(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """World points in moving space ``Y (B, N, d)``, their homogeneous weight ``w (B, N)`` and normalised
+        coordinates on the moving grid ``(B, N, d)``."""
+        h = _take(self.points, rows) @ self.matrix(q, rows).transpose(-1, -2)
+        w = h[..., self.d]
+        y = h[..., : self.d] / w.unsqueeze(-1)
+        a = _take(self.to_normalized, rows)
+        normalized = y @ a[:, : self.d, : self.d].transpose(-1, -2) + a[:, None, : self.d, self.d]
+        return y, w, normalized
+
+    def _sampled(
+        self, q: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The moving channels at the mapped samples ``(B, C, N)`` (float64: losses sum many samples), which
+        samples count ``(B, N)`` (float), and ``y``, ``w`` of :meth:`_warp`."""
+        y, w, normalized = self._warp(q, rows)
+        out = sample(_take(self.moving, rows), normalized).to(_FLOAT)
+        ok = _take(self.fixed_ok, rows) & (normalized.detach().abs() <= 1).all(dim=-1) & (w.detach() > 0)
+        if self.has_mask:
+            ok = ok & (out[:, -1].detach() > 0.5)
+        self.evals += 1
+        return out, ok.to(out.dtype), y, w
+
+    def _refused(self, ok: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Rows whose samples that count fall below the floor ``(B,)``."""
+        return ok.sum(-1) < _take(self.min_count, rows)
+
+    # -- least squares (mse) --------------------------------------------------------------------------------------
+    def _normalised(
+        self, out: torch.Tensor, ok: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Residuals over the samples that count, divided by the root of their number; the per-row factor; and
+        the rows refused (their residuals are infinite)."""
+        count = ok.sum(-1, keepdim=True)
+        factor = count.clamp_min(1).rsqrt()
+        r = (out[:, 0] - _take(self.values, rows)) * ok * factor
+        refused = self._refused(ok, rows)
+        r = torch.where(refused.unsqueeze(1), torch.full_like(r, math.inf), r)
+        self._latest_scale = _take(self.f_scale, rows).unsqueeze(1) * factor
+        return r, factor, refused
+
+    def residual(self, q: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> torch.Tensor:
+        out, ok, _, _ = self._sampled(q, rows)
+        return self._normalised(out, ok, rows)[0].to(q.dtype)
+
+    def residual_and_jacobian(
+        self, q: torch.Tensor, rows: torch.Tensor, part: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out, ok, y, w = self._sampled(q, rows)
+        r, factor, refused = self._normalised(out, ok, rows)
+        d = self.d
+        grad = out[:, 1 : d + 1].transpose(1, 2)  # (B, N, d) world gradient of the moving image at y
+        inv_w = (1 / w).unsqueeze(-1)
+        # d y_i / d T_lj = (delta_il - y_i delta_dl) x_j / w: the effective gradient over the matrix rows l
+        eff = torch.cat([grad * inv_w, -(grad * y).sum(-1, keepdim=True) * inv_w], dim=-1)  # (B, N, d+1)
+        outer = (eff.unsqueeze(-1) * _take(self.points, rows).unsqueeze(-2)).reshape(*eff.shape[:2], (d + 1) ** 2)
+        jac = outer @ self._matrix_jacobian(q, rows)
+        jac = jac * (ok * factor * ~refused.unsqueeze(1)).unsqueeze(-1)
+        return r.to(q.dtype), jac.to(q.dtype)
+
+    def _matrix_jacobian(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``dT/dq`` as ``(B, (d+1)^2, n)``; constant (and cached) for the models linear in their parameters."""
+        if (
+            self.linear_model
+            and self._dt is not None
+            and self._dt.shape[0] == len(rows)
+            and torch.equal(self._dt_rows, rows)
+        ):
+            return self._dt
+        k = (self.d + 1) ** 2
+        # Central differences of the closed-form model matrix, all parameters and pairs in one call (errors near
+        # 1e-10 relative: ample for a Gauss-Newton step; the residuals themselves are exact).
+        b, n = q.shape
+        h = 1e-5
+        steps = h * torch.eye(n, dtype=q.dtype, device=q.device)
+        shifted = torch.cat([q.unsqueeze(1) + steps, q.unsqueeze(1) - steps], dim=1).reshape(b * 2 * n, n)
+        m = self.model_matrix(shifted).reshape(b, 2, n, k)
+        dm = ((m[:, 0] - m[:, 1]) / (2 * h)).transpose(1, 2)  # (B, k, n)
+        dm = dm.reshape(b, self.d + 1, self.d + 1, -1).permute(0, 3, 1, 2)  # (B, n, d+1, d+1)
+        dt = (_take(self.left, rows).unsqueeze(1) @ dm @ _take(self.right, rows).unsqueeze(1)).reshape(b, -1, k)
+        self._dt, self._dt_rows = dt.transpose(1, 2), rows.clone()
+        return self._dt
+
+    def _scale_for(self, r: torch.Tensor) -> torch.Tensor:
+        scale = self._latest_scale
+        if scale is None or scale.shape[0] != r.shape[0]:
+            raise RuntimeError("the robust scale belongs to the residuals evaluated last; evaluate them first")
+        return scale
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        """Half the sum of (robust) squares of the normalised residuals: half their (robust) mean square."""
+        if self.rho is None:
+            return 0.5 * (r * r).sum(-1)
+        return 0.5 * robust.value(self.rho, r, self._scale_for(r)).sum(-1)  # type: ignore[arg-type]
+
+    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
+        if self.rho is None:
+            return None
+        return robust.derivatives(self.rho, r, self._scale_for(r))[0]  # type: ignore[arg-type]
+
+    def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``rho'``, the clamped curvature ``c`` and ``sign(r)`` per residual (see ``Objective.robust_terms``)."""
+        if self.rho is None:
+            return None
+        d1, d2, z = robust.derivatives(self.rho, r, self._scale_for(r))  # type: ignore[arg-type]
+        return d1, torch.maximum(2 * d2 * z, -d1), torch.sign(r)
+
+    def parts(self, b: int, per_row: int) -> list[slice]:
+        """One part: the samples per level are bounded, so the whole batch is evaluated at once."""
+        return [slice(0, b)]
+
+    def set_robust_scale(self, q: torch.Tensor, loss: str) -> None:
+        """The robust loss's scale per pair: a multiple of the residuals' robust standard deviation at the level's
+        start (the median absolute residual over the samples that count, times the normal-consistency factor; then
+        the loss's own tuning constant)."""
+        self.rho = robust_loss(loss)
+        rows = torch.arange(q.shape[0], device=q.device)
+        out, ok, _, _ = self._sampled(q, rows)
+        e = (out[:, 0] - self.values) * ok
+        scales = []
+        for row in range(e.shape[0]):
+            inside = e[row][ok[row] > 0].abs()
+            inside = inside[inside > 0]  # empty background against empty background says nothing about the noise
+            mad = float(inside.median()) if inside.numel() else 1.0
+            scales.append(max(MAD_TO_SIGMA * mad, 1e-12) * robust_tuning(loss))
+        self.f_scale = torch.tensor(scales, dtype=_FLOAT, device=q.device)
+
+    # -- scalar losses ----------------------------------------------------------------------------------------------
+    def objective(self, moving_values: torch.Tensor, ok: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The loss the solver minimises ``(B,)`` (before :meth:`scale_loss`), from the moving values at the
+        samples ``(B, N)`` and which samples count ``(B, N)``: the end-of-run check feeds it values sampled by
+        an independent path."""
+        if self.kind == "residual":
+            out = moving_values.unsqueeze(1)
+            return self.cost(self._normalised(out, ok, rows)[0])
+        a = _take(self.values, rows)
+        if self.metric == "ncc":
+            f = M.ncc(a, moving_values, ok)
+        elif self.metric == "mi":
+            lo_a, hi_a, lo_b, hi_b = (_take(v, rows) for v in self.ranges)
+            first, weights = self.fixed_weights
+            fixed = (_take(first, rows), _take(weights, rows))
+            f = M.mi(a, moving_values, ok, self.bins, (lo_a, hi_a, lo_b, hi_b), fixed)
+        else:
+            assert self.grid_shape is not None  # local NCC compares whole grids
+            shape = (len(rows), *self.grid_shape)
+            f = M.lncc(a.reshape(shape), moving_values.reshape(shape), ok.reshape(shape), self.window)
+        return torch.where(self._refused(ok, rows), torch.full_like(f, math.inf), f)
+
+    def own_value(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The loss at ``q`` through the solver's own path (before :meth:`scale_loss`)."""
+        with torch.no_grad():
+            out, ok, _, _ = self._sampled(q, rows)
+            return self.objective(out[:, 0], ok, rows)
+
+    def _loss(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        out, ok, _, _ = self._sampled(q, rows)
+        return self.objective(out[:, 0], ok, rows) * _take(self.loss_scale, rows)
+
+    def value(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.kind == "residual":
+            return self.cost(self.residual(q, rows))
+        with torch.no_grad():
+            return self._loss(q, rows).to(q.dtype)
+
+    def value_and_grad(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            qq = q.detach().requires_grad_(True)
+            f = self._loss(qq, rows)
+            (g,) = torch.autograd.grad(torch.where(torch.isfinite(f), f, torch.zeros_like(f)).sum(), qq)
+        return f.detach().to(q.dtype), g.to(q.dtype)
+
+    def scale_loss(self, q: torch.Tensor) -> None:
+        """Scale each pair's loss so that its largest gradient entry at ``q`` is 1: a first quasi-Newton step then
+        moves the image by about a millimetre (the parameters are in millimetres of shift), whatever the metric."""
+        rows = torch.arange(q.shape[0], device=q.device)
+        self.loss_scale = torch.ones(q.shape[0], dtype=_FLOAT, device=q.device)
+        _, g = self.value_and_grad(q, rows)
+        self.loss_scale = 1 / g.abs().amax(dim=1).clamp_min(1e-12)
+
+
+def _take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t[rows]``, without copying when ``rows`` is every row in order (one pair, or a batch still all running)."""
+    if rows.numel() == t.shape[0] and ((rows.numel() == 1 and int(rows[0]) == 0) or bool((rows == _arange(t)).all())):
+        return t
+    return t[rows]
+
+
+def _arange(t: torch.Tensor) -> torch.Tensor:
+    return torch.arange(t.shape[0], device=t.device)
+
+
+def _volume_range(volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = volume.reshape(volume.shape[0], -1)
+    step = max(1, flat.shape[1] // 200_000)
+    return M.intensity_range(flat[:, ::step])
+
+
+__all__ = ["LevelProblem"]
