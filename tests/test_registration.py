@@ -21,12 +21,15 @@ from lossfit.registration import (
     write_itk_transform,
 )
 from lossfit.registration import metrics as M
+from lossfit.registration.resample import apply_homogeneous
 
 sitk = pytest.importorskip("SimpleITK")
 pydicom = pytest.importorskip("pydicom")
 nilearn = pytest.importorskip("nilearn")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+from registration_pairs import centre_of, extent_of, from_sitk, random_grid, resample_onto, to_sitk  # noqa: E402
 
 DATA = Path(nilearn.__file__).parent / "datasets" / "data"
 
@@ -74,12 +77,26 @@ def warp_known(image: Image, warp: torch.Tensor) -> tuple[Image, torch.Tensor]:
 
 
 def safely_inside(image: Image, reference: Image, matrix: torch.Tensor) -> np.ndarray:
-    """Reference voxels whose sample lies more than a voxel inside ``image`` (ITK and torch differ at the border)."""
-    core = torch.zeros(image.shape)
-    core[(slice(1, -1),) * image.ndim] = 1
-    out = resample(image.with_data(core), reference, matrix)
-    assert isinstance(out, Image)
-    return (out.data == 1).numpy()
+    """Reference voxels whose sample lies more than a voxel inside ``image`` (ITK and torch differ at the border),
+    decided from the mapped continuous indices (not from interpolated values, whose last bits vary by CPU)."""
+    points = reference.world_grid(torch.float64).reshape(-1, reference.ndim)
+    index = image.world_to_index(apply_homogeneous(matrix.to(torch.float64), points))
+    last = torch.tensor(image.size, dtype=torch.float64) - 1
+    inside = ((index >= 1) & (index <= last - 1)).all(dim=-1)
+    return inside.reshape(reference.shape).numpy()
+
+
+def warp_elsewhere(image: Image, warp: torch.Tensor, seed: int = 0) -> tuple[Image, torch.Tensor]:
+    """The twin of :func:`warp_known` on another grid: ``moving(y) = image(warp y)`` for ``y`` on a grid of its own
+    (spacing 0.8-1.4 times the image's, rotated up to 25 degrees, axes flipped and permuted, shifted), resampled by
+    SimpleITK; the answer is ``warp^-1`` as before."""
+    rng = np.random.default_rng(seed)
+    src = to_sitk(image)
+    spacing = min(image.spacing)
+    grid = random_grid(rng, image.ndim, extent_of(src), centre_of(src), (0.8 * spacing, 1.4 * spacing))
+    moving = from_sitk(resample_onto(src, grid, warp.numpy(), 0.0))
+    assert moving.shape != image.shape
+    return moving, torch.linalg.inv(warp)
 
 
 def error_mm(image: Image, got: torch.Tensor, truth: torch.Tensor) -> float:
@@ -87,6 +104,7 @@ def error_mm(image: Image, got: torch.Tensor, truth: torch.Tensor) -> float:
     return displacement(got, truth, image, foreground)["mean"]
 
 
+WARPS = {"same": warp_known, "other": warp_elsewhere}  # every known-warp test also runs on another grid
 CT_WARP = torch.tensor([[1.05, -0.12], [0.12, 0.97]], dtype=torch.float64)
 
 
@@ -189,9 +207,10 @@ def test_metrics_are_best_at_a_match_and_ncc_mi_ignore_intensity_changes() -> No
 
 
 @pytest.mark.parametrize("metric", ["mse", "ncc", "mi", "lncc"])
-def test_ct_slice_affine_warp_is_recovered(metric: str) -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_ct_slice_affine_warp_is_recovered(metric: str, grid: str) -> None:
     image = ct()
-    moving, truth = warp_known(image, about_centre(image, CT_WARP, (4.0, -3.0)))
+    moving, truth = WARPS[grid](image, about_centre(image, CT_WARP, (4.0, -3.0)))
     result = register(image, moving, "affine", metric)
     assert result.success, result.status
     assert error_mm(image, result.matrix, truth) < 0.15  # a quarter of a pixel (0.66 mm)
@@ -206,15 +225,17 @@ def test_ct_slice_affine_warp_is_recovered(metric: str) -> None:
         ("similarity", 1.06 * rotation(-5)[:2, :2]),
     ],
 )
-def test_each_2d_model_recovers_its_own_kind_of_warp(model: str, linear: torch.Tensor) -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_each_2d_model_recovers_its_own_kind_of_warp(model: str, linear: torch.Tensor, grid: str) -> None:
     image = ct()
-    moving, truth = warp_known(image, about_centre(image, linear, (3.0, 2.0)))
+    moving, truth = WARPS[grid](image, about_centre(image, linear, (3.0, 2.0)))
     result = register(image, moving, model)
     assert result.success and error_mm(image, result.matrix, truth) < 0.1
 
 
 @pytest.mark.parametrize("source", ["MR_small.dcm", "anatomical.nii"])
-def test_other_real_images_rigid(source: str) -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_other_real_images_rigid(source: str, grid: str) -> None:
     """pydicom's MR slice (2-D) and nibabel's anatomical volume (3-D, 2 mm, a flipped axis) under rigid warps."""
     if source.endswith(".dcm"):
         image = load_image(str(pydicom.data.get_testdata_file(source)))
@@ -223,24 +244,26 @@ def test_other_real_images_rigid(source: str) -> None:
         nibabel = pytest.importorskip("nibabel")
         image = load_image(Path(nibabel.__file__).parent / "tests" / "data" / source)
         linear = rotation(5, 0) @ rotation(-4, 2)
-    moving, truth = warp_known(image, about_centre(image, linear, (2.0,) * image.ndim))
+    moving, truth = WARPS[grid](image, about_centre(image, linear, (2.0,) * image.ndim))
     result = register(image, moving, "rigid")
     assert result.success
     assert error_mm(image, result.matrix, truth) < 0.15 * min(image.spacing)  # under 0.15 voxel
 
 
-def test_projective_warp_of_a_photograph_is_recovered() -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_projective_warp_of_a_photograph_is_recovered(grid: str) -> None:
     skimage = pytest.importorskip("skimage")
     photo = Image(torch.tensor(skimage.data.camera()[::2, ::2], dtype=torch.float32))
     warp = about_centre(photo, 0.97 * rotation(4)[:2, :2], (3.0, -2.0))
     warp[2, :2] = torch.tensor([2e-4, -1e-4], dtype=torch.float64)
-    moving, truth = warp_known(photo, warp)
+    moving, truth = WARPS[grid](photo, warp)
     result = register(photo, moving, "projective")
     assert result.success
     assert error_mm(photo, result.matrix, truth) < 0.15
 
 
-def test_3d_affine_on_an_oblique_anisotropic_grid() -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_3d_affine_on_an_oblique_anisotropic_grid(grid: str) -> None:
     t1 = mni("t1", 4)
     oblique = rotation(12, axis=0) @ rotation(-7, axis=2)
     affine = torch.eye(4, dtype=torch.float64)
@@ -248,68 +271,79 @@ def test_3d_affine_on_an_oblique_anisotropic_grid() -> None:
     affine[:3, 3] = torch.tensor([-90.0, 120.0, -60.0], dtype=torch.float64)
     image = Image.from_affine(t1.data, affine)
     linear = rotation(6, axis=1) @ rotation(-4, axis=2) @ torch.diag(torch.tensor([1.05, 0.96, 1.02]).double())
-    moving, truth = warp_known(image, about_centre(image, linear, (5.0, -4.0, 3.0)))
+    moving, truth = WARPS[grid](image, about_centre(image, linear, (5.0, -4.0, 3.0)))
     result = register(image, moving, "affine")
     assert result.success
     assert error_mm(image, result.matrix, truth) < 0.3  # under a tenth of a 4 mm voxel
 
 
-def test_multimodal_3d_rigid_with_mutual_information() -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_multimodal_3d_rigid_with_mutual_information(grid: str) -> None:
     t1 = mni("t1", 4)
     contrast = t1.with_data(120 * mni("gm", 4).data + 40 * mni("wm", 4).data)  # grey brighter than white: T2-like
-    moving, truth = warp_known(contrast, about_centre(contrast, rotation(7, 1) @ rotation(-5, 0), (6.0, -3.0, 4.0)))
+    moving, truth = WARPS[grid](contrast, about_centre(contrast, rotation(7, 1) @ rotation(-5, 0), (6.0, -3.0, 4.0)))
     result = register(t1, moving, "rigid", "mi")
     assert result.success
     assert error_mm(t1, result.matrix, truth) < 0.5
 
 
-def test_a_batch_equals_one_by_one() -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_a_batch_equals_one_by_one(grid: str) -> None:
     image = ct()
-    pairs = [warp_known(image, about_centre(image, rotation(a)[:2, :2], (a / 2, -1.0))) for a in (3.0, -6.0)]
+    pairs = [WARPS[grid](image, about_centre(image, rotation(a)[:2, :2], (a / 2, -1.0))) for a in (3.0, -6.0)]
     one = [register(image, moving, "rigid") for moving, _ in pairs]
     many = register([image, image], [moving for moving, _ in pairs], "rigid")
     assert many.matrix is not None and many.matrix.shape == (2, 3, 3)
     for i, single in enumerate(one):
-        torch.testing.assert_close(many.matrix[i], single.matrix, rtol=0, atol=1e-6)
+        # the same answer to well within the solver's own precision (xtol): 1e-4 mm, 1e-4 in the linear part
+        torch.testing.assert_close(many.matrix[i], single.matrix, rtol=0, atol=1e-4)
     assert len(many.statuses) == 2 and isinstance(many.warped, list)
 
 
-def test_same_inputs_give_the_same_result() -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_same_inputs_give_the_same_result(grid: str) -> None:
     image = ct()
-    moving, _ = warp_known(image, about_centre(image, CT_WARP, (1.0, 1.0)))
+    moving, _ = WARPS[grid](image, about_centre(image, CT_WARP, (1.0, 1.0)))
     a = register(image, moving, "affine", "ncc", seed=3)
     b = register(image, moving, "affine", "ncc", seed=3)
     assert torch.equal(a.matrix, b.matrix)
 
 
 @pytest.mark.parametrize("init", ["geometry", "mass", "moments"])
-def test_initialisations_bring_a_far_shift_in_range(init: str) -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_initialisations_bring_a_far_shift_in_range(init: str, grid: str) -> None:
     # The CT slice on a larger empty canvas, so that the shifted copy keeps all of it (moments see the same body).
     canvas = torch.zeros(256, 256)
     canvas[64:192, 64:192] = ct().data - ct().data.min()
     image = Image(canvas, spacing=ct().spacing)
-    moving, truth = warp_known(image, about_centre(image, rotation(10)[:2, :2], (25.0, -20.0)))
+    moving, truth = WARPS[grid](image, about_centre(image, rotation(10)[:2, :2], (25.0, -20.0)))
     result = register(image, moving, "rigid", init=init)
     assert error_mm(image, result.matrix, truth) < 0.2
 
 
-def test_a_robust_loss_ignores_content_the_fixed_image_lacks() -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_a_robust_loss_ignores_content_the_fixed_image_lacks(grid: str) -> None:
     image = ct()
-    moving, truth = warp_known(image, about_centre(image, rotation(5)[:2, :2], (2.0, 1.0)))
+    moving, truth = WARPS[grid](image, about_centre(image, rotation(5)[:2, :2], (2.0, 1.0)))
     spoiled = moving.with_data(moving.data.clone())
-    spoiled.data[40:60, 30:90] = 3000.0  # a bright block (a tube, a lesion) that the fixed image does not have
+    ny, nx = moving.shape
+    # a bright block (a tube, a lesion) that the fixed image does not have
+    spoiled.data[ny * 5 // 16 : ny * 15 // 32, nx * 15 // 64 : nx * 45 // 64] = 3000.0
     plain = register(image, spoiled, "rigid")
     robust = register(image, spoiled, "rigid", loss="cauchy")
     assert robust.success
     assert error_mm(image, robust.matrix, truth) < 0.1 < error_mm(image, plain.matrix, truth)
 
 
-def test_masks_restrict_the_comparison() -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_masks_restrict_the_comparison(grid: str) -> None:
     image = ct()
-    moving, truth = warp_known(image, about_centre(image, rotation(5)[:2, :2], (2.0, 1.0)))
+    moving, truth = WARPS[grid](image, about_centre(image, rotation(5)[:2, :2], (2.0, 1.0)))
     spoiled = moving.with_data(moving.data.clone())
-    spoiled.data[:20, :] = 3000.0  # a bright band the fixed image does not have
-    keep = moving.with_data((torch.arange(128)[:, None] >= 24).float().expand(128, 128).contiguous())
+    ny, nx = moving.shape
+    band = ny * 5 // 32
+    spoiled.data[:band, :] = 3000.0  # a bright band the fixed image does not have
+    keep = moving.with_data((torch.arange(ny)[:, None] >= band + 4).float().expand(ny, nx).contiguous())
     masked = register(image, spoiled, "rigid", moving_mask=keep)
     assert error_mm(image, masked.matrix, truth) < 0.2
 
@@ -318,9 +352,10 @@ def test_masks_restrict_the_comparison() -> None:
 # What the result offers
 
 
-def test_warp_inverse_and_landmarks() -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_warp_inverse_and_landmarks(grid: str) -> None:
     image = ct()
-    moving, truth = warp_known(image, about_centre(image, CT_WARP, (4.0, -3.0)))
+    moving, truth = WARPS[grid](image, about_centre(image, CT_WARP, (4.0, -3.0)))
     result = register(image, moving, "affine")
     warped = result.warp(moving)
     assert torch.equal(warped.data, result.warped.data)
@@ -334,10 +369,11 @@ def test_warp_inverse_and_landmarks() -> None:
 
 
 @pytest.mark.parametrize("d", [2, 3])
-def test_exported_itk_transform_resamples_the_same_in_simpleitk(tmp_path: Path, d: int) -> None:
+@pytest.mark.parametrize("grid", ["same", "other"])
+def test_exported_itk_transform_resamples_the_same_in_simpleitk(tmp_path: Path, d: int, grid: str) -> None:
     image = ct() if d == 2 else mni("t1", 4)
     linear = CT_WARP if d == 2 else rotation(5, 1) @ torch.diag(torch.tensor([1.03, 0.98, 1.0]).double())
-    moving, _ = warp_known(image, about_centre(image, linear, (3.0,) * d))
+    moving, _ = WARPS[grid](image, about_centre(image, linear, (3.0,) * d))
     result = register(image, moving, "affine")
     path = tmp_path / "t.tfm"
     result.save_transform(path)

@@ -30,6 +30,7 @@ class Status(enum.IntEnum):
     DEGENERATE = 14
     WORSE_THAN_START = 15
     CHECK_MISMATCH = 16
+    POOR_MATCH = 17
 
     @property
     def success(self) -> bool:
@@ -82,6 +83,11 @@ _MESSAGES = {
     Status.WORSE_THAN_START: (
         "the answer matches the images worse than the start, measured over the whole fixed grid (see "
         "checks['metric_start'] and checks['metric_answer']); try more `samples`, another metric or masks"
+    ),
+    Status.POOR_MATCH: (
+        "the images do not match at the answer: mean squares there explains less than half of the fixed image's "
+        "variance (see checks['metric_answer'] and checks['metric_constant']); "
+        "if the contrasts differ, use 'ncc' (a linear change) or 'mi' (any change)"
     ),
     Status.CHECK_MISMATCH: (
         "the solver's objective disagrees with an independent evaluation at the answer (see checks); the answer "

@@ -12,7 +12,10 @@ The solver only ever sees its own sampled objective. At the end, each pair is me
 
 :func:`verdict` turns them into a status: ``CHECK_MISMATCH`` (the objective disagrees with the recomputation),
 ``NO_OVERLAP`` (the answer keeps less than :data:`OVERLAP_FLOOR` of the start's overlap), ``DEGENERATE`` (a
-reflection, or a singular value outside :data:`SCALE_LIMITS`) or ``WORSE_THAN_START``; None when all pass.
+reflection, or a singular value outside :data:`SCALE_LIMITS`), ``POOR_MATCH`` (mean squares at the answer above
+:data:`MATCH_FLOOR` of the fixed image's own variance: the alignment explains less than half of it, as when the
+contrasts differ) or
+``WORSE_THAN_START``; None when all pass.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from lossfit import transforms as T
 from lossfit.engine.result import Status
 from lossfit.registration import metrics as M
 from lossfit.registration.image import Image
+from lossfit.registration.level import INSIDE_MARGIN
 from lossfit.registration.resample import resample, sample, world_to_normalized
 
 OVERLAP_FLOOR = 0.5  # the answer must keep half the start's overlap (trial points below a quarter are refused)
 OVERLAP_BARRIER = 0.25
+MATCH_FLOOR = 0.5  # mean squares at the answer must explain at least half of the fixed image's variance
 SCALE_LIMITS = (0.2, 5.0)  # plausible singular values of the linear part: a fifth to five times
 _GRID_POINTS = 2_000_000  # the overlap is counted on at most this many fixed voxels (a regular subgrid)
 
@@ -112,17 +117,33 @@ def metric_on_grid(
     if metric == "lncc":
         return float(M.lncc(a, b, w, window)[0])
     a, b, w = a.reshape(1, -1), b.reshape(1, -1), w.reshape(1, -1)
-    if metric == "mse" and robust_loss is not None:
-        e = ((b - a) / f_scale) ** 2
-        return float((w * f_scale**2 * robust_loss(e)).sum() / w.sum())
     if metric == "mse":
-        return float(M.mse(a, b, w)[0])
+        return _mean_squares(a, b, w, robust_loss, f_scale)
     if metric == "ncc":
         return float(M.ncc(a, b, w)[0])
     step = max(1, a.shape[1] // _GRID_POINTS)  # the robust ranges from an even subsample of the voxels
     inside = w[:, ::step] > 0
     ranges = (*M.intensity_range(a[:, ::step], inside), *M.intensity_range(b[:, ::step], inside))
     return float(M.mi(a, b, w, bins, ranges)[0])
+
+
+def _mean_squares(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, rho: Any, f_scale: float) -> float:
+    if rho is None:
+        return float(M.mse(a, b, w)[0])
+    return float((w * f_scale**2 * rho(((b - a) / f_scale) ** 2)).sum() / w.sum())
+
+
+def metric_constant(
+    fixed: Image, metric: str, fixed_mask: torch.Tensor | None = None, robust_loss: Any = None, f_scale: float = 1.0
+) -> float:
+    """Mean squares (robust, where a loss is given) between the fixed image and a constant image at its mean, over
+    the fixed mask: the variance a match must explain. NaN for the other metrics (bounded; no such reference)."""
+    if metric != "mse":
+        return math.nan
+    a = fixed.data.to(torch.float64).reshape(1, -1)
+    w = torch.ones_like(a) if fixed_mask is None else fixed_mask.reshape(1, -1).to(a)
+    mean = (w * a).sum() / w.sum().clamp_min(1)
+    return _mean_squares(a, torch.full_like(a, float(mean)), w, robust_loss, f_scale)
 
 
 def resampled_samples(
@@ -132,8 +153,9 @@ def resampled_samples(
     ``level`` through its own geometry, and whether each lies inside it (and on ``level_mask``) ``(N,)`` bool."""
     mapped = T.apply(matrix.to(torch.float64), points.to(torch.float64))
     at = level.world_to_index(mapped.cpu()).to(points.device)
-    size = torch.tensor(level.size, dtype=torch.float64, device=points.device)
-    inside = ((at >= 0) & (at <= size - 1)).all(dim=-1)
+    last = torch.tensor(level.size, dtype=torch.float64, device=points.device) - 1
+    margin = INSIDE_MARGIN * last / 2  # the objective's margin, in voxels
+    inside = ((at >= -margin) & (at <= last + margin)).all(dim=-1)
     normalized = T.apply(world_to_normalized(level).to(points.device), mapped).unsqueeze(0)
     values = sample(level.data.to(torch.float64).reshape(1, 1, *level.shape), normalized)[0, 0]
     if level_mask is not None:
@@ -150,6 +172,16 @@ def linear_part(matrix: torch.Tensor) -> dict[str, Any]:
     return {"determinant": float(torch.linalg.det(linear)), "singular_values": [float(sv[-1]), float(sv[0])]}
 
 
+def metric_slack(metric: str, fixed_values: torch.Tensor) -> float:
+    """How much worse than the start an answer may measure and still pass (besides 1% of the start's value):
+    rounding, for an answer at the start itself. Mean squares: 1e-6 of the fixed image's squared robust range;
+    the bounded metrics (NCC, local NCC, MI in nats): 1e-3."""
+    if metric != "mse":
+        return 1e-3
+    low, high = M.intensity_range(fixed_values.reshape(1, -1).to(torch.float64))
+    return 1e-6 * float(high[0] - low[0]) ** 2
+
+
 def verdict(checks: dict[str, Any], metric: str) -> Status | None:
     """The first check that fails, as a status (see the module docstring); None when all pass."""
     own, again = checks["objective"], checks["objective_independent"]
@@ -161,10 +193,12 @@ def verdict(checks: dict[str, Any], metric: str) -> Status | None:
     if checks["determinant"] <= 0 or low < SCALE_LIMITS[0] or high > SCALE_LIMITS[1]:
         return Status.DEGENERATE
     start, answer = checks["metric_start"], checks["metric_answer"]
-    slack = 0.01 * abs(start) + (0.0 if metric == "mse" else 1e-3)
-    if not math.isfinite(answer) or answer > start + slack:
+    constant = checks.get("metric_constant", math.nan)
+    if math.isfinite(constant) and answer > MATCH_FLOOR * constant:
+        return Status.POOR_MATCH
+    if not math.isfinite(answer) or answer > start + 0.01 * abs(start) + checks["metric_slack"]:
         return Status.WORSE_THAN_START
     return None
 
 
-__all__ = ["linear_part", "metric_on_grid", "overlap", "resampled_samples", "verdict", "world_extent"]
+__all__ = ["linear_part", "metric_constant", "metric_on_grid", "metric_slack", "overlap", "resampled_samples", "verdict", "world_extent"]

@@ -26,6 +26,7 @@ from lossfit.registration import metrics as M
 from lossfit.registration.resample import sample
 
 _FLOAT = torch.float64
+INSIDE_MARGIN = 1e-5  # in grid_sample's normalised units (-1 and 1 at the first and last voxel centres)
 
 
 class LevelProblem:
@@ -108,7 +109,10 @@ class LevelProblem:
         samples count ``(B, N)`` (float), and ``y``, ``w`` of :meth:`_warp`."""
         y, w, normalized = self._warp(q, rows)
         out = sample(_take(self.moving, rows), normalized).to(_FLOAT)
-        ok = _take(self.fixed_ok, rows) & (normalized.detach().abs() <= 1).all(dim=-1) & (w.detach() > 0)
+        # Inside the moving grid's voxel-centre box, with a rounding margin (1e-5 of the half-width): a sample on
+        # the border of a grid it shares with the fixed image counts the same way on every path.
+        inside = (normalized.detach().abs() <= 1 + INSIDE_MARGIN).all(dim=-1)
+        ok = _take(self.fixed_ok, rows) & inside & (w.detach() > 0)
         if self.has_mask:
             ok = ok & (out[:, -1].detach() > 0.5)
         self.evals += 1

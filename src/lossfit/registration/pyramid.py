@@ -18,12 +18,12 @@ _FLOAT = torch.float64
 
 
 def shrink_factors(shape: Sequence[int], levels: int | Sequence[int] | None) -> list[int]:
-    """Shrink factors, coarse to fine: by default up to (4, 2, 1) while the coarsest level keeps 24 voxels per
+    """Shrink factors, coarse to fine: by default up to (4, 2, 1) while the coarsest level keeps 16 voxels per
     axis; a count of levels gives powers of two; a sequence is checked and returned."""
     if levels is None:
         smallest = min(shape)
         count = 1
-        while count < 3 and smallest // 2**count >= 24:
+        while count < 3 and smallest // 2**count >= 16:
             count += 1
         return [2**k for k in reversed(range(count))]
     if isinstance(levels, bool) or not isinstance(levels, (int, Sequence)):

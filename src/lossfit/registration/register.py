@@ -370,6 +370,10 @@ def _check_answers(
             "metric": metric,
             "metric_start": C.metric_on_grid(fixed[i], moving[i], start_matrices[i], metric, **grid),
             "metric_answer": C.metric_on_grid(fixed[i], moving[i], final[i], metric, **grid),
+            "metric_slack": C.metric_slack(metric, problem.values[i]),
+            "metric_constant": C.metric_constant(
+                fixed[i], metric, masks[0], grid.get("robust_loss"), grid.get("f_scale", 1.0)
+            ),
             "objective": float(own[i]),
             "objective_independent": float(again[i]),
             **C.linear_part(final[i]),

@@ -124,6 +124,9 @@ def registration_section(
     rows, _ = results.parameter_rows(result)
     if rows:
         section.table(rows, caption=f"Transform parameters ({result.transform}; lossfit's parametrisation)")
+    checks = result.checks if isinstance(result.checks, list) else [result.checks]
+    if checks and checks[0]:
+        section.table(check_rows(checks[0]), caption="Independent check of the answer (first pair)")
     if result.levels:
         section.table(level_rows(result.levels), caption="Pyramid levels, coarse to fine")
         section.figure(levels_figure(result.levels), caption="Loss per step at each pyramid level (log scale)")
@@ -136,6 +139,27 @@ def registration_section(
     if command:
         section.code(command)
     return section
+
+
+_CHECKS = {
+    "overlap_start": "overlap at the start (fraction of fixed voxels inside the moving image)",
+    "overlap": "overlap at the answer",
+    "metric_start": "metric over the whole fixed grid at the start (lower is better)",
+    "metric_answer": "metric over the whole fixed grid at the answer",
+    "metric_constant": "mean squares against a constant image (the variance a match must explain; NaN: n/a)",
+    "objective": "the solver's objective at the answer (its samples)",
+    "objective_independent": "the same, recomputed through the moving image's own geometry",
+    "determinant": "determinant of the linear part",
+}
+
+
+def check_rows(checks: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``check, value`` for a registration's independent check, in words, with the verdict last."""
+    rows: list[dict[str, Any]] = [{"check": text, "value": float(checks[key])} for key, text in _CHECKS.items()]
+    low, high = checks["singular_values"]
+    rows.append({"check": "smallest and largest singular value of the linear part", "value": f"{low:.4g}, {high:.4g}"})
+    rows.append({"check": "verdict", "value": "passed" if checks["passed"] else f"failed: {checks['failed']}"})
+    return rows
 
 
 def level_rows(levels: Sequence[Any]) -> list[dict[str, Any]]:

@@ -85,6 +85,10 @@ class LBFGS(Solver):
         rho = torch.where(keep.unsqueeze(1), rho_new, state["rho"])
         reset = bad & ok
         rho = torch.where(reset.unsqueeze(1) & ~keep.unsqueeze(1), torch.zeros_like(rho), rho)
+        # A failed line search along a quasi-Newton direction restarts from steepest descent (the memory may be
+        # stale); only a failure along the gradient itself is a stall.
+        restart = ~ok & ~fresh
+        rho = torch.where(restart.unsqueeze(1), torch.zeros_like(rho), rho)
         new_state = {
             "f": f_new,
             "f0": state["f0"],
@@ -95,7 +99,7 @@ class LBFGS(Solver):
             "rho": rho,
         }
         step_norm = torch.where(ok, step.norm(dim=1), torch.zeros_like(f))
-        return x_new, new_state, StepInfo(ok, step_norm, ~ok)
+        return x_new, new_state, StepInfo(ok, step_norm, ~ok & fresh)
 
     def _line_search(
         self,
