@@ -39,9 +39,9 @@ MODELS_2D = ("translation", "rigid", "similarity", "affine", "projective")
 MODELS_3D = ("translation", "rigid", "similarity", "affine")
 
 # The corpus goal is a tenth of the finer voxel. Measured on these seeds (error / that tenth, worst case): mse 1.2
-# (projective), ncc 1.9 (projective) and 1.1 (affine), mi 1.3 (2-D affine; 3-D similarity, affine), lncc 1.9. Tighter tolerances and other
-# samplings leave those figures as they are: the metric's own optimum lies there (the two images are blurred and
-# sampled differently, as real scans are). These bounds hold them; benchmarks/RESULTS.md has the figures.
+# (projective), ncc 1.9 (projective) and 1.1 (affine), mi 1.3 (2-D affine; 3-D similarity, affine), lncc 1.9.
+# Tighter tolerances and other samplings leave those figures as they are: the metric's own optimum lies there (the
+# two images are blurred and sampled differently, as real scans are). These bounds hold them; RESULTS.md has them.
 FACTOR = {("mse", "projective"): 1.5, ("ncc", "affine"): 1.5, ("ncc", "projective"): 2.5, "mi": 1.5, "lncc": 2.5}
 
 

@@ -201,4 +201,13 @@ def verdict(checks: dict[str, Any], metric: str) -> Status | None:
     return None
 
 
-__all__ = ["linear_part", "metric_constant", "metric_on_grid", "metric_slack", "overlap", "resampled_samples", "verdict", "world_extent"]
+__all__ = [
+    "linear_part",
+    "metric_constant",
+    "metric_on_grid",
+    "metric_slack",
+    "overlap",
+    "resampled_samples",
+    "verdict",
+    "world_extent",
+]
