@@ -9,6 +9,11 @@ moving world points (the direction of an ITK transform used for resampling).
 - ``camera2d``: scikit-image's ``camera()`` (512 x 512, spacing 1, errors in pixels), 2-D affine, mean squares.
 - ``mni2mm``: nilearn's MNI152 2009a T1 averaged over 2 x 2 x 2 blocks (98 x 116 x 94, 2 mm), 3-D affine, mean squares.
 - ``mni1mm``: the same at 1 mm (197 x 233 x 189), 3-D affine, mean squares (slow: only with ``--cases``).
+- ``ct2d_grids``, ``mni2mm_grids``, ``mni_grids_multimodal``: pairs on two different grids (what users bring): the
+  fixed image as read (CT_small; MNI152 at 2 mm), the moving one resampled by SimpleITK from the source (the CT
+  slice; the 1 mm template, or its T2-like remap for the multi-modal rigid case) onto a grid of its own, with
+  another spacing (0.5-1 mm; 2.5-3.5 mm), an oblique direction with flipped and permuted axes and a field of view of
+  75-105% that cuts off part of the object (``tests/registration_pairs.py``), through the known warp.
 - ``mni2mm_multimodal``: 3-D rigid, mutual information. Fixed = the 2 mm T1; moving = a T2-like contrast made from the
   T1 by a non-monotonic piecewise-linear remap (background stays 0, CSF becomes bright, grey matter mid, white
   matter dark), then warped by a known rigid transform.
@@ -54,7 +59,7 @@ Tools and how their answers become a world matrix fixed -> moving (``(d+1) x (d+
 matrix, and prints how far apart the two are (in % of the intensity range, inside the image): a wrong conversion
 shows there even when the registration itself is poor.
 
-Run: ``python benchmarks/registration.py [--cases ct2d,camera2d,mni2mm,mni1mm,mni2mm_multimodal]
+Run: ``python benchmarks/registration.py [--cases ct2d,camera2d,mni2mm,mni1mm,mni2mm_multimodal,ct2d_grids,...]
 [--tools sitk,ants,torchreg,kornia,lossfit] [--threads 2] [--repeats 1] [--warmup 0] [--seed 0] [--check]``.
 """
 
@@ -85,8 +90,25 @@ from lossfit.registration import Image, load_image
 if TYPE_CHECKING:  # imported where used: ants must come after its thread count is set
     import ants
 
-CASES = ("ct2d", "camera2d", "mni2mm", "mni1mm", "mni2mm_multimodal")
-DEFAULT_CASES = ("ct2d", "camera2d", "mni2mm", "mni2mm_multimodal")
+CASES = (
+    "ct2d",
+    "camera2d",
+    "mni2mm",
+    "mni1mm",
+    "mni2mm_multimodal",
+    "ct2d_grids",
+    "mni2mm_grids",
+    "mni_grids_multimodal",
+)
+DEFAULT_CASES = (
+    "ct2d",
+    "camera2d",
+    "mni2mm",
+    "mni2mm_multimodal",
+    "ct2d_grids",
+    "mni2mm_grids",
+    "mni_grids_multimodal",
+)
 TOOLS = ("sitk", "ants", "torchreg", "kornia", "lossfit", "lossfit-cauchy")
 
 
@@ -182,6 +204,8 @@ def make_case(name: str, seed: int) -> Case:
     from skimage.filters import threshold_otsu
 
     rng = np.random.default_rng([seed, CASES.index(name)])
+    if name.endswith(("_grids", "_grids_multimodal")):
+        return grids_case(name, rng)
     if name == "ct2d":
         fixed = load_image(pydicom.data.get_testdata_file("CT_small.dcm"))
     elif name == "camera2d":
@@ -209,6 +233,49 @@ def make_case(name: str, seed: int) -> Case:
         unit,
         words,
     )
+
+
+def grids_case(name: str, rng: np.random.Generator) -> Case:
+    """A pair on two grids: the fixed image as a user has it, the moving one resampled by SimpleITK from the same
+    source onto a grid of its own (another spacing, an oblique direction with flipped and permuted axes, a field of
+    view that cuts off part of the object), through a known warp ``W``: ``moving(y) = source(W y)``."""
+    import pydicom.data
+    from skimage.filters import threshold_otsu
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from registration_pairs import centre_of, extent_of, from_sitk, random_grid, resample_onto
+
+    if name == "ct2d_grids":  # CT_small as read, the moving slice on a 0.5-1.0 mm oblique grid
+        fixed = load_image(pydicom.data.get_testdata_file("CT_small.dcm"))
+        src, spacing = to_sitk(fixed), (0.5, 1.0)
+    else:  # MNI152 at 2 mm; the moving volume from the 1 mm template onto a 2.5-3.5 mm oblique grid
+        fixed = halve(load_image(mni_path()))
+        src, spacing = sitk.ReadImage(str(mni_path()), sitk.sitkFloat32), (2.5, 3.5)
+    rigid = name.endswith("multimodal")
+    if rigid:
+        src = _t2_sitk(src)
+    grid = random_grid(rng, fixed.ndim, extent_of(src), centre_of(src), spacing)
+    warp, words = random_warp(rng, fixed.ndim, np.array(fixed.center), rigid)
+    moving = from_sitk(resample_onto(src, grid, warp, 0.5 * max(grid.GetSpacing())))
+    a = fixed.numpy()
+    words += f"; moving grid {moving.size} at " + "x".join(f"{v:.2f}" for v in moving.spacing) + " mm, oblique"
+    return Case(
+        name,
+        fixed,
+        moving,
+        np.linalg.inv(warp),
+        "rigid" if rigid else "affine",
+        "mi" if rigid else "mse",
+        a > threshold_otsu(a),
+        "mm",
+        words,
+    )
+
+
+def _t2_sitk(src: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(t2_like(sitk.GetArrayFromImage(src)))
+    out.CopyInformation(src)
+    return out
 
 
 def blob_case(d: int) -> Case:

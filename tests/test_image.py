@@ -622,3 +622,26 @@ def test_data_stay_on_the_gpu() -> None:
     points = image.index_to_world(torch.zeros(4, 3, device="cuda"))
     assert points.is_cuda and points.dtype == torch.float32
     torch.testing.assert_close(image.world_grid().cpu(), oblique_image().world_grid(), rtol=0, atol=1e-5)
+
+
+def test_nifti_whose_sform_and_qform_disagree_warns_and_uses_the_sform(tmp_path: Path) -> None:
+    nib = pytest.importorskip("nibabel")
+    from lossfit import GeometryWarning
+
+    sform = np.diag([2.0, 2.0, 3.0, 1.0])
+    sform[:3, 3] = (-40.0, -50.0, 10.0)
+    qform = sform.copy()
+    qform[:3, 3] += (5.0, 0.0, 0.0)  # the qform places the grid 5 mm to the right
+    volume = nib.Nifti1Image(np.arange(60, dtype=np.float32).reshape(3, 4, 5), sform)
+    volume.set_sform(sform, code=2)
+    volume.set_qform(qform, code=1)
+    path = tmp_path / "forms.nii.gz"
+    nib.save(volume, path)
+    with pytest.warns(GeometryWarning, match=r"sform \(code 2\) and qform \(code 1\) disagree.*5 mm.*uses the sform"):
+        image = load_image(path)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ sform
+    np.testing.assert_allclose(image.affine.numpy(), lps, rtol=0, atol=1e-9)
+    assert image.origin == pytest.approx(tuple(nib.load(path).affine[:3, 3] * [-1, -1, 1]))
+    # Agreeing forms (every file lossfit writes) load silently.
+    image.save(tmp_path / "again.nii.gz")
+    load_image(tmp_path / "again.nii.gz")

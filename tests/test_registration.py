@@ -191,6 +191,17 @@ def test_lncc_gradient() -> None:
     assert torch.autograd.gradcheck(lambda b: M.lncc(a, b, None, 3), (b,), eps=1e-6, atol=1e-6)
 
 
+def test_patch_lncc_gradient_and_agreement_with_the_whole_grid() -> None:
+    g = torch.Generator().manual_seed(8)
+    a = torch.rand(2, 6, 27, generator=g, dtype=torch.float64)
+    b = (a + 0.3 * torch.rand(2, 6, 27, generator=g, dtype=torch.float64)).requires_grad_(True)
+    w = (torch.rand(2, 6, 27, generator=g, dtype=torch.float64) > 0.1).double()
+    assert torch.autograd.gradcheck(lambda b: M.patch_lncc(a, b, w), (b,), eps=1e-6, atol=1e-6)
+    # One patch covering a whole 3 x 3 x 3 grid: the whole-grid metric's centre box is the same correlation.
+    same = M.patch_lncc(a[:1, :1], 2 * a[:1, :1] + 1)
+    assert float(same) == pytest.approx(0.0, abs=1e-3)  # a perfect (linear) match, up to the variance guard
+
+
 def test_metrics_are_best_at_a_match_and_ncc_mi_ignore_intensity_changes() -> None:
     g = torch.Generator().manual_seed(4)
     a = torch.rand(1, 2000, generator=g, dtype=torch.float64)

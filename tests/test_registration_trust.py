@@ -77,6 +77,16 @@ def test_corpus_3d_pairs_on_two_grids(model: str, seed: int, metric: str) -> Non
     assert error < allowed(metric, model) * pair.tolerance, (error, pair.tolerance)
 
 
+@pytest.mark.parametrize(("model", "seed"), [("rigid", 0), ("affine", 1)])
+def test_corpus_3d_local_ncc_on_sampled_patches(model: str, seed: int) -> None:
+    """Local NCC on a volume larger than the sample budget compares boxes around sampled centres."""
+    pair = random_pair(seed, model, "mni")
+    result = register(pair.fixed, pair.moving, model, "lncc", samples=40_000)
+    assert result.levels[-1].samples <= 40_000 < pair.fixed.data.numel()
+    assert result.success, (result.status, result.checks)
+    assert pair.error(result.matrix) < pair.tolerance
+
+
 def test_corpus_pairs_are_what_they_claim() -> None:
     """The corpus itself: the moving image is the fixed one under the truth (checked through lossfit's resample,
     which the SimpleITK-made pair does not use), and the grids differ in every respect."""
@@ -291,3 +301,20 @@ def test_a_batch_of_pairs_on_their_own_grids_checks_each_pair() -> None:
         torch.testing.assert_close(many.matrix[i], single.matrix, rtol=0, atol=1e-4)
         assert many.checks[i]["passed"] and single.checks["passed"]
     assert displacement(many.matrix[1], torch.tensor(truth), pair.fixed)["mean"] < 3 * pair.tolerance
+
+
+def test_a_2d_slice_and_a_one_slice_nifti_of_the_same_plane_register_as_2d(tmp_path: Path) -> None:
+    """A 2-D CT slice against the same slice saved as a one-slice NIfTI volume on another grid (as other tools write
+    2-D data): one rule makes both 2-D; a coronal one-slice volume is refused with the reason."""
+    pair = random_pair(0, "rigid", "ct")
+    pair.moving.save(tmp_path / "moving.nii.gz")
+    volume = load_image(tmp_path / "moving.nii.gz")
+    assert volume.ndim == 3 and volume.shape[0] == 1
+    result = register(pair.fixed, volume, "rigid")
+    assert result.matrix.shape == (3, 3) and result.success
+    flat = register(pair.fixed, pair.moving, "rigid")  # the same slice as a 2-D image: the same answer
+    torch.testing.assert_close(result.matrix, flat.matrix, rtol=0, atol=1e-4)
+    assert pair.error(result.matrix) < 2 * pair.tolerance  # a 42 x 68 fixed slice: precision is limited
+    coronal = Image(volume.data, spacing=(1.0, 1.0, 1.0), direction=[[1, 0, 0], [0, 0, 1], [0, -1, 0]])
+    with pytest.raises(ValueError, match="not in the x-y .axial. plane"):
+        register(pair.fixed, coronal, "rigid")

@@ -19,7 +19,7 @@ from lossfit.engine import (
     least_squares,
     minimize,
 )
-from lossfit.errors import InputFileError, LossfitError, NonFiniteError
+from lossfit.errors import GeometryWarning, InputFileError, LossfitError, NonFiniteError
 from lossfit.models import Regression, curve_fit, fit
 from lossfit.points import Alignment, align
 from lossfit.registration import Image, Registration, load_image, register
@@ -36,6 +36,7 @@ __all__ = [
     "GradientCheck",
     "History",
     "Image",
+    "GeometryWarning",
     "InputFileError",
     "LossfitError",
     "NonFiniteError",

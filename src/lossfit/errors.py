@@ -18,3 +18,7 @@ class InputFileError(LossfitError):
 
 class NonFiniteError(LossfitError, ValueError):
     """The loss or residuals are NaN or infinite at the starting point."""
+
+
+class GeometryWarning(UserWarning):
+    """A file's geometry is ambiguous (a NIfTI whose sform and qform disagree, say): lossfit says which it used."""

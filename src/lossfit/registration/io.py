@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lossfit.errors import InputFileError
+from lossfit.errors import GeometryWarning, InputFileError
 from lossfit.io import _first_line, atomic_path
 from lossfit.registration.image import Image, Matrix, Vector, check_direction, check_vector
 
@@ -168,6 +169,7 @@ def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry]:
         raise
     except Exception as exc:
         raise _unreadable(p, "NIfTI", exc) from None
+    _warn_if_forms_disagree(p, img, shape)
     matrix = affine[:3, :3]
     spacing = np.linalg.norm(matrix, axis=0)
     if not (spacing > 0).all():
@@ -175,6 +177,30 @@ def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry]:
     direction = tuple(tuple(float(x) for x in row) for row in matrix / spacing)
     geometry = (tuple(float(x) for x in spacing), tuple(float(x) for x in affine[:3, 3]), direction)
     return array.transpose(2, 1, 0), geometry
+
+
+def _warn_if_forms_disagree(p: Path, img: Any, shape: tuple[int, ...]) -> None:
+    """Warn when both the sform and the qform are set and place the grid's corners more than 0.01 mm apart.
+
+    lossfit uses nibabel's choice (``img.affine``: the sform when its code is non-zero, else the qform), which is
+    what NIfTI's own documentation recommends for an aligned space; other tools (ITK, older FSL) may prefer the
+    qform, so the two readings of the file differ.
+    """
+    sform, s_code = img.header.get_sform(coded=True)
+    qform, q_code = img.header.get_qform(coded=True)
+    if not (s_code and q_code) or sform is None or qform is None:
+        return
+    corners = np.array(np.meshgrid(*[[0.0, max(n - 1, 0)] for n in (shape + (1, 1, 1))[:3]], indexing="ij"))
+    corners = np.concatenate([corners.reshape(3, -1), np.ones((1, 8))])
+    apart = float(np.abs((sform - qform) @ corners)[:3].max())
+    if apart > 0.01:
+        used = "sform" if s_code else "qform"
+        warnings.warn(
+            f"{p}: its sform (code {int(s_code)}) and qform (code {int(q_code)}) disagree, placing the grid's corners "
+            f"up to {apart:.3g} mm apart; lossfit uses the {used}, as nibabel does (other tools may use the qform)",
+            GeometryWarning,
+            stacklevel=4,
+        )
 
 
 def _nifti_bytes(image: Image, gz: bool) -> bytes:

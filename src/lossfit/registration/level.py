@@ -40,7 +40,8 @@ class LevelProblem:
         to_normalized: ``(B, d+1, d+1)`` moving world -> ``grid_sample``'s coordinates *of the moving grid*.
         model_matrix: ``q (B, n) -> M (B, d+1, d+1)``; ``left``, ``right``: ``(B, d+1, d+1)`` with ``T = L M R``.
         min_count: ``(B,)`` the fewest samples that must count for a trial point to be evaluated.
-        grid_shape: for local NCC, the fixed level's shape (the samples are then the whole grid, in order).
+        grid_shape: for local NCC on the whole grid, the fixed level's shape (the samples are the grid, in order).
+        patch: for local NCC on patches, the points per patch ``K`` (the samples are ``P`` patches of ``K``).
     """
 
     keep_final = False  # the final check here is the registration's own (lossfit.registration.checks)
@@ -62,6 +63,7 @@ class LevelProblem:
         window: int,
         grid_shape: tuple[int, ...] | None,
         linear_model: bool,
+        patch: int | None = None,
         min_count: torch.Tensor,
     ) -> None:
         self.world_points = points
@@ -69,7 +71,7 @@ class LevelProblem:
         self.values, self.fixed_ok, self.moving, self.has_mask = values, fixed_ok, moving, has_mask
         self.to_normalized, self.model_matrix, self.left, self.right = to_normalized, model_matrix, left, right
         self.metric, self.bins, self.window, self.grid_shape = metric, bins, window, grid_shape
-        self.linear_model, self.min_count = linear_model, min_count
+        self.linear_model, self.min_count, self.patch = linear_model, min_count, patch
         self.kind = "residual" if metric == "mse" else "scalar"
         self.d = points.shape[-1]
         self.evals = 0
@@ -238,8 +240,11 @@ class LevelProblem:
             first, weights = self.fixed_weights
             fixed = (_take(first, rows), _take(weights, rows))
             f = M.mi(a, moving_values, ok, self.bins, (lo_a, hi_a, lo_b, hi_b), fixed)
+        elif self.patch is not None:
+            shape = (len(rows), -1, self.patch)
+            f = M.patch_lncc(a.reshape(shape), moving_values.reshape(shape), ok.reshape(shape))
         else:
-            assert self.grid_shape is not None  # local NCC compares whole grids
+            assert self.grid_shape is not None  # local NCC on the whole grid
             shape = (len(rows), *self.grid_shape)
             f = M.lncc(a.reshape(shape), moving_values.reshape(shape), ok.reshape(shape), self.window)
         return torch.where(self._refused(ok, rows), torch.full_like(f, math.inf), f)

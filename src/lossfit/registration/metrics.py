@@ -8,8 +8,8 @@ of pairs), and ``weight`` ``(B, N)`` (1 inside the masks and the overlap, 0 outs
 - ``mi``: minus the mutual information (nats) of a joint histogram whose counts are spread by cubic B-spline Parzen
   windows over ``bins`` bins (Mattes et al., 2003); each image's intensities are mapped to the bins by its own
   robust range, so images of different modalities and any intensity range compare.
-- ``lncc``: ``1 -`` the mean local correlation over boxes of ``window`` voxels; it needs whole images (not samples):
-  see :func:`lncc`.
+- ``lncc``: ``1 -`` the mean local correlation over boxes of ``window`` voxels: on whole images (:func:`lncc`) or
+  on sampled patches (:func:`patch_lncc`), each a box of points around a sample.
 """
 
 from __future__ import annotations
@@ -130,3 +130,23 @@ def lncc(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None, w
     local = cov * cov.abs() / (va * vb + 1e-4 * scale**2 + _EPS)
     w = torch.ones_like(a) if weight is None else weight
     return 1 - (w * local).flatten(1).sum(-1) / w.flatten(1).sum(-1).clamp_min(_EPS)
+
+
+def patch_lncc(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 -`` the mean local correlation over sampled patches: ``a``, ``b`` and ``weight`` are ``(B, P, K)``, ``P``
+    patches of ``K`` points each (a box around each sample). The same local term as :func:`lncc` (squared
+    correlation, signed), each patch's statistics over its points with ``weight``; patches with fewer than half of
+    their points counting are left out. ``(B,)``."""
+    w = torch.ones_like(a) if weight is None else weight
+    n = w.sum(-1)
+    safe = n.clamp_min(1).unsqueeze(-1)
+    da = a - (w * a).sum(-1, keepdim=True) / safe
+    db = b - (w * b).sum(-1, keepdim=True) / safe
+    cov = (w * da * db).sum(-1) / safe[..., 0]
+    va = (w * da * da).sum(-1) / safe[..., 0]
+    vb = (w * db * db).sum(-1) / safe[..., 0]
+    keep = (n >= 0.5 * a.shape[-1]).to(a.dtype)
+    count = keep.sum(-1).clamp_min(1)
+    scale = ((keep * va).sum(-1) / count * (keep * vb).sum(-1) / count).sqrt().unsqueeze(-1)
+    local = cov * cov.abs() / (va * vb + 1e-4 * scale**2 + _EPS)
+    return 1 - (keep * local).sum(-1) / keep.sum(-1).clamp_min(_EPS)

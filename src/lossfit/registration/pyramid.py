@@ -116,6 +116,24 @@ def world_gradient(data: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     return torch.einsum("blk,bk...->bl...", inv_t, g_index)
 
 
+def patch_offsets(window: int, d: int, points: int = 5) -> torch.Tensor:
+    """Index offsets ``(K, d)`` (float64) of a box of ``window`` voxels per axis, every ``ceil(window / points)``-th
+    voxel (a 9-voxel box: offsets -4, -2, 0, 2, 4 along each axis, 125 points in 3-D)."""
+    step = max(1, -(-window // points))
+    along = torch.arange(-(window // 2), window // 2 + 1, step, dtype=_FLOAT)
+    return torch.cartesian_prod(*[along] * d).reshape(-1, d)
+
+
+def ravel(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Flat positions in data order ``shape`` (z, y, x) of integer-valued indices (i, j[, k]) ``(n, d)``, clamped
+    onto the grid."""
+    flat = torch.zeros(index.shape[0], dtype=torch.long, device=index.device)
+    for axis, n in enumerate(shape):  # data axis 0 is the last index coordinate
+        coordinate = index[:, len(shape) - 1 - axis].round().long().clamp(0, n - 1)
+        flat = flat * n + coordinate
+    return flat
+
+
 def unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Continuous indices (i, j[, k]) (float64) of flat positions in data order ``shape`` (z, y, x)."""
     coords = []

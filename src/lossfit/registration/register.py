@@ -99,7 +99,8 @@ def register(
             volume in the x-y plane (as 2-D NIfTI files load), they are registered as 2-D images (3x3 matrix).
         transform: ``"translation"``, ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"projective"`` (2-D).
         metric: ``"mse"`` (same modality), ``"ncc"`` (linear intensity change), ``"lncc"`` (local correlation,
-            whole grids: slower) or ``"mi"`` (mutual information: different modalities).
+            on boxes of ``window`` voxels around sampled centres; whole grids when small) or ``"mi"`` (mutual
+            information: different modalities).
         levels: pyramid shrink factors, coarse to fine (default: up to (4, 2, 1), while the coarsest level keeps 24
             voxels per axis), or a count of levels.
         samples: the most fixed voxels compared at the finest level (a seeded draw; all voxels when fewer);
@@ -263,13 +264,26 @@ def _level_problem(
     f_data, f_aff = P.level_images(fixed, shrink, dtype, sigma)
     m_data, m_aff = P.level_images(moving, shrink, dtype, sigma)
     f_shape, m_shape = tuple(f_data.shape[1:]), tuple(m_data.shape[1:])
-    whole = metric == "lncc"
-    chosen = P.draw_samples(f_data, max(64, samples // shrink), sampling, generator, whole)
+    budget = max(64, samples // shrink)  # coarse levels only need to get close: fewer samples
+    count = f_data[0].numel()
+    # Local NCC compares boxes: the whole grid when it is small, else boxes of points around sampled centres.
+    whole = metric == "lncc" and count <= budget
+    patch = None
+    if metric == "lncc" and not whole:
+        offsets = P.patch_offsets(window, d).to(device)
+        patch = offsets.shape[0]
+        centres = P.unravel(P.draw_samples(f_data, max(64, budget // patch), sampling, generator), f_shape)
+        idx = (centres.unsqueeze(1) + offsets.unsqueeze(0)).reshape(-1, d)
+        in_grid = ((idx >= 0) & (idx <= torch.tensor(f_shape[::-1], dtype=_FLOAT, device=device) - 1)).all(-1)
+        chosen = P.ravel(idx, f_shape)  # clamped onto the grid; points off it do not count
+    else:
+        chosen = P.draw_samples(f_data, budget, sampling, generator, whole)
+        idx = P.unravel(chosen, f_shape)  # (n, d) in index order, float64
+        in_grid = torch.ones(chosen.numel(), dtype=torch.bool, device=device)
     n = chosen.numel()
-    idx = P.unravel(chosen, f_shape)  # (n, d) in index order, float64
     f_aff = f_aff.to(device)
     points = torch.cat([idx, torch.ones(n, 1, dtype=_FLOAT, device=device)], dim=1) @ f_aff.transpose(-1, -2)
-    fixed_ok = torch.ones(len(fixed), n, dtype=torch.bool, device=device)
+    fixed_ok = in_grid.unsqueeze(0).expand(len(fixed), n).clone()
     if masks[0] is not None:
         fixed_ok = fixed_ok & masks[0][(slice(None, None, shrink),) * d].reshape(1, -1)[:, chosen]
     channels = [m_data.unsqueeze(1)]
@@ -297,6 +311,7 @@ def _level_problem(
         bins=bins,
         window=window,
         grid_shape=f_shape if whole else None,
+        patch=patch,
         linear_model=model.name in ("translation", "affine", "projective"),
         min_count=min_count.clamp_min(1.0),
     )
@@ -431,8 +446,23 @@ def _mask_on(mask: Image | None, grid: Image, argument: str) -> torch.Tensor | N
 
 
 def _pairs(fixed: Any, moving: Any) -> tuple[list[Image], list[Image]]:
+    """The images as lists, with one rule for slices: when every 3-D image is a one-slice volume (a 2-D NIfTI file,
+    a single DICOM slice read as a volume) and the others are 2-D, all register as 2-D images in the x-y plane;
+    a slice in another plane (coronal, sagittal, oblique) is refused with a message that says so."""
     fixed_list, moving_list = _as_list(fixed, "fixed"), _as_list(moving, "moving")
-    if all(_single_slice(im) is not None for im in fixed_list + moving_list):
+    images = fixed_list + moving_list
+    slices = [im.ndim == 3 and im.shape[0] == 1 for im in images]
+    if all(im.ndim == 2 or one for im, one in zip(images, slices, strict=True)) and any(slices):
+        for argument, group in (("fixed", fixed_list), ("moving", moving_list)):
+            for i, im in enumerate(group):
+                if im.ndim == 3 and _single_slice(im) is None:
+                    where = f"`{argument}`" + (f"[{i}]" if len(group) > 1 else "")
+                    normal = tuple(round(v, 3) for v in (row[2] for row in im.direction))
+                    raise ValueError(
+                        f"{where} is a one-slice volume whose slice is not in the x-y (axial) plane (its normal is "
+                        f"{normal}); slices register as 2-D images in the x-y plane only: reslice it, or register "
+                        f"it as a volume against a volume"
+                    )
         fixed_list = [_single_slice(im) or im for im in fixed_list]
         moving_list = [_single_slice(im) or im for im in moving_list]
     _check_pairs(fixed_list, moving_list)
