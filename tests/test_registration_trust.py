@@ -316,5 +316,5 @@ def test_a_2d_slice_and_a_one_slice_nifti_of_the_same_plane_register_as_2d(tmp_p
     torch.testing.assert_close(result.matrix, flat.matrix, rtol=0, atol=1e-4)
     assert pair.error(result.matrix) < 2 * pair.tolerance  # a 42 x 68 fixed slice: precision is limited
     coronal = Image(volume.data, spacing=(1.0, 1.0, 1.0), direction=[[1, 0, 0], [0, 0, 1], [0, -1, 0]])
-    with pytest.raises(ValueError, match="not in the x-y .axial. plane"):
+    with pytest.raises(ValueError, match=r"not in the x-y \(axial\) plane"):
         register(pair.fixed, coronal, "rigid")

@@ -392,8 +392,9 @@ def _registration_part(out: Path, console: Console, report: Report) -> Part:
             "pydicom's CT_small.dcm (128 x 128, 0.66 mm pixels) warped by a known affine transform (7 degrees, "
             "5% stretch in x, 3% shrink in y, a 5 mm shift) onto a grid of its own (100 x 96 pixels of 0.8 x 0.75 "
             "mm, turned 20 degrees, part of the body cut off) and registered back: affine, mean squares, three "
-            "pyramid levels, then checked independently (overlap, whole-grid metric, the objective recomputed). The error is the distance between where the recovered and the true transforms put "
-            "each pixel of the body."
+            "pyramid levels, then checked independently (overlap, whole-grid metric, the objective recomputed). "
+            "The error is the distance between where the recovered and the true transforms put each pixel of the "
+            "body."
         ),
         truth=truth,
         error={"mean": error["mean"], "95th percentile": error["p95"], "largest": error["max"]},

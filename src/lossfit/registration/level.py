@@ -241,8 +241,8 @@ class LevelProblem:
             fixed = (_take(first, rows), _take(weights, rows))
             f = M.mi(a, moving_values, ok, self.bins, (lo_a, hi_a, lo_b, hi_b), fixed)
         elif self.patch is not None:
-            shape = (len(rows), -1, self.patch)
-            f = M.patch_lncc(a.reshape(shape), moving_values.reshape(shape), ok.reshape(shape))
+            boxes = (len(rows), -1, self.patch)
+            f = M.patch_lncc(a.reshape(boxes), moving_values.reshape(boxes), ok.reshape(boxes))
         else:
             assert self.grid_shape is not None  # local NCC on the whole grid
             shape = (len(rows), *self.grid_shape)
