@@ -608,7 +608,7 @@ def conversion_check(case: Case, run: Run, result: Any, matrix: np.ndarray) -> s
     ours = resample(case.moving, matrix, float(case.moving.numpy().min()), reference=case.fixed).numpy()
     theirs = np.asarray(run.warped(result), dtype=np.float64)
     # compare away from the border, where tools differ in what they put outside the image
-    ones = resample(case.fixed.with_data(torch.ones(case.fixed.shape)), matrix, 0.0, reference=case.fixed).numpy()
+    ones = resample(case.moving.with_data(torch.ones(case.moving.shape)), matrix, 0.0, reference=case.fixed).numpy()
     inside = scipy.ndimage.binary_erosion(ones > 0.999, iterations=2)  # 2 voxels in from the moving image's edge
     span = float(case.moving.numpy().max() - case.moving.numpy().min())
     if not inside.any():
