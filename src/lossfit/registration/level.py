@@ -45,6 +45,7 @@ class LevelProblem:
     """
 
     keep_final = False  # the final check here is the registration's own (lossfit.registration.checks)
+    jac = None  # no caller's Jacobian: the engine's least-squares check evaluates ours
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ from lossfit import transforms as T
 from lossfit.engine.loop import Outcome, Stopping, run
 from lossfit.engine.result import History, SolverInfo, Status
 from lossfit.engine.solvers import resolve
+from lossfit.engine.verify import check_least_squares
 from lossfit.losses import robust_loss
 from lossfit.registration import checks as C
 from lossfit.registration import metrics as M
@@ -206,6 +207,7 @@ def register(
         for s, c in zip(done_levels[-1].status, pair_checks, strict=True)
     )
     failing = [s for s in statuses if not s.success]
+    covariance = _covariance(problem, q, model) if metric == "mse" else None
     warped = []
     for f_img, m_img, matrix in zip(fixed_list, moving_list, final, strict=True):
         out = resample(m_img, f_img, matrix)
@@ -233,6 +235,7 @@ def register(
         moving=moving_list if batch else moving_list[0],
         warped=warped if batch else warped[0],
         checks=pair_checks if batch else pair_checks[0],
+        covariance=covariance if batch or covariance is None else covariance[0],
         extras={"level_times_s": [lv.time for lv in done_levels]},
     )
 
@@ -334,6 +337,17 @@ def _precision_rule(
         last = float(taken[-1]) if taken.numel() else 0.0
         out.append(Status.CONVERGED_PRECISION if status is Status.STALLED and last <= limit else status)
     return tuple(out)
+
+
+def _covariance(problem: LevelProblem, q: torch.Tensor, model: _Model) -> torch.Tensor:
+    """The parameters' covariance ``(B, n, n)`` from the finest level's Jacobian (the engine's least-squares check),
+    in the model's own parameters ``p = p_id + scale q``; NaN where the Jacobian is singular. It treats the samples
+    as independent, which interpolation and smoothing make them not quite: the standard errors are optimistic."""
+    rows = torch.arange(q.shape[0], device=q.device)
+    g0 = torch.ones(q.shape[0], dtype=q.dtype, device=q.device)
+    cov_q = check_least_squares(problem, q, rows, g0).covariance  # type: ignore[arg-type]
+    scale = model.scale.to(cov_q)
+    return (cov_q * scale.unsqueeze(0).unsqueeze(-1) * scale.unsqueeze(0).unsqueeze(-2)).cpu()
 
 
 # ---------------------------------------------------------------------------------------------------------------
