@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest browser bench clean
+.PHONY: demo test test-portable lint typecheck pytest browser bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP) browser
 	$(BIN)/python -m pytest
 
+# The suite again with the portable kernels and one thread (results must not hang on the CPU's instruction set or the
+# thread count); CI runs it after `make test`.
+test-portable: $(STAMP) browser
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -p no:cacheprovider
+
 # The report's browser test needs headless Chromium (Debian's package; installed when missing and apt is usable).
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
@@ -39,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/matrix_inverse.py
 	$(BIN)/python benchmarks/curve_batch.py
 	$(BIN)/python benchmarks/points.py
+	$(BIN)/python benchmarks/registration.py --check --repeats 3 --warmup 1
+	$(BIN)/python benchmarks/registration_corpus.py
 
 clean:
 	rm -rf $(VENV) lossfit-demo .pytest_cache .mypy_cache .ruff_cache
