@@ -30,7 +30,15 @@ def _pair(folder: Path, suffix: str) -> tuple[Path, Path, torch.Tensor]:
     warp = torch.eye(3, dtype=torch.float64)
     warp[:2, :2] = linear
     warp[:2, 2] = c - linear @ c + torch.tensor([3.0, -2.0], dtype=torch.float64)
-    moving = resample(fixed, fixed, warp)
+    # The moving slice on a grid of its own (rotated 15 degrees, 0.8 x 0.7 mm pixels), except for PNG, which keeps
+    # no geometry (both PNG files read back with 1 mm pixels at the origin, so they must share a grid).
+    grid = fixed
+    if suffix != ".png":
+        t = math.radians(15)
+        direction = [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]
+        origin = (c[0] - 45 * math.cos(t) + 40 * math.sin(t), c[1] - 45 * math.sin(t) - 40 * math.cos(t))
+        grid = Image(torch.zeros(115, 113), spacing=(0.8, 0.7), origin=origin, direction=direction)
+    moving = resample(fixed, grid, warp)
     assert isinstance(moving, Image)
     paths = folder / f"fixed{suffix}", folder / f"moving{suffix}"
     fixed.save(paths[0])
@@ -125,3 +133,64 @@ def test_a_dicom_series_in_gives_a_dicom_series_out(tmp_path: Path) -> None:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out / "warped")))
     assert reader.Execute().GetSize() == fixed.size
+
+
+def test_outputs_never_overwrite_or_hold_an_input(tmp_path: Path) -> None:
+    """`--out` (or `--report`) that is an input, holds one or lies inside a DICOM series input: refused before any
+    work, inputs untouched; symbolic links are resolved."""
+    from lossfit.registration.io import save_dicom_series
+
+    fixed, moving, _ = _pair(tmp_path, ".nii.gz")
+    series = tmp_path / "series"
+    save_dicom_series(Image(torch.rand(5, 16, 16)), series)
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [
+        ([str(fixed), str(moving), "--out", str(tmp_path)], "holds the input"),
+        ([str(fixed), str(moving), "--report", str(tmp_path / "link")], "holds the input"),
+        ([str(series), str(series), "--out", str(series / "out")], "lies inside the input"),
+        ([str(fixed), str(moving), "--fixed-mask", str(moving), "--out", str(tmp_path / "link")], "holds the input"),
+    ]
+    for args, words in cases:
+        result = runner.invoke(app, ["register", *args])
+        assert result.exit_code == 2 and words in result.stderr, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (series / "out").exists()
+
+
+def test_register_options_reach_the_registration(tmp_path: Path) -> None:
+    fixed, moving, truth = _pair(tmp_path, ".nii.gz")
+    keep = load_image(fixed)
+    keep.with_data(torch.ones(keep.shape)).save(tmp_path / "mask.nii.gz")
+    args = ["register", str(fixed), str(moving), "--transform", "rigid", "--json", "--loss", "cauchy"]
+    args += ["--levels", "2,1", "--smoothing", "0.5", "--seed", "3", "--samples", "5000"]
+    args += ["--fixed-mask", str(tmp_path / "mask.nii.gz")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [level["shrink"] for level in summary["levels"]] == [2, 1]
+    assert summary["levels"][-1]["sigma_voxels"] == 0.5 and summary["levels"][-1]["samples"] <= 5000
+    assert summary["inputs"]["fixed_mask"] == str(tmp_path / "mask.nii.gz")
+    assert summary["checks"]["passed"] and "overlap" in summary["checks"]
+    assert all(v is not None for v in summary["stderr"])
+    matrix = torch.tensor(summary["matrix"], dtype=torch.float64)
+    assert float((matrix[:2, :2] - truth[:2, :2]).abs().max()) < 2e-3
+    bad = runner.invoke(app, ["register", str(fixed), str(moving), "--levels", "4,x"])
+    assert bad.exit_code == 2 and "--levels must be whole shrink factors" in bad.stderr
+
+
+def test_version_and_a_closed_pipe(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    assert runner.invoke(app, ["--version"]).stdout.startswith("lossfit 0.")
+    m = tmp_path / "m.csv"
+    m.write_text("4,1\n2,3\n")
+    lossfit = Path(sys.executable).parent / "lossfit"
+    # The reader closes the pipe before the command writes: it ends quietly (no message, no traceback).
+    proc = subprocess.Popen([str(lossfit), "matrix", "inverse", str(m)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert err == b"" and proc.returncode == 141

@@ -24,6 +24,7 @@ import typer
 from lossfit.errors import LossfitError
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader closed the pipe
 EPILOG = (
     "Exit codes: 0 converged to a verified answer; 1 ran but did not converge (outputs and report are still "
     "written); 2 bad input (one line on stderr, nothing written)."
@@ -37,6 +38,24 @@ app = typer.Typer(
     help="Derive the parameters of a transformation from a loss function, and prove the answer.",
     epilog=EPILOG,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from lossfit import __version__
+
+        typer.echo(f"lossfit {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Derive the parameters of a transformation from a loss function, and prove the answer."""
+
 
 ReportOption = Annotated[
     Path | None,
@@ -75,6 +94,14 @@ def guarded(function: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
+        except BrokenPipeError:
+            # The reader went away (`| head`): end quietly, as other command-line tools do, and keep Python from
+            # complaining when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except MemoryError:
+            fail("not enough memory for this input (a header may claim more data than the file holds)")
         except (LossfitError, ValueError, TypeError, OSError) as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
@@ -102,6 +129,23 @@ def check_folder(path: Path | None, option: str) -> None:
         fail(f"{path}: {option}: cannot write in {where}")
     if option == "--report" and (path / REPORT_NAME).is_dir():
         fail(f"{path / REPORT_NAME}: a folder of that name is in the way of the report")
+
+
+def check_not_inputs(inputs: list[Path | None], outputs: list[tuple[Path | None, str]]) -> None:
+    """Refuse, before any work, an output that is an input, lies inside one (a DICOM series folder) or contains
+    one (an output folder holding an input): inputs are never overwritten. Symbolic links are resolved."""
+    given = [p.resolve() for p in inputs if p is not None]
+    for path, option in outputs:
+        if path is None:
+            continue
+        out = path.resolve()
+        for source in given:
+            if out == source:
+                fail(f"{path}: {option} is an input ({source}); choose another path, inputs are never overwritten")
+            if source in out.parents:
+                fail(f"{path}: {option} lies inside the input {source}; choose a path outside it")
+            if out in source.parents:
+                fail(f"{path}: {option} holds the input {source}; choose a folder that holds no input")
 
 
 def make_folder(path: Path) -> None:
@@ -177,6 +221,7 @@ def matrix(
     if op is MatrixOp.low_rank and k is None:
         fail("`low-rank` needs --k, the rank")
     check_folder(report, "--report")
+    check_not_inputs([file, rhs], [(out, "--out"), (plot, "--plot"), (report, "--report")])
     m = read_matrix(file)
     options: dict[str, Any] = {"solver": solver}
     if max_steps is not None:
@@ -342,6 +387,7 @@ def fit(
         check_output_suffix(out, several=True)
     check_plot(plot)
     check_folder(report, "--report")
+    check_not_inputs([data], [(out, "--out"), (plot, "--plot"), (report, "--report")])
     table = read_table(data)
     if target not in table:
         fail(f"{data}: no column {target!r} to predict (columns: {', '.join(table)}); name it with --target")
@@ -425,6 +471,7 @@ def align(
         check_output_suffix(out, several=False)
     check_plot(plot)
     check_folder(report, "--report")
+    check_not_inputs([src, dst], [(out, "--out"), (plot, "--plot"), (report, "--report")])
     src_points, dst_points = read_matrix(src), read_matrix(dst)
     result = align_points(src_points, dst_points, model=model, loss=loss)
 
@@ -570,7 +617,15 @@ def register(
     ] = "affine",
     metric: Annotated[str, typer.Option(help="mse, ncc, lncc or mi (mutual information, multi-modal)")] = "mse",
     init: Annotated[str, typer.Option(help="geometry, mass, moments or none")] = "geometry",
-    samples: Annotated[int, typer.Option(help="fixed voxels compared per pyramid level")] = 50_000,
+    loss: Annotated[str, typer.Option(help="for mse: linear, huber or cauchy (robust to missing content)")] = "linear",
+    samples: Annotated[int, typer.Option(help="the most fixed voxels compared at the finest level")] = 100_000,
+    levels: Annotated[
+        str | None, typer.Option(help="pyramid shrink factors, coarse to fine, e.g. 4,2,1 (default: automatic)")
+    ] = None,
+    smoothing: Annotated[float, typer.Option(help="Gaussian smoothing (voxels) at the finest level")] = 0.0,
+    fixed_mask: Annotated[Path | None, typer.Option(help="only voxels where this image is non-zero count")] = None,
+    moving_mask: Annotated[Path | None, typer.Option(help="only moving voxels where it is non-zero count")] = None,
+    seed: Annotated[int, typer.Option(help="seeds the choice of samples")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="folder for the warped image, transform (.tfm, .json), picture")
     ] = None,
@@ -585,7 +640,11 @@ def register(
 
     check_folder(out, "--out")
     check_folder(report, "--report")
+    check_not_inputs([fixed, moving, fixed_mask, moving_mask], [(out, "--out"), (report, "--report")])
+    factors = _parse_levels(levels)
     fixed_image, moving_image = load_image(fixed), load_image(moving)
+    fixed_mask_image = None if fixed_mask is None else load_image(fixed_mask)
+    moving_mask_image = None if moving_mask is None else load_image(moving_mask)
     with Progress(transient=True, disable=json_out or not sys.stderr.isatty()) as bar:
         task = bar.add_task("registering", total=None)
 
@@ -593,7 +652,19 @@ def register(
             bar.update(task, total=count, completed=level, description=f"pyramid level {level + 1} of {count}")
 
         result = register_images(
-            fixed_image, moving_image, transform, metric, init=init, samples=samples, progress=progress
+            fixed_image,
+            moving_image,
+            transform,
+            metric,
+            init=init,
+            loss=loss,
+            samples=samples,
+            levels=factors,
+            smoothing=smoothing,
+            seed=seed,
+            progress=progress,
+            fixed_mask=fixed_mask_image,
+            moving_mask=moving_mask_image,
         )
     before = None
     if out is not None or report is not None:
@@ -610,12 +681,25 @@ def register(
             from lossfit.report.sections import registration_section
 
             heading = f"{moving} registered to {fixed}"
-            note = f"transform: {transform}; metric: {metric}; initialisation: {init}; {samples} samples per level"
+            note = (
+                f"transform: {transform}; metric: {metric}; loss: {loss}; initialisation: {init}; up to {samples} "
+                "samples at the finest level"
+            )
             registration_section(page, heading, result, before, note=note, command=command)
 
         written = write_report(report, "lossfit register", build)
     if json_out:
         summary = result.to_dict()
+        summary["inputs"] = {
+            name: None if path is None else str(path)
+            for name, path in (
+                ("fixed", fixed),
+                ("moving", moving),
+                ("fixed_mask", fixed_mask),
+                ("moving_mask", moving_mask),
+            )
+        }
+        summary["geometry"] = {"fixed": repr(result.fixed), "moving": repr(result.moving)}
         if written is not None:
             summary["report"] = str(written)
         typer.echo(json.dumps(summary, indent=2))
@@ -627,6 +711,16 @@ def register(
             typer.echo("  " + "  ".join(f"{v: .6f}" for v in row))
     if not result.success:
         raise typer.Exit(EXIT_NOT_CONVERGED)
+
+
+def _parse_levels(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        fail(f"--levels must be whole shrink factors separated by commas, coarse to fine (e.g. 4,2,1); got {text!r}")
+        raise  # unreachable: fail exits
 
 
 def _write_registration(result: Any, fixed_path: Path, before: Any, out: Path) -> None:

@@ -446,6 +446,8 @@ def _mask_on(mask: Image | None, grid: Image, argument: str) -> torch.Tensor | N
         return None
     if not isinstance(mask, Image):
         raise TypeError(f"`{argument}` must be a lossfit.registration.Image or None; got {type(mask).__name__}")
+    if mask.ndim == 3 and grid.ndim == 2:  # the slice rule of the images holds for their masks
+        mask = _single_slice(mask) or mask
     if mask.ndim != grid.ndim:
         raise ValueError(f"`{argument}` is {mask.ndim}-D but the images are {grid.ndim}-D")
     on_grid = resample(mask, grid, interpolation="nearest")
