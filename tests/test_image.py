@@ -645,3 +645,26 @@ def test_nifti_whose_sform_and_qform_disagree_warns_and_uses_the_sform(tmp_path:
     # Agreeing forms (every file lossfit writes) load silently.
     image.save(tmp_path / "again.nii.gz")
     load_image(tmp_path / "again.nii.gz")
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_header_claiming_more_data_than_the_file_holds_is_refused_before_reading(tmp_path: Path, suffix: str) -> None:
+    """A small file whose header claims 1200^3 float32 voxels (7 GB), or 10^12: one clear error, no allocation."""
+    nib = pytest.importorskip("nibabel")
+    from lossfit.errors import InputFileError
+
+    for shape in ((1200, 1200, 1200), (10_000, 10_000, 10_000)):
+        small = nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.float32), np.eye(4))
+        small.header.set_data_shape(shape)
+        raw = small.header.binaryblock + b"\0" * 4 + np.zeros(64, dtype=np.float32).tobytes()
+        path = tmp_path / f"liar{suffix}"
+        path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+        with pytest.raises(InputFileError, match=r"header claims .* voxels"):
+            load_image(path)
+    # A truncated file: the header is right, the data stop early.
+    whole = nib.Nifti1Image(np.ones((8, 8, 8), dtype=np.float32), np.eye(4))
+    raw = whole.to_bytes()[:-100]
+    path = tmp_path / f"cut{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    with pytest.raises(InputFileError, match=r"truncated or the header is wrong|Expected 2048 bytes, got 1948"):
+        load_image(path)  # (nibabel itself refuses a short .nii; lossfit refuses a short .nii.gz before reading)

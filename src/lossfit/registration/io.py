@@ -159,6 +159,7 @@ def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry]:
         if kind.names or kind.kind not in "biuf":
             raise InputFileError(f"{p}: holds {kind} data, not real numbers")
         shape = tuple(int(n) for n in img.shape)
+        _check_nifti_size(p, img, shape)
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
         if len(shape) > 3:
@@ -177,6 +178,47 @@ def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry]:
     direction = tuple(tuple(float(x) for x in row) for row in matrix / spacing)
     geometry = (tuple(float(x) for x in spacing), tuple(float(x) for x in affine[:3, 3]), direction)
     return array.transpose(2, 1, 0), geometry
+
+
+_DEFLATE_MAX_RATIO = 1032  # deflate never expands its input by more than about 1032 times
+
+
+def _check_nifti_size(p: Path, img: Any, shape: tuple[int, ...]) -> None:
+    """Refuse, before any allocation, a header that claims more data than the file can hold: the voxel count times
+    the voxel size plus the data offset against the file's size (a .nii), or against the size gzip records and
+    deflate's largest ratio (a .nii.gz), so a 100-byte file claiming 10^12 voxels is one clear error."""
+    header = img.header
+    need = int(np.prod(shape, dtype=np.float64)) * int(header.get_data_dtype().itemsize)
+    offset = int(header.get_data_offset()) if str(p).lower().endswith(".nii") else 0
+    size = p.stat().st_size
+    claim = f"{p}: its header claims {'x'.join(str(n) for n in shape)} voxels ({need:,} bytes of data)"
+    if not str(p).lower().endswith(".gz"):
+        if size < offset + need:
+            raise InputFileError(f"{claim}, but the file holds {size:,} bytes: it is truncated or the header is wrong")
+        return
+    if need > size * _DEFLATE_MAX_RATIO:
+        raise InputFileError(f"{claim}, more than {size:,} compressed bytes can hold: the header is wrong")
+    with open(p, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        recorded = int.from_bytes(handle.read(4), "little")  # the uncompressed size modulo 2**32
+    # gzip records the last member's size only: a short record is confirmed by counting (up to the claim).
+    if need + 348 < 2**32 and recorded < need + 348 and _gzip_length(p, need + 348) < need + 348:
+        raise InputFileError(f"{claim}, but it uncompresses to fewer: it is truncated or the header is wrong")
+
+
+def _gzip_length(p: Path, enough: int) -> int:
+    """The uncompressed length of a gzip file, counted in chunks (nothing kept) up to ``enough`` bytes."""
+    total = 0
+    try:
+        with gzip.open(p, "rb") as stream:
+            while total < enough:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError):
+        pass
+    return total
 
 
 def _warn_if_forms_disagree(p: Path, img: Any, shape: tuple[int, ...]) -> None:
