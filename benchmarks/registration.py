@@ -201,7 +201,6 @@ def resample(image: Image, matrix: np.ndarray, background: float, reference: Ima
 def make_case(name: str, seed: int) -> Case:
     import pydicom.data
     import skimage.data
-    from skimage.filters import threshold_otsu
 
     rng = np.random.default_rng([seed, CASES.index(name)])
     if name.endswith(("_grids", "_grids_multimodal")):
@@ -219,20 +218,7 @@ def make_case(name: str, seed: int) -> Case:
     source = fixed.with_data(torch.from_numpy(t2_like(fixed.numpy()))) if rigid else fixed
     background = float(source.numpy().min())
     moving = resample(source, truth_warp, background)
-    a = fixed.numpy()
-    mask = a > threshold_otsu(a)
-    unit = "px" if name == "camera2d" else "mm"
-    return Case(
-        name,
-        fixed,
-        moving,
-        np.linalg.inv(truth_warp),
-        "rigid" if rigid else "affine",
-        "mi" if rigid else "mse",
-        mask,
-        unit,
-        words,
-    )
+    return known_case(name, fixed, moving, truth_warp, rigid, "px" if name == "camera2d" else "mm", words)
 
 
 def grids_case(name: str, rng: np.random.Generator) -> Case:
@@ -240,7 +226,6 @@ def grids_case(name: str, rng: np.random.Generator) -> Case:
     source onto a grid of its own (another spacing, an oblique direction with flipped and permuted axes, a field of
     view that cuts off part of the object), through a known warp ``W``: ``moving(y) = source(W y)``."""
     import pydicom.data
-    from skimage.filters import threshold_otsu
 
     sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
     from registration_pairs import centre_of, extent_of, from_sitk, random_grid, resample_onto
@@ -257,19 +242,17 @@ def grids_case(name: str, rng: np.random.Generator) -> Case:
     grid = random_grid(rng, fixed.ndim, extent_of(src), centre_of(src), spacing)
     warp, words = random_warp(rng, fixed.ndim, np.array(fixed.center), rigid)
     moving = from_sitk(resample_onto(src, grid, warp, 0.5 * max(grid.GetSpacing())))
-    a = fixed.numpy()
     words += f"; moving grid {moving.size} at " + "x".join(f"{v:.2f}" for v in moving.spacing) + " mm, oblique"
-    return Case(
-        name,
-        fixed,
-        moving,
-        np.linalg.inv(warp),
-        "rigid" if rigid else "affine",
-        "mi" if rigid else "mse",
-        a > threshold_otsu(a),
-        "mm",
-        words,
-    )
+    return known_case(name, fixed, moving, warp, rigid, "mm", words)
+
+
+def known_case(name: str, fixed: Image, moving: Image, warp: np.ndarray, rigid: bool, unit: str, words: str) -> Case:
+    """A case whose moving image is the source under ``warp`` (the answer is its inverse); the foreground by Otsu."""
+    from skimage.filters import threshold_otsu
+
+    a = fixed.numpy()
+    model, metric = ("rigid", "mi") if rigid else ("affine", "mse")
+    return Case(name, fixed, moving, np.linalg.inv(warp), model, metric, a > threshold_otsu(a), unit, words)
 
 
 def _t2_sitk(src: sitk.Image) -> sitk.Image:
