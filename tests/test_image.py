@@ -668,3 +668,27 @@ def test_a_header_claiming_more_data_than_the_file_holds_is_refused_before_readi
     path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
     with pytest.raises(InputFileError, match=r"truncated or the header is wrong|Expected 2048 bytes, got 1948"):
         load_image(path)  # (nibabel itself refuses a short .nii; lossfit refuses a short .nii.gz before reading)
+
+
+def test_a_2d_dicom_keeps_its_slice_position_through_registration_and_saving(tmp_path: Path) -> None:
+    """CT_small is an axial slice at z = ImagePositionPatient[2]: it loads as 2-D with that slice_z, and the warped
+    image and every file written from it (DICOM, NIfTI) put the slice back at that z, as SimpleITK reads them."""
+    pydicom = pytest.importorskip("pydicom")
+    sitk = pytest.importorskip("SimpleITK")
+    from lossfit.registration import register, resample
+
+    path = pydicom.data.get_testdata_file("CT_small.dcm")
+    z = float(pydicom.dcmread(path).ImagePositionPatient[2])
+    ct = load_image(path)
+    assert ct.ndim == 2 and ct.slice_z == pytest.approx(z) and z != 0
+    shifted = resample(ct, ct, torch.tensor([[1.0, 0, 2.0], [0, 1.0, -1.0], [0, 0, 1.0]], dtype=torch.float64))
+    result = register(ct, shifted, "translation")
+    assert result.warped.slice_z == pytest.approx(z)
+    for suffix in (".dcm", ".nii.gz"):
+        out = tmp_path / f"warped{suffix}"
+        result.warped.save(out)
+        back = load_image(out)
+        assert (back.slice_z if back.ndim == 2 else back.origin[2]) == pytest.approx(z, abs=1e-4)
+        assert sitk.ReadImage(str(out)).GetOrigin()[2] == pytest.approx(z, abs=1e-4)
+    with pytest.raises(ValueError, match="`slice_z` places a 2-D image"):
+        Image(torch.zeros(3, 4, 5), slice_z=1.0)

@@ -13,6 +13,9 @@ Convention:
     - ``Image.affine`` -> (d+1)x(d+1) float64 tensor mapping homogeneous index (i,j,k,1) to world;
       ``Image.from_affine(data, affine)`` classmethod.
 
+A 2-D image lies in the plane ``z = slice_z`` of the world (LPS mm; 0 unless given): an axial DICOM slice keeps its
+position there, and files written from it put it back.
+
 Index (0, 0[, 0]) is the centre of the first voxel, ``data[0, 0, 0]``; index i runs along the last axis of ``data``.
 Geometry is kept in float64 (on the CPU) whatever the dtype and device of the data.
 """
@@ -104,6 +107,7 @@ class Image:
         origin: world position of the centre of voxel (0, 0[, 0]) in mm, (x, y[, z]). Default all 0.
         direction: d x d matrix (or d*d numbers, row-major) whose columns are the world directions of the index
             axes; unit columns, not singular (oblique and sheared grids are accepted). Default the identity.
+        slice_z: for a 2-D image, the world z (mm) of its plane (an axial DICOM slice's position). Default 0.
 
     Raises:
         TypeError: ``data`` is not a tensor, or is complex or boolean; a geometry argument does not hold numbers.
@@ -118,7 +122,7 @@ class Image:
         tensor([11.,  2.,  3.], dtype=torch.float64)
     """
 
-    __slots__ = ("_data", "_direction", "_origin", "_spacing")
+    __slots__ = ("_data", "_direction", "_origin", "_slice_z", "_spacing")
 
     def __init__(
         self,
@@ -127,6 +131,7 @@ class Image:
         spacing: VectorLike | float | None = None,
         origin: VectorLike | None = None,
         direction: MatrixLike | None = None,
+        slice_z: float = 0.0,
     ) -> None:
         if not isinstance(data, torch.Tensor):
             raise TypeError(f"`data` must be a torch.Tensor (use torch.as_tensor); got {type(data).__name__}")
@@ -144,6 +149,11 @@ class Image:
         self._origin = (0.0,) * d if origin is None else check_vector(origin, "origin", d)
         identity = tuple(tuple(float(r == c) for c in range(d)) for r in range(d))
         self._direction = identity if direction is None else check_direction(direction, d)
+        if isinstance(slice_z, bool) or not isinstance(slice_z, (int, float)) or not math.isfinite(slice_z):
+            raise TypeError(f"`slice_z` must be a finite number (mm); got {slice_z!r}")
+        if d != 2 and slice_z != 0:
+            raise ValueError(f"`slice_z` places a 2-D image in the world; a {d}-D image has its own z (got {slice_z})")
+        self._slice_z = float(slice_z)
 
     @classmethod
     def from_affine(cls, data: torch.Tensor, affine: Any) -> Image:
@@ -173,6 +183,11 @@ class Image:
     def data(self) -> torch.Tensor:
         """The voxel values, ``(ny, nx)`` or ``(nz, ny, nx)``."""
         return self._data
+
+    @property
+    def slice_z(self) -> float:
+        """For a 2-D image, the world z (LPS, mm) of the plane it lies in (an axial slice's position); 0 for 3-D."""
+        return self._slice_z
 
     @property
     def spacing(self) -> Vector:
@@ -284,7 +299,7 @@ class Image:
         """An image with the same geometry and new ``data`` of the same spatial shape."""
         if not isinstance(data, torch.Tensor) or data.shape != self.shape:
             raise ValueError(f"`data` must be a tensor of shape {tuple(self.shape)}; got {_describe(data)}")
-        return Image(data, spacing=self._spacing, origin=self._origin, direction=self._direction)
+        return Image(data, spacing=self._spacing, origin=self._origin, direction=self._direction, slice_z=self._slice_z)
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Image:
         """The same image with its data converted to a floating ``dtype`` and/or moved to ``device``."""
@@ -314,6 +329,7 @@ class Image:
         )
         direction = "" if identity else ", direction=(" + ", ".join(fmt(row) for row in self._direction) + ")"
         device = "" if self.device.type == "cpu" else f", device={self.device}"
+        device = (f", slice_z={self._slice_z:.6g}" if self._slice_z else "") + device
         size = "(" + ", ".join(str(n) for n in self.size) + ")"
         return (
             f"Image(size={size}, spacing={fmt(self._spacing)}, origin={fmt(self._origin)}{direction}, "

@@ -59,7 +59,8 @@ def load_image(
       (the normal, unless the series is tilted). RescaleSlope/Intercept are applied; colour becomes luminance;
       MONOCHROME1 values are kept as stored (not inverted); multi-frame files are refused.
       A single slice whose row and column cosines both lie in the x-y plane (|z| <= 1e-4) loads as a 2-D image:
-      spacing (dx, dy), origin (x, y) of ImagePositionPatient, direction from the cosines' x, y parts. Any other
+      spacing (dx, dy), origin (x, y) of ImagePositionPatient and its z as ``slice_z``, direction from the cosines'
+      x, y parts. Any other
       single slice loads as 3-D with one slice (slice spacing SpacingBetweenSlices, else SliceThickness, else 1).
     - ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``: 2-D (multi-page TIFF: 3-D, one page per
       slice) with spacing 1, origin 0, identity direction; colour becomes luminance (BT.601), alpha is dropped.
@@ -122,12 +123,17 @@ def load_image(
         None if direction is None else check_direction(direction, d),
     )
     found = geometry or (None, None, None)
+    slice_z = 0.0
+    if d == 2 and found[1] is not None and len(found[1]) == 3:  # an axial DICOM slice: its z places the plane
+        slice_z = found[1][2]
+        found = (found[0], found[1][:2], found[2])
     try:
         return Image(
             data,
             spacing=given[0] or found[0],
             origin=given[1] or found[1],
             direction=given[2] or found[2],
+            slice_z=slice_z,
         )
     except (TypeError, ValueError) as exc:
         raise InputFileError(f"{p}: its geometry is invalid ({_first_line(exc)})") from None
@@ -253,6 +259,8 @@ def _nifti_bytes(image: Image, gz: bool) -> bytes:
     d = image.ndim
     affine[:d, :d] = image.affine.numpy()[:d, :d]
     affine[:d, 3] = image.origin
+    if d == 2:
+        affine[2, 3] = image.slice_z  # the plane a 2-D image lies in
     array = data.T if d == 3 else data.T[:, :, None]  # (nx, ny, nz), NIfTI's index order
     ras = _LPS_RAS @ affine
     nifti = nib.Nifti1Image(array, ras)
@@ -357,7 +365,8 @@ def _stack(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geo
         array = _pixels(items[0][0], first)
         if abs(row[2]) <= _IN_PLANE_TOL and abs(col[2]) <= _IN_PLANE_TOL:
             direction2 = ((float(row[0]), float(col[0])), (float(row[1]), float(col[1])))
-            return array, ((float(dx), float(dy)), (float(position[0]), float(position[1])), direction2)
+            # the slice's z travels as a third origin entry: load_image makes it the 2-D image's slice_z
+            return array, ((float(dx), float(dy)), tuple(float(v) for v in position[:3]), direction2)
         dz = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
         return array[None], _geometry3(dx, dy, dz if dz > 0 else 1.0, position, row, col, normal)
     if any("ImagePositionPatient" not in ds for _, ds in items):
@@ -479,7 +488,7 @@ def _dicom_bytes(image: Image) -> bytes:
     values = image.numpy().astype(np.float64)
     uids = (generate_uid(), generate_uid(), generate_uid())
     orientation = [m[0, 0], m[1, 0], 0.0, m[0, 1], m[1, 1], 0.0]
-    position = [image.origin[0], image.origin[1], 0.0]
+    position = [image.origin[0], image.origin[1], image.slice_z]
     spacing = (image.spacing[0], image.spacing[1])
     return _dicom_slice(values, _dicom_scaling(values), spacing, position, orientation, uids, 1)
 
@@ -642,7 +651,7 @@ def save_image(image: Image, path: str | os.PathLike[str]) -> None:
     - ``.png``: 2-D only; values rounded to whole numbers, 8-bit when they all lie in 0..255, else 16-bit; values
       outside 0..65535 or NaN raise ``ValueError``. No geometry.
     - ``.npy``: the data as they are; no geometry.
-    - ``.dcm``: 2-D only, a Secondary Capture image with PixelSpacing, ImagePositionPatient (z = 0) and
+    - ``.dcm``: 2-D only, a Secondary Capture image with PixelSpacing, ImagePositionPatient (z = ``slice_z``) and
       ImageOrientationPatient from the geometry; int16 values with RescaleSlope/Intercept chosen to span the data
       (exact for whole numbers in the int16 range, else within one step, (max - min) / 65534).
 

@@ -523,7 +523,10 @@ def _single_slice(image: Image) -> Image | None:
     direction = torch.tensor(image.direction, dtype=_FLOAT)
     if float(direction[:2, 2].abs().max()) > 1e-9 or float(direction[2, :2].abs().max()) > 1e-9:
         return None
-    return Image(image.data[0], spacing=image.spacing[:2], origin=image.origin[:2], direction=direction[:2, :2])
+    plane = {"slice_z": image.origin[2]}  # the slice's position travels with it (written back by save_image)
+    return Image(
+        image.data[0], spacing=image.spacing[:2], origin=image.origin[:2], direction=direction[:2, :2], **plane
+    )
 
 
 def _squeeze(history: History | None, batch: bool) -> History | None:
