@@ -318,3 +318,12 @@ def test_a_2d_slice_and_a_one_slice_nifti_of_the_same_plane_register_as_2d(tmp_p
     coronal = Image(volume.data, spacing=(1.0, 1.0, 1.0), direction=[[1, 0, 0], [0, 0, 1], [0, -1, 0]])
     with pytest.raises(ValueError, match=r"not in the x-y \(axial\) plane"):
         register(pair.fixed, coronal, "rigid")
+
+
+@pytest.mark.parametrize("metric", ["mse", "ncc", "mi", "lncc"])
+def test_an_image_against_itself_is_the_identity_and_a_success(metric: str) -> None:
+    """The objective is near zero at the answer: the check's tolerance follows the metric's scale, not 1e-9."""
+    ct = load_image(pydicom.data.get_testdata_file("CT_small.dcm"))
+    result = register(ct, ct, "affine", metric)
+    assert result.success, (result.status, result.checks)
+    assert displacement(result.matrix, torch.eye(3, dtype=torch.float64), ct)["max"] < 0.01

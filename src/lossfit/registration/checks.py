@@ -185,7 +185,9 @@ def metric_slack(metric: str, fixed_values: torch.Tensor) -> float:
 def verdict(checks: dict[str, Any], metric: str) -> Status | None:
     """The first check that fails, as a status (see the module docstring); None when all pass."""
     own, again = checks["objective"], checks["objective_independent"]
-    if not (math.isfinite(own) and math.isfinite(again)) or abs(own - again) > 1e-3 * max(abs(own), abs(again)) + 1e-9:
+    # Relative, with the metric's rounding scale as a floor (an image against itself has an objective near 0).
+    tolerance = 1e-3 * max(abs(own), abs(again)) + checks.get("metric_slack", 0.0) + 1e-12
+    if not (math.isfinite(own) and math.isfinite(again)) or abs(own - again) > tolerance:
         return Status.CHECK_MISMATCH
     if checks["overlap"] < OVERLAP_FLOOR * checks["overlap_start"]:
         return Status.NO_OVERLAP
