@@ -692,3 +692,31 @@ def test_a_2d_dicom_keeps_its_slice_position_through_registration_and_saving(tmp
         assert sitk.ReadImage(str(out)).GetOrigin()[2] == pytest.approx(z, abs=1e-4)
     with pytest.raises(ValueError, match="`slice_z` places a 2-D image"):
         Image(torch.zeros(3, 4, 5), slice_z=1.0)
+
+
+def test_written_nifti_keeps_the_source_codes(tmp_path: Path) -> None:
+    """A template in MNI space (sform code 4, qform code 2), resampled and registered onto its own grid and written:
+    the output keeps those codes (what tells FSL and others which space the grid is in)."""
+    nib = pytest.importorskip("nibabel")
+    from lossfit.registration import resample
+
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (90.0, -126.0, -72.0)
+    source = nib.Nifti1Image(np.random.default_rng(0).random((12, 14, 10), dtype=np.float32), affine)
+    source.set_sform(affine, code=4)
+    source.set_qform(affine, code=2)
+    nib.save(source, tmp_path / "template.nii.gz")
+    template = load_image(tmp_path / "template.nii.gz")
+    assert dict(template.header) == {"sform_code": 4, "qform_code": 2}
+    other = Image(torch.rand(9, 9, 9), spacing=2.5, origin=(-10.0, 100.0, -60.0))
+    moved = resample(other, template)  # onto the template's grid: its header comes along
+    assert isinstance(moved, Image)
+    moved.save(tmp_path / "out.nii.gz")
+    written = nib.load(tmp_path / "out.nii.gz")
+    assert int(written.header["sform_code"]) == 4 and int(written.header["qform_code"]) == 2
+    np.testing.assert_allclose(written.affine, affine, atol=1e-6)
+    # An image with no source file is written as scanner space (code 1), as before.
+    other.save(tmp_path / "plain.nii.gz")
+    assert int(nib.load(tmp_path / "plain.nii.gz").header["sform_code"]) == 1
+    with pytest.raises(TypeError, match="`header` must be a mapping"):
+        Image(torch.zeros(2, 2), header=[1, 2])  # type: ignore[arg-type]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,7 @@ class Image:
         direction: d x d matrix (or d*d numbers, row-major) whose columns are the world directions of the index
             axes; unit columns, not singular (oblique and sheared grids are accepted). Default the identity.
         slice_z: for a 2-D image, the world z (mm) of its plane (an axial DICOM slice's position). Default 0.
+        header: fields of the source file that writers keep (see :attr:`header`). Default none.
 
     Raises:
         TypeError: ``data`` is not a tensor, or is complex or boolean; a geometry argument does not hold numbers.
@@ -122,7 +124,7 @@ class Image:
         tensor([11.,  2.,  3.], dtype=torch.float64)
     """
 
-    __slots__ = ("_data", "_direction", "_origin", "_slice_z", "_spacing")
+    __slots__ = ("_data", "_direction", "_header", "_origin", "_slice_z", "_spacing")
 
     def __init__(
         self,
@@ -132,6 +134,7 @@ class Image:
         origin: VectorLike | None = None,
         direction: MatrixLike | None = None,
         slice_z: float = 0.0,
+        header: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(data, torch.Tensor):
             raise TypeError(f"`data` must be a torch.Tensor (use torch.as_tensor); got {type(data).__name__}")
@@ -154,6 +157,9 @@ class Image:
         if d != 2 and slice_z != 0:
             raise ValueError(f"`slice_z` places a 2-D image in the world; a {d}-D image has its own z (got {slice_z})")
         self._slice_z = float(slice_z)
+        if header is not None and not isinstance(header, Mapping):
+            raise TypeError(f"`header` must be a mapping of file fields or None; got {type(header).__name__}")
+        self._header = dict(header or {})  # a plain dict (it pickles); read through a read-only view
 
     @classmethod
     def from_affine(cls, data: torch.Tensor, affine: Any) -> Image:
@@ -188,6 +194,12 @@ class Image:
     def slice_z(self) -> float:
         """For a 2-D image, the world z (LPS, mm) of the plane it lies in (an axial slice's position); 0 for 3-D."""
         return self._slice_z
+
+    @property
+    def header(self) -> Mapping[str, Any]:
+        """Fields of the file the grid came from that a writer keeps (read-only; e.g. a NIfTI's ``sform_code`` and
+        ``qform_code``). It travels with the grid: :meth:`with_data` and resampling onto this grid keep it."""
+        return MappingProxyType(self._header)
 
     @property
     def spacing(self) -> Vector:
@@ -299,7 +311,14 @@ class Image:
         """An image with the same geometry and new ``data`` of the same spatial shape."""
         if not isinstance(data, torch.Tensor) or data.shape != self.shape:
             raise ValueError(f"`data` must be a tensor of shape {tuple(self.shape)}; got {_describe(data)}")
-        return Image(data, spacing=self._spacing, origin=self._origin, direction=self._direction, slice_z=self._slice_z)
+        return Image(
+            data,
+            spacing=self._spacing,
+            origin=self._origin,
+            direction=self._direction,
+            slice_z=self._slice_z,
+            header=self._header,
+        )
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Image:
         """The same image with its data converted to a floating ``dtype`` and/or moved to ``device``."""

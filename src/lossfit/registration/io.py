@@ -101,12 +101,13 @@ def load_image(
         raise ValueError(f"`series` applies to DICOM files and folders; got {p}")
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     geometry: Geometry | None = None
+    header: dict[str, Any] = {}
     if p.is_dir():
         array, geometry = _read_dicom_folder(p, series)
     elif dicom:
         array, geometry = _read_dicom_file(p, series)
     elif suffix in (".nii", ".nii.gz"):
-        array, geometry = _read_nifti(p, np_dtype)
+        array, geometry, header = _read_nifti(p, np_dtype)
     elif suffix in _TIFF:
         array = _read_tiff(p)
     elif suffix in _RASTER:
@@ -134,6 +135,7 @@ def load_image(
             origin=given[1] or found[1],
             direction=given[2] or found[2],
             slice_z=slice_z,
+            header=header,
         )
     except (TypeError, ValueError) as exc:
         raise InputFileError(f"{p}: its geometry is invalid ({_first_line(exc)})") from None
@@ -154,7 +156,7 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 
 # --- NIfTI ----------------------------------------------------------------------------------------------------
-def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry]:
+def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
     import nibabel as nib
 
     try:
@@ -183,7 +185,8 @@ def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry]:
         raise InputFileError(f"{p}: its affine has a zero column; it places no grid in space")
     direction = tuple(tuple(float(x) for x in row) for row in matrix / spacing)
     geometry = (tuple(float(x) for x in spacing), tuple(float(x) for x in affine[:3, 3]), direction)
-    return array.transpose(2, 1, 0), geometry
+    codes = {"sform_code": int(img.header["sform_code"]), "qform_code": int(img.header["qform_code"])}
+    return array.transpose(2, 1, 0), geometry, codes
 
 
 _DEFLATE_MAX_RATIO = 1032  # deflate never expands its input by more than about 1032 times
@@ -265,8 +268,10 @@ def _nifti_bytes(image: Image, gz: bool) -> bytes:
     ras = _LPS_RAS @ affine
     nifti = nib.Nifti1Image(array, ras)
     nifti.header.set_xyzt_units("mm")
-    nifti.set_sform(ras, code=1)
-    nifti.set_qform(ras, code=1)  # the nearest rotation and zooms when the grid is sheared; the sform is exact
+    # The source's codes where the grid came from a NIfTI file (scanner, aligned, template, MNI...), else 1.
+    s_code, q_code = image.header.get("sform_code", 1), image.header.get("qform_code", 1)
+    nifti.set_sform(ras, code=int(s_code))
+    nifti.set_qform(ras, code=int(q_code))  # the nearest rotation and zooms when the grid is sheared
     raw = nifti.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw
 
@@ -645,7 +650,8 @@ def _npy_bytes(image: Image) -> bytes:
 def save_image(image: Image, path: str | os.PathLike[str]) -> None:
     """Write ``image``; the suffix of ``path`` picks the format (case-insensitive).
 
-    - ``.nii``, ``.nii.gz``: float32 data, the geometry as the sform and qform (code 1, scanner), LPS flipped to RAS;
+    - ``.nii``, ``.nii.gz``: float32 data, the geometry as the sform and qform with the source's codes where the
+      image's grid came from a NIfTI file (``image.header``), else code 1 (scanner), LPS flipped to RAS;
       a 2-D image is written as 3-D with one slice. A sheared grid is exact in the sform only.
     - ``.tif``, ``.tiff``: float32 data, one page per slice; no geometry.
     - ``.png``: 2-D only; values rounded to whole numbers, 8-bit when they all lie in 0..255, else 16-bit; values

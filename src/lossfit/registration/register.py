@@ -523,9 +523,14 @@ def _single_slice(image: Image) -> Image | None:
     direction = torch.tensor(image.direction, dtype=_FLOAT)
     if float(direction[:2, 2].abs().max()) > 1e-9 or float(direction[2, :2].abs().max()) > 1e-9:
         return None
-    plane = {"slice_z": image.origin[2]}  # the slice's position travels with it (written back by save_image)
+    # the slice's position and header travel with it (written back by save_image)
     return Image(
-        image.data[0], spacing=image.spacing[:2], origin=image.origin[:2], direction=direction[:2, :2], **plane
+        image.data[0],
+        spacing=image.spacing[:2],
+        origin=image.origin[:2],
+        direction=direction[:2, :2],
+        slice_z=image.origin[2],
+        header=image.header,
     )
 
 
