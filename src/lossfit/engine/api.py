@@ -11,7 +11,7 @@ import torch
 from lossfit.engine.constraints import Bounds
 from lossfit.engine.loop import Outcome, Stopping, run
 from lossfit.engine.problem import Objective, ParamSpec, check_finite_start
-from lossfit.engine.result import FitResult, SolverInfo, Status
+from lossfit.engine.result import FitResult, SolverInfo, Status, overall
 from lossfit.engine.solvers import DENSE_LIMIT, Solver, choose, resolve
 from lossfit.engine.verify import check_least_squares, jacobian_mismatch
 from lossfit.losses import robust_loss
@@ -273,14 +273,14 @@ def _finish(
     status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
     by_code = {int(s): s for s in Status}
     statuses = tuple(map(by_code.__getitem__, status.tolist()))
-    failing = [by_code[int(c)] for c in status[~_converged(status)][:1]]
+    success, summary = overall(statuses)
     params = spec.unflatten_batch(x, obj.aux)
     loss = f.detach() if spec.batch else f.detach()[0]
     return FitResult(
         params=params,
         loss=loss,
-        success=not failing,
-        status=failing[0] if failing else statuses[0],
+        success=success,
+        status=summary,
         statuses=statuses,
         steps=outcome.steps if spec.batch else outcome.steps[0],
         num_steps=int(outcome.steps.max()),

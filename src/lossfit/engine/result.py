@@ -100,6 +100,13 @@ _MESSAGES = {
 }
 
 
+def overall(statuses: tuple[Status, ...]) -> tuple[bool, Status]:
+    """A call's ``success`` and ``status`` from its problems' statuses: success when every problem succeeded; the
+    status of the first failing problem, else the first one's. The one rule every result follows."""
+    failing = next((s for s in statuses if not s.success), None)
+    return failing is None, statuses[0] if failing is None else failing
+
+
 @dataclass(frozen=True)
 class History:
     """What happened at each step. Row 0 is the start and row ``k`` the state after step ``k``; a batch has one

@@ -11,6 +11,7 @@ import torch
 
 from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, Status, least_squares, minimize
+from lossfit.engine.result import overall
 from lossfit.engine.solvers import DENSE_LIMIT, SOLVERS
 
 KRYLOV_LINEAR = {"damping": 0.0, "cg_rtol": 1e-15}
@@ -89,8 +90,8 @@ def with_reference(
         statuses = tuple(
             status if flag and old.success else old for old, flag in zip(result.statuses, flags, strict=True)
         )
-        failing = [s for s in statuses if not s.success]
-        changes.update(statuses=statuses, success=not failing, status=failing[0] if failing else statuses[0])
+        success, summary = overall(statuses)
+        changes.update(statuses=statuses, success=success, status=summary)
     return dataclasses.replace(result, **changes)
 
 

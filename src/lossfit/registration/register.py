@@ -28,7 +28,7 @@ import torch
 
 from lossfit import transforms as T
 from lossfit.engine.loop import Outcome, Stopping, run
-from lossfit.engine.result import History, SolverInfo, Status
+from lossfit.engine.result import History, SolverInfo, Status, overall
 from lossfit.engine.solvers import resolve
 from lossfit.engine.verify import check_least_squares
 from lossfit.losses import robust_loss
@@ -206,7 +206,7 @@ def register(
         (C.verdict(c, metric) or s) if s.success else s
         for s, c in zip(done_levels[-1].status, pair_checks, strict=True)
     )
-    failing = [s for s in statuses if not s.success]
+    success, summary = overall(statuses)
     covariance = _covariance(problem, q, model) if metric == "mse" else None
     warped = []
     for f_img, m_img, matrix in zip(fixed_list, moving_list, final, strict=True):
@@ -218,8 +218,8 @@ def register(
     return Registration(
         params=params if batch else params[0],
         loss=loss_out if batch else loss_out[0],
-        success=not failing,
-        status=failing[0] if failing else statuses[0],
+        success=success,
+        status=summary,
         statuses=statuses,
         steps=outcome.steps if batch else outcome.steps[0],
         num_steps=sum(level.steps for level in done_levels),
