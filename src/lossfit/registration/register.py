@@ -151,17 +151,7 @@ def register(
     )
     q = torch.zeros(len(fixed_list), p_id.numel(), dtype=_FLOAT, device=device)
     start_matrices = (left @ model.matrix(q) @ right).detach().cpu()
-    start_overlap = [
-        C.overlap(f, m, t, masks[0], masks[1]) for f, m, t in zip(fixed_list, moving_list, start_matrices, strict=True)
-    ]
-    for i, share in enumerate(start_overlap):
-        if share < _MIN_START_OVERLAP:
-            where = f"[{i}]" if batch else ""
-            raise ValueError(
-                f"`fixed`{where} and `moving`{where} do not overlap at the start ({100 * share:.2g}% of the fixed "
-                f"voxels map inside the moving image): fixed covers {C.world_extent(fixed_list[i])}; moving covers "
-                f"{C.world_extent(moving_list[i])}; check their geometry, or give `initial` or another `init`"
-            )
+    start_overlap = _start_overlap(fixed_list, moving_list, start_matrices, masks, batch)
 
     chosen_name = ("lm" if metric == "mse" else "lbfgs") if solver == "auto" else solver
     generator = torch.Generator().manual_seed(seed)
@@ -202,8 +192,9 @@ def register(
         problem, q, final, start_matrices, start_overlap, fixed_list, moving_list, masks, moving_mask, metric, loss,
         bins, window, factors[-1], done_levels[-1].sigma,
     )  # fmt: skip
+    # A converged pair whose independent check fails takes the check's status.
     statuses = tuple(
-        (C.verdict(c, metric) or s) if s.success else s
+        Status[c["failed"].upper()] if s.success and c["failed"] else s
         for s, c in zip(done_levels[-1].status, pair_checks, strict=True)
     )
     success, summary = overall(statuses)
@@ -238,6 +229,26 @@ def register(
         covariance=covariance if batch or covariance is None else covariance[0],
         extras={"level_times_s": [lv.time for lv in done_levels]},
     )
+
+
+def _start_overlap(
+    fixed: list[Image],
+    moving: list[Image],
+    matrices: torch.Tensor,
+    masks: tuple[torch.Tensor | None, torch.Tensor | None],
+    batch: bool,
+) -> list[float]:
+    """Each pair's overlap at the start; an error naming both world extents where the images hardly overlap."""
+    shares = [C.overlap(f, m, t, masks[0], masks[1]) for f, m, t in zip(fixed, moving, matrices, strict=True)]
+    for i, share in enumerate(shares):
+        if share < _MIN_START_OVERLAP:
+            where = f"[{i}]" if batch else ""
+            raise ValueError(
+                f"`fixed`{where} and `moving`{where} do not overlap at the start ({100 * share:.2g}% of the fixed "
+                f"voxels map inside the moving image): fixed covers {C.world_extent(fixed[i])}; moving covers "
+                f"{C.world_extent(moving[i])}; check their geometry, or give `initial` or another `init`"
+            )
+    return shares
 
 
 # ---------------------------------------------------------------------------------------------------------------
