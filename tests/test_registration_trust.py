@@ -326,4 +326,4 @@ def test_an_image_against_itself_is_the_identity_and_a_success(metric: str) -> N
     ct = load_image(pydicom.data.get_testdata_file("CT_small.dcm"))
     result = register(ct, ct, "affine", metric)
     assert result.success, (result.status, result.checks)
-    assert displacement(result.matrix, torch.eye(3, dtype=torch.float64), ct)["max"] < 0.01
+    assert displacement(result.matrix, torch.eye(3, dtype=torch.float64), ct)["max"] < 0.1 * min(ct.spacing)

@@ -80,7 +80,7 @@ def load_image(
     Example:
         >>> from pydicom.data import get_testdata_file
         >>> load_image(get_testdata_file("CT_small.dcm"))
-        Image(size=(128, 128), spacing=(0.661468, 0.661468), origin=(-158.136, -179.036), dtype=float32)
+        Image(size=(128, 128), spacing=(0.661468, 0.661468), origin=(-158.136, -179.036), dtype=float32, slice_z=-75.7)
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"`dtype` must be a floating torch dtype; got {dtype!r}")
