@@ -194,3 +194,26 @@ def test_version_and_a_closed_pipe(tmp_path: Path) -> None:
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert err == b"" and proc.returncode == 141
+
+
+def test_a_previous_runs_output_registers_back_to_the_fixed_image(tmp_path: Path) -> None:
+    """The warped image a run wrote (NIfTI, on the fixed grid) is the next run's input: it matches the fixed image
+    already, so the answer is the identity. Its fill region (the part of the fixed grid the moving slice did not
+    cover, zeros) pulls plain mean squares 1.4 mm off; the robust loss ignores it."""
+    fixed, moving, _ = _pair(tmp_path, ".nii.gz")
+    first = runner.invoke(
+        app, ["register", str(fixed), str(moving), "--transform", "rigid", "--out", str(tmp_path / "a")]
+    )
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(
+        app,
+        ["register", str(fixed), str(tmp_path / "a" / "warped.nii.gz"), "--transform", "rigid", "--loss", "cauchy"]
+        + ["--json"],
+    )
+    assert again.exit_code == 0, again.output
+    matrix = torch.tensor(json.loads(again.stdout)["matrix"], dtype=torch.float64)
+    torch.testing.assert_close(matrix, torch.eye(3, dtype=torch.float64), rtol=0, atol=0.1)
+    refused = runner.invoke(
+        app, ["register", str(fixed), str(tmp_path / "a" / "warped.nii.gz"), "--out", str(tmp_path / "a")]
+    )
+    assert refused.exit_code == 2 and "holds the input" in refused.stderr

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from lossfit.registration.image import Image
-from lossfit.registration.resample import gaussian_smooth, resample
+from lossfit.registration.resample import gaussian_smooth
 
 _FLOAT = torch.float64
 
@@ -55,16 +55,6 @@ def level_images(
         a[:-1, :-1] *= shrink
         affines.append(a)
     return data[:, 0], torch.stack(affines)
-
-
-def level_mask(mask: Image | None, reference: Image, shrink: int) -> torch.Tensor | None:
-    """A mask brought onto ``reference``'s grid (nearest neighbour) and subsampled like the level: bool ``(*shape)``."""
-    if mask is None:
-        return None
-    on_grid = resample(mask, reference, interpolation="nearest")
-    assert isinstance(on_grid, Image)  # mask=False returns an Image
-    data, _ = level_images([on_grid], shrink, torch.float32, 0.0)
-    return data[0] > 0.5
 
 
 def draw_samples(
