@@ -30,6 +30,7 @@ from lossfit.engine.result import Status
 from lossfit.registration import metrics as M
 from lossfit.registration.image import Image
 from lossfit.registration.level import INSIDE_MARGIN
+from lossfit.registration.pyramid import corner_indices, ravel
 from lossfit.registration.resample import resample, sample, world_to_normalized
 
 OVERLAP_FLOOR = 0.5  # the answer must keep half the start's overlap (trial points below a quarter are refused)
@@ -41,8 +42,7 @@ _GRID_POINTS = 250_000  # the overlap is counted on at most this many fixed voxe
 
 def world_extent(image: Image) -> str:
     """The world bounding box of an image's voxel centres, as ``x -90.0..90.0, y ... mm``."""
-    corners = torch.cartesian_prod(*[torch.tensor([0.0, n - 1.0], dtype=torch.float64) for n in image.size])
-    world = image.index_to_world(corners.reshape(-1, image.ndim))
+    world = image.index_to_world(corner_indices(image))
     lo, hi = world.amin(0).tolist(), world.amax(0).tolist()
     return ", ".join(f"{axis} {a:.1f}..{b:.1f}" for axis, a, b in zip("xyz", lo, hi, strict=False)) + " mm (LPS)"
 
@@ -77,12 +77,7 @@ def overlap(
     tol = 1e-6
     inside = ((at >= -tol) & (at <= size - 1 + tol)).all(dim=-1) & torch.isfinite(at).all(dim=-1)
     if moving_mask is not None and bool(inside.any()):
-        nearest = at[inside].round().long()
-        for axis in range(moving.ndim):
-            nearest[:, axis] = nearest[:, axis].clamp(0, moving.size[axis] - 1)
-        flat = torch.zeros(nearest.shape[0], dtype=torch.long)
-        for axis in reversed(range(moving.ndim)):  # data order: the last index axis varies slowest
-            flat = flat * moving.size[axis] + nearest[:, axis]
+        flat = ravel(at[inside], tuple(moving.shape))  # the nearest voxel
         inside[inside.clone()] = moving_mask.reshape(-1).cpu()[flat]
     return float(inside.double().mean())
 

@@ -114,6 +114,13 @@ def patch_offsets(window: int, d: int, points: int = 5) -> torch.Tensor:
     return torch.cartesian_prod(*[along] * d).reshape(-1, d)
 
 
+def corner_indices(image: Image) -> torch.Tensor:
+    """The continuous indices (i, j[, k]) of an image's corner voxel centres, ``(2^d, d)`` float64."""
+    return torch.cartesian_prod(*[torch.tensor([0.0, n - 1.0], dtype=_FLOAT) for n in image.size]).reshape(
+        -1, image.ndim
+    )
+
+
 def ravel(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Flat positions in data order ``shape`` (z, y, x) of integer-valued indices (i, j[, k]) ``(n, d)``, clamped
     onto the grid."""

@@ -15,6 +15,7 @@ import torch
 
 from lossfit import transforms as T
 from lossfit.registration.image import Image
+from lossfit.registration.pyramid import corner_indices
 
 INITS = ("geometry", "mass", "moments", "none")
 _FLOAT = torch.float64
@@ -95,8 +96,7 @@ def identity_params(model: str, d: int) -> torch.Tensor:
 
 def physical_scales(model: str, d: int, fixed: Image, right: torch.Tensor) -> torch.Tensor:
     """Per parameter: 1 / the largest distance (mm) a unit change moves a corner of the fixed image, at identity."""
-    corners = torch.cartesian_prod(*[torch.tensor([0.0, n - 1.0], dtype=_FLOAT) for n in fixed.size]).reshape(-1, d)
-    world = fixed.index_to_world(corners)
+    world = fixed.index_to_world(corner_indices(fixed))
     centred = torch.cat([world, torch.ones(len(world), 1, dtype=_FLOAT)], dim=1) @ right.T
 
     def moved(p: torch.Tensor) -> torch.Tensor:
