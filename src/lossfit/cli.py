@@ -603,7 +603,77 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-IMAGE_OUTPUTS = {".nii": ".nii", ".gz": ".nii.gz", ".dcm": ".dcm", ".png": ".png", ".tif": ".tif", ".tiff": ".tif"}
+class ImageFormat(str, Enum):
+    nifti = "nifti"
+    dicom = "dicom"
+    png = "png"
+    tiff = "tiff"
+    npy = "npy"
+
+
+class Interpolation(str, Enum):
+    linear = "linear"
+    nearest = "nearest"
+    bspline = "bspline"
+
+
+FORMAT_SUFFIXES = {"nifti": ".nii.gz", "dicom": ".dcm", "png": ".png", "tiff": ".tif", "npy": ".npy"}
+# The format of an image written from an input of this suffix (a DICOM series folder gives a series folder).
+IMAGE_OUTPUTS = {
+    ".nii": ".nii",
+    ".nii.gz": ".nii.gz",
+    ".dcm": ".dcm",
+    ".ima": ".dcm",
+    ".png": ".png",
+    ".jpg": ".png",
+    ".jpeg": ".png",
+    ".bmp": ".png",
+    ".tif": ".tif",
+    ".tiff": ".tif",
+    ".npy": ".npy",
+}
+_BYTES_PER_VOXEL = {".nii": 4, ".nii.gz": 4, ".tif": 4, ".npy": 4, ".png": 2, ".dcm": 2}
+_PICTURE_BYTES = 4 << 20  # registration.png and report.html: a few MB at most
+
+
+def output_suffix(fmt: ImageFormat | None, like: Path) -> str:
+    """The suffix of an image written for ``--format`` (``like``'s own format when None: a lossless one for
+    JPEG/BMP, DICOM for a DICOM folder or a file without a suffix)."""
+    if fmt is not None:
+        return FORMAT_SUFFIXES[fmt.value]
+    name = like.name.lower()
+    if like.is_dir():
+        return ".dcm"
+    for suffix in sorted(IMAGE_OUTPUTS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return IMAGE_OUTPUTS[suffix]
+    return ".dcm"  # a DICOM file named by its UID, or without a suffix
+
+
+def check_image_output(grid: Any, name: str, values: Any, fill: float) -> None:
+    """Refuse, before any work, an image format that cannot hold an image on ``grid`` whose values lie in the
+    range of ``values`` (a resampled image: interpolation stays within it, and points outside get ``fill``)."""
+    from lossfit.registration.io import check_savable
+
+    low = min(float(values.min()), fill) if values.numel() else fill
+    high = max(float(values.max()), fill) if values.numel() else fill
+    try:
+        check_savable(grid, name, low, high)
+    except ValueError as exc:
+        fail(f"{name}: {str(exc).replace('`image`', 'the warped image')} (choose another --format)")
+
+
+def load_input(path: Path, option: str, **options: Any) -> Any:
+    """Load an image input; a keyword that does not apply to it (``series``, ``volume``) names the option."""
+    from lossfit.registration import load_image
+
+    try:
+        return load_image(path, **{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:
+        message = str(exc)
+        for keyword in options:
+            message = message.replace(f"`{keyword}`", f"{option}-{keyword}")
+        fail(message)
 
 
 @app.command(epilog=EPILOG)
@@ -617,6 +687,9 @@ def register(
     ] = "affine",
     metric: Annotated[str, typer.Option(help="mse, ncc, lncc or mi (mutual information, multi-modal)")] = "mse",
     init: Annotated[str, typer.Option(help="geometry, mass, moments or none")] = "geometry",
+    initial: Annotated[
+        Path | None, typer.Option(help="a transform to start from (.tfm/.txt/.mat/.json; fixed world to moving)")
+    ] = None,
     loss: Annotated[str, typer.Option(help="for mse: linear, huber or cauchy (robust to missing content)")] = "linear",
     samples: Annotated[int, typer.Option(help="the most fixed voxels compared at the finest level")] = 100_000,
     levels: Annotated[
@@ -625,26 +698,54 @@ def register(
     smoothing: Annotated[float, typer.Option(help="Gaussian smoothing (voxels) at the finest level")] = 0.0,
     fixed_mask: Annotated[Path | None, typer.Option(help="only voxels where this image is non-zero count")] = None,
     moving_mask: Annotated[Path | None, typer.Option(help="only moving voxels where it is non-zero count")] = None,
+    fixed_series: Annotated[str | None, typer.Option(help="SeriesInstanceUID, for a folder of several")] = None,
+    moving_series: Annotated[str | None, typer.Option(help="SeriesInstanceUID, for a folder of several")] = None,
+    fixed_volume: Annotated[int | None, typer.Option(help="which volume (from 0) of a 4-D NIfTI file")] = None,
+    moving_volume: Annotated[int | None, typer.Option(help="which volume (from 0) of a 4-D NIfTI file")] = None,
     seed: Annotated[int, typer.Option(help="seeds the choice of samples")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="folder for the warped image, transform (.tfm, .json), picture")
     ] = None,
+    image_format: Annotated[
+        ImageFormat | None, typer.Option("--format", help="the warped image's format (default: the fixed image's)")
+    ] = None,
+    interpolation: Annotated[
+        Interpolation, typer.Option(help="for the warped image: linear, nearest (label maps) or bspline")
+    ] = Interpolation.linear,
+    fill: Annotated[float, typer.Option(help="the warped image's value outside the moving image")] = 0.0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace the outputs of an earlier run in --out (as a whole)")
+    ] = False,
     json_out: JsonOption = False,
     report: ReportOption = None,
 ) -> None:
-    """Register MOVING to FIXED in world coordinates; the transform maps fixed world points to moving ones."""
+    """Register MOVING to FIXED in world coordinates; the transform maps fixed world points to moving ones.
+
+    Everything is checked before the work starts: the inputs are never overwritten, --out must be new, empty or
+    (with --overwrite) hold an earlier run's outputs, which are then replaced as a whole; the warped image's
+    format must hold it. The transform files are written first."""
     from rich.progress import Progress
 
-    from lossfit.registration import load_image
     from lossfit.registration import register as register_images
+    from lossfit.run_folder import check_run_folder, check_space
 
     check_folder(out, "--out")
     check_folder(report, "--report")
-    check_not_inputs([fixed, moving, fixed_mask, moving_mask], [(out, "--out"), (report, "--report")])
+    inputs = [fixed, moving, fixed_mask, moving_mask, initial]
+    check_not_inputs(inputs, [(out, "--out"), (report, "--report")])
+    if out is not None:
+        check_run_folder(out, overwrite)
     factors = _parse_levels(levels)
-    fixed_image, moving_image = load_image(fixed), load_image(moving)
-    fixed_mask_image = None if fixed_mask is None else load_image(fixed_mask)
-    moving_mask_image = None if moving_mask is None else load_image(moving_mask)
+    start = None if initial is None else _read_transforms([initial])
+    fixed_image = load_input(fixed, "--fixed", series=fixed_series, volume=fixed_volume)
+    moving_image = load_input(moving, "--moving", series=moving_series, volume=moving_volume)
+    fixed_mask_image = None if fixed_mask is None else load_input(fixed_mask, "--fixed-mask")
+    moving_mask_image = None if moving_mask is None else load_input(moving_mask, "--moving-mask")
+    suffix = output_suffix(image_format, fixed)
+    if out is not None:
+        check_image_output(fixed_image, f"warped{suffix}", moving_image.data, fill)
+        voxels = fixed_image.data.numel()
+        check_space(out, voxels * _BYTES_PER_VOXEL[suffix] + _PICTURE_BYTES)
     with Progress(transient=True, disable=json_out or not sys.stderr.isatty()) as bar:
         task = bar.add_task("registering", total=None)
 
@@ -657,6 +758,7 @@ def register(
             transform,
             metric,
             init=init,
+            initial=start,
             loss=loss,
             samples=samples,
             levels=factors,
@@ -666,42 +768,30 @@ def register(
             fixed_mask=fixed_mask_image,
             moving_mask=moving_mask_image,
         )
-    before = None
-    if out is not None or report is not None:
+    warped = result.warped
+    warped_name = "warped" if suffix == ".dcm" and warped.ndim == 3 else f"warped{suffix}"  # a series folder
+    if interpolation is not Interpolation.linear or fill != 0.0:
         from lossfit.registration import resample
 
-        before = resample(result.moving, result.fixed)
+        warped = resample(result.moving, result.fixed, result.matrix, interpolation=interpolation.value, default=fill)
+    summary = _registration_summary(result, {"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask,
+                                             "moving_mask": moving_mask, "initial": initial})  # fmt: skip
+    page = _registration_page(
+        result,
+        command_line(ctx),
+        f"{moving} registered to {fixed}",
+        f"transform: {transform}; metric: {metric}; loss: {loss}; initialisation: {init}; up to {samples} samples "
+        "at the finest level",
+    )
+    same_folder = out is not None and report is not None and report.resolve() == out.resolve()
     if out is not None:
-        _write_registration(result, fixed, before, out)
-    written = None
-    if report is not None:
-        command = command_line(ctx)
-
-        def build(page: Any) -> None:
-            from lossfit.report.sections import registration_section
-
-            heading = f"{moving} registered to {fixed}"
-            note = (
-                f"transform: {transform}; metric: {metric}; loss: {loss}; initialisation: {init}; up to {samples} "
-                "samples at the finest level"
-            )
-            registration_section(page, heading, result, before, note=note, command=command)
-
-        written = write_report(report, "lossfit register", build)
+        _write_registration(result, warped, warped_name, out, summary, page if same_folder else None)
+        summary["outputs"] = str(out)
+    if report is not None and not same_folder:
+        summary["report"] = str(write_report(report, "lossfit register", page))
+    elif same_folder:
+        summary["report"] = str(out / REPORT_NAME)  # type: ignore[operator]
     if json_out:
-        summary = result.to_dict()
-        summary["inputs"] = {
-            name: None if path is None else str(path)
-            for name, path in (
-                ("fixed", fixed),
-                ("moving", moving),
-                ("fixed_mask", fixed_mask),
-                ("moving_mask", moving_mask),
-            )
-        }
-        summary["geometry"] = {"fixed": repr(result.fixed), "moving": repr(result.moving)}
-        if written is not None:
-            summary["report"] = str(written)
         typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(result.summary())
@@ -711,6 +801,42 @@ def register(
             typer.echo("  " + "  ".join(f"{v: .6f}" for v in row))
     if not result.success:
         raise typer.Exit(EXIT_NOT_CONVERGED)
+
+
+def _read_transforms(paths: list[Path]) -> Any:
+    from lossfit.registration.transform_files import read_transforms
+
+    return read_transforms(paths)
+
+
+def _geometry(image: Any) -> dict[str, Any]:
+    from lossfit.registration.checks import world_extent
+
+    return {
+        "size": list(image.size),
+        "spacing_mm": list(image.spacing),
+        "origin_mm": list(image.origin),
+        "direction": [list(row) for row in image.direction],
+        "extent": world_extent(image),
+    }
+
+
+def _registration_summary(result: Any, inputs: dict[str, Path | None]) -> dict[str, Any]:
+    summary = result.to_dict()
+    summary["inputs"] = {name: None if path is None else str(path) for name, path in inputs.items()}
+    summary["geometry"] = {"fixed": _geometry(result.fixed), "moving": _geometry(result.moving)}
+    return summary
+
+
+def _registration_page(result: Any, command: str, heading: str, note: str) -> Callable[[Any], None]:
+    def build(page: Any) -> None:
+        from lossfit.registration import resample
+        from lossfit.report.sections import registration_section
+
+        before = resample(result.moving, result.fixed)
+        registration_section(page, heading, result, before, note=note, command=command)
+
+    return build
 
 
 def _parse_levels(text: str | None) -> tuple[int, ...] | None:
@@ -723,33 +849,45 @@ def _parse_levels(text: str | None) -> tuple[int, ...] | None:
         raise  # unreachable: fail exits
 
 
-def _write_registration(result: Any, fixed_path: Path, before: Any, out: Path) -> None:
-    """The warped moving image (in the fixed image's format: a DICOM series folder ``warped/`` for a series),
-    transform.tfm (affine family), transform.json and
-    registration.png (checkerboards and differences before and after; ``before`` is the moving image on the fixed
-    grid without a transform)."""
+def _write_registration(
+    result: Any,
+    warped: Any,
+    warped_name: str,
+    out: Path,
+    summary: dict[str, Any],
+    report_page: Callable[[Any], None] | None,
+) -> None:
+    """Write the run folder as a whole (see :mod:`lossfit.run_folder`): transform.tfm (affine family) and
+    transform.json first, then the warped moving image (``warped/``, a DICOM series folder, for a 3-D DICOM
+    output), registration.png (checkerboards and differences before and after), and report.html when
+    ``report_page`` is given (--report names the same folder)."""
     from lossfit.io import atomic_write_text
     from lossfit.plotting import plot_registration, save_figure
+    from lossfit.registration import resample
+    from lossfit.registration.io import save_dicom_series
+    from lossfit.run_folder import RunFolder
 
-    name = fixed_path.name.lower()
-    suffix = next(
-        (v for k, v in IMAGE_OUTPUTS.items() if name.endswith(k)), ".dcm" if fixed_path.is_dir() else ".nii.gz"
-    )
-    make_folder(out)
-    if fixed_path.is_dir() and result.warped.ndim == 3:  # a DICOM series in, a DICOM series out
-        import shutil
+    def picture(path: Path) -> None:
+        before = resample(result.moving, result.fixed)
+        figure = plot_registration(result.fixed, before, warped, f"{result.transform} / {result.metric}")
+        save_figure(figure, str(path))
 
-        from lossfit.registration.io import save_dicom_series
+    def write_page(path: Path) -> None:
+        from lossfit.report import Report
 
-        shutil.rmtree(out / "warped", ignore_errors=True)  # replaced, as the other outputs are
-        save_dicom_series(result.warped, out / "warped")
-    else:
-        result.warped.save(out / f"warped{suffix}")
-    if result.transform != "projective":
-        result.save_transform(out / "transform.tfm")
-    atomic_write_text(out / "transform.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    figure = plot_registration(result.fixed, before, result.warped, f"{result.transform} / {result.metric}")
-    save_figure(figure, str(out / "registration.png"))
+        page = Report(title="lossfit register")
+        assert report_page is not None
+        report_page(page)
+        page.save(path)
+
+    with RunFolder(out) as run:
+        if result.transform != "projective":
+            run.write("transform.tfm", result.save_transform)
+        run.write("transform.json", lambda p: atomic_write_text(p, json.dumps(summary, indent=2) + "\n"))
+        run.write(warped_name, lambda p: save_dicom_series(warped, p) if warped_name == "warped" else warped.save(p))
+        run.write("registration.png", picture)
+        if report_page is not None:
+            run.write(REPORT_NAME, write_page)
 
 
 @app.command(epilog=EPILOG)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from lossfit.registration.image import Image
 
 
 def _pyplot() -> Any:
@@ -108,12 +114,22 @@ def save_figure(fig: Any, path: str) -> None:
     plt.close(fig)
 
 
-def checkerboard(a: torch.Tensor, b: torch.Tensor, tiles: int = 8) -> torch.Tensor:
-    """Alternate square tiles of two same-shaped 2-D images (each scaled to 0..1 by its own robust range)."""
+def checkerboard(a: torch.Tensor, b: torch.Tensor, tiles: int = 8, *, aspect: float = 1.0) -> torch.Tensor:
+    """Alternate tiles of two same-shaped 2-D images (each scaled to 0..1 by its own robust range).
+
+    Args:
+        a, b: ``(rows, cols)`` images.
+        tiles: about how many tiles fit along the shorter physical side.
+        aspect: a pixel's height over its width (row spacing / column spacing, as :func:`world_slices` gives), so
+            that the tiles are square in millimetres; 1 for square pixels.
+    """
+    if isinstance(aspect, bool) or not isinstance(aspect, (int, float)) or not math.isfinite(aspect) or aspect <= 0:
+        raise ValueError(f"`aspect` must be a positive finite number (row spacing / column spacing); got {aspect!r}")
     ny, nx = a.shape
-    size = max(1, min(ny, nx) // tiles)
-    yy = torch.arange(ny).unsqueeze(1) // size
-    xx = torch.arange(nx).unsqueeze(0) // size
+    cols = max(1, int(min(ny * aspect, nx) // tiles))  # tile side in column widths
+    rows = max(1, round(cols / aspect))
+    yy = torch.arange(ny).unsqueeze(1) // rows
+    xx = torch.arange(nx).unsqueeze(0) // cols
     return torch.where((yy + xx) % 2 == 0, _unit(a), _unit(b))
 
 
@@ -124,30 +140,179 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return ((x - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
 
 
-def _slices(data: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """The 2-D image itself, or three orthogonal slices through the centre of a 3-D volume (z, y, x order)."""
-    if data.dim() == 2:
-        return [("", data)]
-    nz, ny, nx = data.shape
-    return [("axial", data[nz // 2]), ("coronal", data[:, ny // 2].flip(0)), ("sagittal", data[:, :, nx // 2].flip(0))]
+# --- slices named and laid out by the world (LPS) planes they show ------------------------------------------------
+# Each panel: the world axis its plane is perpendicular to (None for a 2-D image), then the world axis and direction
+# (+1: the world coordinate grows) along the rows downwards and along the columns to the right, and the patient
+# sides at the top and the left of the screen. World axes: 0 = x (to Left), 1 = y (to Posterior), 2 = z (Superior).
+_LAYOUTS = {
+    "axial": (2, (1, +1), (0, +1), "top A, left R"),
+    "coronal": (1, (2, -1), (0, +1), "top S, left R"),
+    "sagittal": (0, (2, -1), (1, +1), "top S, left A"),
+}
+_PLANE_2D = (None, (1, +1), (0, +1), "top A, left R")  # a 2-D image lies in an axial plane (z = slice_z)
+_OBLIQUE_COS = 0.9  # a panel whose axes are further than arccos(0.9) ~ 25.8 degrees from the world's is "oblique"
+_OFF_AXIS_DEG = 1.0  # below this the angle is not named
+
+
+class Slice(NamedTuple):
+    """One panel of :func:`world_slices`: its name, the 2-D array as displayed (rows top to bottom, columns left to
+    right) and the aspect (a pixel's height over its width in mm) to give ``imshow``."""
+
+    name: str
+    data: torch.Tensor
+    aspect: float
+
+
+class _Cut(NamedTuple):
+    """How to take one panel out of a data array of the image's grid."""
+
+    name: str
+    dims: tuple[int, ...]  # data dims in the order (normal,) rows, cols
+    position: int | None  # the slice along the normal (3-D)
+    flips: tuple[int, ...]  # dims of the cut 2-D array to reverse
+    aspect: float
+    edges: str  # the patient sides at the top and the left of the screen
+
+
+def _assign(direction: np.ndarray) -> tuple[int, ...]:
+    """``axis[w]``: the index axis shown as world axis w, the permutation whose direction columns lie closest to
+    the world axes (largest sum of |cosines|; on a tie, such as 45 degrees, the first in ``itertools`` order)."""
+    d = len(direction)
+    best, best_score = tuple(range(d)), -1.0
+    for perm in itertools.permutations(range(d)):
+        score = sum(abs(direction[w, perm[w]]) for w in range(d))
+        if score > best_score + 1e-9:
+            best, best_score = perm, score
+    return best
+
+
+def _angle(u: np.ndarray, world: int) -> float:
+    """Degrees between the line along ``u`` and world axis ``world`` (0..90)."""
+    cosine = abs(u[world]) / float(np.linalg.norm(u))
+    return math.degrees(math.acos(min(1.0, cosine)))
+
+
+def _label(name: str, angle: float) -> str:
+    if angle < _OFF_AXIS_DEG:
+        return name
+    off = f"{angle:.0f}° off axis"
+    if math.cos(math.radians(angle)) < _OBLIQUE_COS:
+        name = f"oblique {name}" if name else "oblique"
+    return f"{name}, {off}" if name else off
+
+
+def _cuts(image: Image) -> list[_Cut]:
+    """The panels of ``image``'s grid, computed from its direction and spacing only (see :func:`world_slices`)."""
+    from lossfit.registration.image import Image  # here: plotting a loss curve needs no registration
+
+    if not isinstance(image, Image):
+        raise TypeError(f"`image` must be a lossfit.registration.Image; got {type(image).__name__}")
+    m, d, size = np.array(image.direction), image.ndim, image.size
+    axis = _assign(m)
+    layouts = list(_LAYOUTS.items()) if d == 3 else [("", _PLANE_2D)]
+    cuts = []
+    for name, (normal, (row_w, row_sign), (col_w, col_sign), edges) in layouts:
+        r, c = axis[row_w], axis[col_w]
+        angles = [_angle(m[:, r], row_w), _angle(m[:, c], col_w)]
+        dims: tuple[int, ...] = (d - 1 - r, d - 1 - c)
+        position = None
+        if normal is not None:
+            n = axis[normal]
+            angles.append(_angle(np.cross(m[:, r], m[:, c]), normal))  # the plane's normal
+            dims = (d - 1 - n, *dims)
+            # The middle voxel; for an even count the one on the world's + side, whichever way the axis is stored.
+            position = size[n] // 2 if m[normal, n] >= 0 else (size[n] - 1) // 2
+        shown = ((row_w, row_sign, r), (col_w, col_sign, c))
+        flips = tuple(k for k, (w, sign, a) in enumerate(shown) if m[w, a] * sign < 0)
+        aspect = image.spacing[r] / image.spacing[c]
+        cuts.append(_Cut(_label(name, max(angles)), dims, position, flips, aspect, edges))
+    return cuts
+
+
+def _take(data: torch.Tensor, cut: _Cut) -> torch.Tensor:
+    plane = data.permute(*cut.dims)
+    if cut.position is not None:
+        plane = plane[cut.position]
+    return plane.flip(cut.flips) if cut.flips else plane
+
+
+def world_slices(image: Image) -> list[Slice]:
+    """The panels that show ``image``: the 2-D image itself, or three slices through the centre of a 3-D volume, each
+    named by the world plane it shows and laid out in the radiological convention.
+
+    Convention:
+        - Planes: for each world axis (LPS: x to the patient's Left, y Posterior, z Superior) the index axis whose
+          direction column lies closest to it is found (the permutation with the largest sum of |cosines|; ties,
+          such as 45 degrees, go to the first permutation). "axial" is the slice across the index axis closest to
+          z, "coronal" across the one closest to y, "sagittal" across the one closest to x. The slice is the middle
+          voxel along that axis (for an even count, the one on the world's + side, so a flipped copy of a volume
+          gives the same slice). Panels in the order axial, coronal, sagittal.
+        - Display (radiological, as on a scanner console, whatever order and sign the index axes are stored in):
+          axial with anterior at the top and the patient's right on the left of the screen (seen from the feet);
+          coronal with superior at the top and the patient's right on the left (seen from the front); sagittal
+          with superior at the top and anterior on the left. A 2-D image lies in an axial plane and is shown like
+          an axial slice. The slice array is transposed and flipped as the signs of the direction require.
+        - Oblique grids: the name gives the largest angle between a panel's rows, columns or plane normal and the
+          world axes they are shown as, when it is 1 degree or more ("axial, 10° off axis"), and says "oblique"
+          when that angle's cosine is below 0.9 (about 26 degrees; "oblique axial, 30° off axis"). Oblique data are
+          shown as stored, not resampled onto world planes.
+        - Aspect: a pixel's height over its width in mm (the spacing of the index axis along the rows over that of
+          the one along the columns), for ``imshow(..., aspect=aspect)``.
+
+    Args:
+        image: a 2-D or 3-D :class:`lossfit.registration.Image`.
+
+    Returns:
+        One :class:`Slice` (name, 2-D array (rows, cols), aspect) for a 2-D image (named "" unless off axis), three
+        for a 3-D volume. The arrays are views of (or flipped copies of) ``image.data``, on its device.
+
+    Raises:
+        TypeError: ``image`` is not an ``Image``.
+
+    Example:
+        >>> from lossfit.registration import Image
+        >>> volume = Image(torch.zeros(4, 5, 6), spacing=(1.0, 1.0, 3.0))
+        >>> [(s.name, tuple(s.data.shape), s.aspect) for s in world_slices(volume)]
+        [('axial', (5, 6), 1.0), ('coronal', (4, 6), 3.0), ('sagittal', (4, 5), 3.0)]
+    """
+    return [Slice(cut.name, _take(image.data, cut), cut.aspect) for cut in _cuts(image)]
 
 
 def plot_registration(fixed: Any, moving_before: Any, warped: Any, title: str = "") -> Any:
     """Before/after figure: checkerboards of fixed against moving (before) and against the warped moving image
-    (after), and the absolute differences; one row per slice (three orthogonal slices for 3-D)."""
+    (after), and the absolute differences; one row per slice (three orthogonal slices for 3-D).
+
+    The three images share the fixed grid (``moving_before`` is the moving image resampled onto it); the slices,
+    their names, orientation and aspect come from ``fixed``'s geometry as :func:`world_slices` describes
+    (radiological display, pixels drawn to scale, checkerboard tiles square in mm).
+
+    Raises:
+        TypeError: ``fixed`` is not an ``Image``.
+        ValueError: ``moving_before`` or ``warped`` does not have ``fixed``'s shape.
+    """
+    cuts = _cuts(fixed)
+    for argument, image in (("moving_before", moving_before), ("warped", warped)):
+        if tuple(image.data.shape) != tuple(fixed.data.shape):
+            raise ValueError(
+                f"`{argument}` must be on the fixed grid, of shape {tuple(fixed.data.shape)}; "
+                f"got {tuple(image.data.shape)}"
+            )
     plt = _pyplot()
-    rows = list(zip(_slices(fixed.data), _slices(moving_before.data), _slices(warped.data), strict=True))
-    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 3.4 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(cuts), 4, figsize=(13, 3.4 * len(cuts)), squeeze=False)
     heads = ("checkerboard before", "checkerboard after", "|difference| before", "|difference| after")
-    for r, ((name, f), (_, m), (_, w)) in enumerate(rows):
+    for r, cut in enumerate(cuts):
+        f, m, w = (_take(image.data, cut) for image in (fixed, moving_before, warped))
         fu, mu, wu = _unit(f), _unit(m), _unit(w)
-        panels = (checkerboard(f, m), checkerboard(f, w), (fu - mu).abs(), (fu - wu).abs())
-        for c, panel in enumerate(panels):
+        boards = (checkerboard(f, m, aspect=cut.aspect), checkerboard(f, w, aspect=cut.aspect))
+        for c, panel in enumerate((*boards, (fu - mu).abs(), (fu - wu).abs())):
             ax = axes[r][c]
-            ax.imshow(panel.numpy(), cmap="gray" if c < 2 else "magma", vmin=0, vmax=1, origin="upper")
+            ax.imshow(
+                panel.numpy(), cmap="gray" if c < 2 else "magma", vmin=0, vmax=1, origin="upper", aspect=cut.aspect
+            )
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{heads[c]}{' (' + name + ')' if name else ''}", fontsize=9)
+            ax.set_title(f"{heads[c]}{' (' + cut.name + ')' if cut.name else ''}", fontsize=9)
+        axes[r][0].set_ylabel(cut.edges, fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

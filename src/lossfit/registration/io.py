@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,21 @@ READ_SUFFIXES = (".nii", ".nii.gz", *_DICOM, *_RASTER, *_TIFF, ".npy")
 SAVE_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".npy", ".dcm")
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # flips x and y; its own inverse
+# What a DICOM file written from an image keeps of the series its grid came from (``Image.header["dicom"]``), so
+# that a viewer files it with that study and overlays it: the patient, the study and the frame of reference.
+STUDY_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "FrameOfReferenceUID",
+)
 _IN_PLANE_TOL = 1e-4  # |z| of both DICOM cosines below this: the slice is axial and loads as a 2-D image
 
 
@@ -47,6 +63,7 @@ def load_image(
     direction: Any = None,
     dtype: torch.dtype = torch.float32,
     series: str | None = None,
+    volume: int | None = None,
 ) -> Image:
     """Read an image and its world geometry (LPS, mm); the suffix picks the reader (case-insensitive).
 
@@ -71,6 +88,7 @@ def load_image(
         spacing, origin, direction: when given, replace the file's geometry (validated as in :class:`Image`).
         dtype: floating dtype of the data.
         series: the SeriesInstanceUID to read from a DICOM folder or file.
+        volume: which volume (from 0) of a 4-D NIfTI file to read (a time series); a 4-D file needs it.
 
     Raises:
         InputFileError: one line naming the path: a missing, unreadable or truncated file, an unsupported suffix,
@@ -99,15 +117,20 @@ def load_image(
     dicom = p.is_dir() or suffix in _DICOM or suffix == "" or suffix[1:].isdigit()
     if series is not None and not dicom:
         raise ValueError(f"`series` applies to DICOM files and folders; got {p}")
+    if volume is not None and (isinstance(volume, bool) or not isinstance(volume, int) or volume < 0):
+        raise ValueError(f"`volume` must be a whole number from 0; got {volume!r}")
+    if volume is not None and suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"`volume` applies to 4-D NIfTI files; got {p}")
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     geometry: Geometry | None = None
     header: dict[str, Any] = {}
+    study: dict[str, str] = {}
     if p.is_dir():
-        array, geometry = _read_dicom_folder(p, series)
+        array, geometry, study = _read_dicom_folder(p, series)
     elif dicom:
-        array, geometry = _read_dicom_file(p, series)
+        array, geometry, study = _read_dicom_file(p, series)
     elif suffix in (".nii", ".nii.gz"):
-        array, geometry, header = _read_nifti(p, np_dtype)
+        array, geometry, header = _read_nifti(p, np_dtype, volume)
     elif suffix in _TIFF:
         array = _read_tiff(p)
     elif suffix in _RASTER:
@@ -125,6 +148,8 @@ def load_image(
     )
     found = geometry or (None, None, None)
     slice_z = 0.0
+    if dicom:
+        header = {"dicom": study}
     if d == 2 and found[1] is not None and len(found[1]) == 3:  # an axial DICOM slice: its z places the plane
         slice_z = found[1][2]
         found = (found[0], found[1][:2], found[2])
@@ -156,7 +181,9 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 
 # --- NIfTI ----------------------------------------------------------------------------------------------------
-def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
+def _read_nifti(
+    p: Path, np_dtype: type, volume: int | None = None
+) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
     import nibabel as nib
 
     try:
@@ -170,9 +197,20 @@ def _read_nifti(p: Path, np_dtype: type) -> tuple[np.ndarray, Geometry, dict[str
         _check_nifti_size(p, img, shape)
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
-        if len(shape) > 3:
-            raise InputFileError(f"{p}: holds a {len(shape)}-D image of shape {shape}; lossfit loads one 3-D volume")
-        array = np.asarray(img.get_fdata(dtype=np_dtype)).reshape(shape + (1,) * (3 - len(shape)))
+        if len(shape) == 4 and volume is not None:
+            if not 0 <= volume < shape[3]:
+                raise InputFileError(f"{p}: holds {shape[3]} volumes (0..{shape[3] - 1}); got volume={volume}")
+            array = np.array(img.dataobj[..., volume], dtype=np_dtype)  # a writable copy of one volume
+            shape = shape[:3]
+        elif len(shape) > 3:
+            raise InputFileError(
+                f"{p}: holds a {len(shape)}-D image of shape {shape}; lossfit loads one 3-D volume (choose one "
+                "with volume=)"
+            )
+        else:
+            if volume not in (None, 0):
+                raise InputFileError(f"{p}: holds one volume (0); got volume={volume}")
+            array = np.asarray(img.get_fdata(dtype=np_dtype)).reshape(shape + (1,) * (3 - len(shape)))
         affine = _LPS_RAS @ np.asarray(img.affine, dtype=np.float64)
     except (InputFileError, MemoryError):
         raise
@@ -277,7 +315,7 @@ def _nifti_bytes(image: Image, gz: bool) -> bytes:
 
 
 # --- DICOM ----------------------------------------------------------------------------------------------------
-def _read_dicom_file(p: Path, series: str | None) -> tuple[np.ndarray, Geometry]:
+def _read_dicom_file(p: Path, series: str | None) -> tuple[np.ndarray, Geometry, dict[str, str]]:
     import pydicom
 
     try:
@@ -294,7 +332,7 @@ def _read_dicom_file(p: Path, series: str | None) -> tuple[np.ndarray, Geometry]
     return _stack(p, [(p, ds)])
 
 
-def _read_dicom_folder(p: Path, series: str | None) -> tuple[np.ndarray, Geometry]:
+def _read_dicom_folder(p: Path, series: str | None) -> tuple[np.ndarray, Geometry, dict[str, str]]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -347,7 +385,14 @@ def _pixels(f: Path, ds: Any) -> np.ndarray:
     return _real(f, array).astype(np.float64) * slope + intercept
 
 
-def _stack(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geometry]:
+def _stack(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geometry, dict[str, str]]:
+    array, geometry = _stack_pixels(source, items)
+    first = items[0][1]
+    study = {k: str(first.get(k)) for k in STUDY_TAGS if first.get(k) not in (None, "")}
+    return array, geometry, study
+
+
+def _stack_pixels(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geometry]:
     first = items[0][1]
     iop = _floats(first, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])
     if iop.size != 6:
@@ -437,8 +482,10 @@ def _dicom_slice(
     uids: tuple[str, str, str],
     instance: int,
     thickness: float | None = None,
+    study: Mapping[str, str] | None = None,
 ) -> bytes:
-    """One Secondary Capture slice: int16 pixels with the rescale, the image-plane tags, the shared UIDs."""
+    """One Secondary Capture slice: int16 pixels with the rescale, the image-plane tags, the shared UIDs (study,
+    series, frame of reference) and the patient and study tags of ``study``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         PYDICOM_IMPLEMENTATION_UID,
@@ -459,6 +506,11 @@ def _dicom_slice(
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
     ds.PatientName, ds.PatientID, ds.StudyID, ds.StudyDate, ds.StudyTime = "", "", "", "", ""
+    ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "", ""
+    for keyword, value in (study or {}).items():
+        if keyword in STUDY_TAGS and keyword not in ("StudyInstanceUID", "FrameOfReferenceUID"):
+            setattr(ds, keyword, value)
+    ds.SeriesDescription = "lossfit"
     ds.Modality, ds.ConversionType, ds.SeriesNumber, ds.InstanceNumber = "OT", "WSD", 1, instance
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]  # [row spacing dy, column spacing dx]
@@ -482,7 +534,6 @@ def _orthonormal(m: np.ndarray) -> None:
 
 
 def _dicom_bytes(image: Image) -> bytes:
-    from pydicom.uid import generate_uid
 
     if image.ndim != 2:
         raise ValueError(
@@ -491,11 +542,23 @@ def _dicom_bytes(image: Image) -> bytes:
     m = np.array(image.direction)
     _orthonormal(m)
     values = image.numpy().astype(np.float64)
-    uids = (generate_uid(), generate_uid(), generate_uid())
+    study = image.header.get("dicom", {})
     orientation = [m[0, 0], m[1, 0], 0.0, m[0, 1], m[1, 1], 0.0]
     position = [image.origin[0], image.origin[1], image.slice_z]
     spacing = (image.spacing[0], image.spacing[1])
-    return _dicom_slice(values, _dicom_scaling(values), spacing, position, orientation, uids, 1)
+    return _dicom_slice(values, _dicom_scaling(values), spacing, position, orientation, _uids(study), 1, None, study)
+
+
+def _uids(study: Mapping[str, str]) -> tuple[str, str, str]:
+    """The study, series and frame of reference UIDs of a written image: its source's study and frame of reference
+    (where its grid came from a DICOM series), always a new series."""
+    from pydicom.uid import generate_uid
+
+    return (
+        study.get("StudyInstanceUID") or generate_uid(),
+        generate_uid(),
+        study.get("FrameOfReferenceUID") or generate_uid(),
+    )
 
 
 def save_dicom_series(image: Image, folder: str | os.PathLike[str]) -> None:
@@ -506,7 +569,6 @@ def save_dicom_series(image: Image, folder: str | os.PathLike[str]) -> None:
     import shutil
     import tempfile
 
-    from pydicom.uid import generate_uid
 
     if not isinstance(image, Image) or image.ndim != 3:
         raise ValueError("`image` must be a 3-D Image to save as a DICOM series")
@@ -519,7 +581,8 @@ def save_dicom_series(image: Image, folder: str | os.PathLike[str]) -> None:
     _orthonormal(m)
     values = image.numpy().astype(np.float64)
     scaling = _dicom_scaling(values)
-    uids = (generate_uid(), generate_uid(), generate_uid())
+    study = image.header.get("dicom", {})
+    uids = _uids(study)
     orientation = [*m[:, 0], *m[:, 1]]
     origin, step = np.array(image.origin), m[:, 2] * image.spacing[2]
     spacing = (image.spacing[0], image.spacing[1])
@@ -527,7 +590,7 @@ def save_dicom_series(image: Image, folder: str | os.PathLike[str]) -> None:
     try:
         for k in range(values.shape[0]):
             payload = _dicom_slice(
-                values[k], scaling, spacing, list(origin + k * step), orientation, uids, k + 1, image.spacing[2]
+                values[k], scaling, spacing, list(origin + k * step), orientation, uids, k + 1, image.spacing[2], study
             )
             (tmp / f"slice{k + 1:04d}.dcm").write_bytes(payload)
         tmp.chmod(0o777 & ~_umask())
@@ -617,18 +680,48 @@ def _read_npy(p: Path) -> np.ndarray:
 def _png_bytes(image: Image) -> bytes:
     from PIL import Image as PILImage
 
-    if image.ndim != 2:
-        raise ValueError(f"`image` must be 2-D to save as .png; got a {image.ndim}-D image (use .tif or .nii)")
     values = np.rint(image.numpy().astype(np.float64))
-    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 65535:
-        raise ValueError(
-            f"`image` values must round to whole numbers in 0..65535 to save as .png; they span "
-            f"{float(np.nanmin(values)):.6g} to {float(np.nanmax(values)):.6g} (save as .tif, .nii or .npy)"
-        )
-    stored = values.astype(np.uint8 if values.max() <= 255 else np.uint16)
+    _check_png(_plane_ndim(image), float(np.min(values)), float(np.max(values)))
+    stored = values.reshape(values.shape[-2:])
+    stored = stored.astype(np.uint8 if values.max() <= 255 else np.uint16)
     buffer = io.BytesIO()
     PILImage.fromarray(stored).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _plane_ndim(image: Image) -> int:
+    """2 for a 2-D image or a volume of one slice (a 2-D NIfTI file loads as one), else 3."""
+    return 2 if image.ndim == 2 or image.shape[0] == 1 else image.ndim
+
+
+def _check_png(ndim: int, low: float, high: float) -> None:
+    if ndim != 2:
+        raise ValueError(f"`image` must be 2-D to save as .png; got a {ndim}-D image (use .tif or .nii)")
+    if not (math.isfinite(low) and math.isfinite(high)) or round(low) < 0 or round(high) > 65535:
+        raise ValueError(
+            f"`image` values must round to whole numbers in 0..65535 to save as .png; they span "
+            f"{low:.6g} to {high:.6g} (save as .tif, .nii or .npy)"
+        )
+
+
+def check_savable(grid: Image, path: str | os.PathLike[str], low: float, high: float) -> None:
+    """Refuse, before any work, what :func:`save_image` (or :func:`save_dicom_series` for a 3-D ``.dcm``) would
+    refuse for an image on ``grid``'s geometry whose values span ``low`` to ``high``: an unsupported suffix, a
+    PNG that is not 2-D or whose values do not round into 0..65535, a DICOM whose grid is sheared or whose values
+    are not finite.
+
+    Raises:
+        ValueError: naming the format and what it cannot hold.
+    """
+    suffix = _suffix(Path(path))
+    if suffix not in SAVE_SUFFIXES:
+        raise ValueError(f"`path` must end in one of {', '.join(SAVE_SUFFIXES)}; got {os.fspath(path)!r}")
+    if suffix == ".png":
+        _check_png(_plane_ndim(grid), low, high)
+    if suffix == ".dcm":
+        _orthonormal(np.array(grid.direction))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError("`image` holds NaN or infinity, which DICOM cannot store")
 
 
 def _tiff_bytes(image: Image) -> bytes:
@@ -654,7 +747,7 @@ def save_image(image: Image, path: str | os.PathLike[str]) -> None:
       image's grid came from a NIfTI file (``image.header``), else code 1 (scanner), LPS flipped to RAS;
       a 2-D image is written as 3-D with one slice. A sheared grid is exact in the sform only.
     - ``.tif``, ``.tiff``: float32 data, one page per slice; no geometry.
-    - ``.png``: 2-D only; values rounded to whole numbers, 8-bit when they all lie in 0..255, else 16-bit; values
+    - ``.png``: 2-D (or a volume of one slice); values rounded to whole numbers, 8-bit when they all lie in 0..255, else 16-bit; values
       outside 0..65535 or NaN raise ``ValueError``. No geometry.
     - ``.npy``: the data as they are; no geometry.
     - ``.dcm``: 2-D only, a Secondary Capture image with PixelSpacing, ImagePositionPatient (z = ``slice_z``) and

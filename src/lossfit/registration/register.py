@@ -35,6 +35,7 @@ from lossfit.losses import robust_loss
 from lossfit.registration import checks as C
 from lossfit.registration import metrics as M
 from lossfit.registration import pyramid as P
+from lossfit.registration import world as W
 from lossfit.registration.image import Image
 from lossfit.registration.level import LevelProblem
 from lossfit.registration.resample import resample, world_to_normalized
@@ -205,6 +206,7 @@ def register(
         assert isinstance(out, Image)  # mask=False returns an Image
         warped.append(out)
     params = model.params(q)
+    world = _world(final, params, covariance, left.cpu(), right.cpu(), model, fixed_list)
     loss_out = outcome.f.detach().cpu()
     return Registration(
         params=params if batch else params[0],
@@ -227,8 +229,36 @@ def register(
         warped=warped if batch else warped[0],
         checks=pair_checks if batch else pair_checks[0],
         covariance=covariance if batch or covariance is None else covariance[0],
+        world=world if batch else world[0],
         extras={"level_times_s": [lv.time for lv in done_levels]},
     )
+
+
+def _world(
+    final: torch.Tensor,
+    params: torch.Tensor,
+    covariance: torch.Tensor | None,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    model: _Model,
+    fixed: list[Image],
+) -> list[dict[str, Any]]:
+    """Each pair's matrix in world terms about its fixed image's centre, with standard errors propagated from the
+    parameters' covariance (mean squares) through the Jacobian of the world quantities."""
+    out = []
+    for b, (matrix, image) in enumerate(zip(final, fixed, strict=True)):
+        centre = torch.tensor(image.center, dtype=_FLOAT)
+        jacobian = cov = None
+        if covariance is not None and model.name != "projective" and bool(torch.isfinite(covariance[b]).all()):
+
+            def world_of(p: torch.Tensor, b: int = b, centre: torch.Tensor = centre) -> torch.Tensor:
+                m = left[b].to(_FLOAT) @ T.matrix(model.name, p[None], model.d)[0] @ right[b].to(_FLOAT)
+                return W.flatten(m, centre)
+
+            jacobian = torch.autograd.functional.jacobian(world_of, params[b].to(_FLOAT))
+            cov = covariance[b].to(_FLOAT)
+        out.append(W.world_parameters(matrix, centre, model.name, cov, jacobian))
+    return out
 
 
 def _start_overlap(

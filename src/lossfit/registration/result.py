@@ -40,6 +40,9 @@ class Registration(FitResult):
             :mod:`lossfit.registration.checks`: the metric over the whole fixed grid at the start and at the
             answer, the objective's own value and its independent recomputation, the overlap, the determinant
             and singular values of the linear part. ``success`` needs every check to pass.
+        world: the matrix in world terms about the fixed image's centre (a dict; a list for a batch), see
+            :mod:`lossfit.registration.world`: ``translation_mm``, ``rotation_deg`` (and the rotation's angle and
+            axis in 3-D), ``scales`` for similarity and affine, with ``*_stderr`` for mean squares.
     """
 
     matrix: torch.Tensor | None = None
@@ -50,6 +53,7 @@ class Registration(FitResult):
     moving: Any = None
     warped: Any = None
     checks: Any = field(default_factory=dict)
+    world: Any = field(default_factory=dict)
 
     def _matrix(self, pair: int) -> torch.Tensor:
         if self.matrix is None:
@@ -84,6 +88,11 @@ class Registration(FitResult):
             "world space; inverse() maps back"
         )
         out["transform"], out["metric"] = self.transform, self.metric
+        out["parameters"] = self.world
+        out["params_note"] = (
+            "params are the solver's internal coordinates; parameters gives the transform in world terms"
+        )
+        out["metric_per_sample"] = _per_sample(self.checks)
         out["checks"] = self.checks
         out["levels"] = [
             {
@@ -97,6 +106,13 @@ class Registration(FitResult):
             for lv in self.levels
         ]
         return out
+
+
+def _per_sample(checks: Any) -> Any:
+    """The metric at the answer over the whole fixed grid (normalised per sample), from the checks."""
+    if isinstance(checks, list):
+        return [_per_sample(c) for c in checks]
+    return checks.get("metric_answer") if isinstance(checks, dict) else None
 
 
 __all__ = ["Level", "Registration"]
