@@ -36,10 +36,15 @@ def test_angles_translation_and_scales_come_back_from_a_built_matrix() -> None:
         a = r @ stretch
         m = _affine(a, centre + shift - a @ centre)  # the centre moves by `shift`
         out = W.world_parameters(m, centre, "affine")
-        torch.testing.assert_close(torch.tensor(out["rotation_deg"], dtype=torch.float64), torch.rad2deg(angles), rtol=0, atol=1e-9)
+        torch.testing.assert_close(
+            torch.tensor(out["rotation_deg"], dtype=torch.float64), torch.rad2deg(angles), rtol=0, atol=1e-9
+        )
         torch.testing.assert_close(torch.tensor(out["translation_mm"], dtype=torch.float64), shift, rtol=0, atol=1e-9)
         torch.testing.assert_close(
-            torch.tensor(out["scales"], dtype=torch.float64), torch.tensor([0.8, 1.0, 1.3], dtype=torch.float64), rtol=0, atol=1e-9
+            torch.tensor(out["scales"], dtype=torch.float64),
+            torch.tensor([0.8, 1.0, 1.3], dtype=torch.float64),
+            rtol=0,
+            atol=1e-9,
         )
         # the angle-axis form describes the same rotation (Rodrigues)
         axis = torch.tensor(out["rotation_axis"], dtype=torch.float64)

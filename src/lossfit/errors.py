@@ -16,6 +16,14 @@ class InputFileError(LossfitError):
     """A data file is missing, unreadable or holds something other than numbers."""
 
 
+class OutputError(LossfitError):
+    """An output cannot be written where asked (a folder in the way, no room, a failed write)."""
+
+
+class DiskFullError(OutputError):
+    """The device ran out of space while writing a file (nothing half-written is left)."""
+
+
 class NonFiniteError(LossfitError, ValueError):
     """The loss or residuals are NaN or infinite at the starting point."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import warnings
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lossfit.errors import InputFileError
+from lossfit.errors import DiskFullError, InputFileError
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT) if hasattr(errno, "EDQUOT") else (errno.ENOSPC,)
 MATRIX_SUFFIXES = (".npy", ".csv", ".txt", ".dat", ".tsv")
 
 
@@ -71,9 +73,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            raise DiskFullError(f"{target}: no space left on the device (nothing was written)") from None
         raise
 
 

@@ -23,15 +23,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from lossfit.errors import LossfitError
+from lossfit.errors import DiskFullError, OutputError
 
 # The names lossfit writes in a run folder (``warped`` with any image suffix, or a DICOM series folder).
 OWN_NAMES = ("transform.tfm", "transform.json", "registration.png", "report.html", "warped")
 _FULL = (errno.ENOSPC, errno.EDQUOT) if hasattr(errno, "EDQUOT") else (errno.ENOSPC,)
-
-
-class OutputError(LossfitError):
-    """An output cannot be written where asked (a folder in the way, no room, a failed write)."""
 
 
 def is_own(name: str) -> bool:
@@ -107,10 +103,13 @@ class RunFolder:
         staged = self.stage / name
         try:
             writer(staged)
+        except DiskFullError:
+            _remove(staged)
+            raise DiskFullError(f"{self.target / name}: no space left on the device") from None
         except OSError as exc:
             _remove(staged)
             if exc.errno in _FULL:
-                raise OutputError(f"{self.target / name}: no space left on the device") from None
+                raise DiskFullError(f"{self.target / name}: no space left on the device") from None
             raise OutputError(f"{self.target / name}: cannot be written ({exc.strerror or exc})") from None
         except BaseException:
             _remove(staged)

@@ -181,9 +181,7 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 
 # --- NIfTI ----------------------------------------------------------------------------------------------------
-def _read_nifti(
-    p: Path, np_dtype: type, volume: int | None = None
-) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
+def _read_nifti(p: Path, np_dtype: type, volume: int | None = None) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
     import nibabel as nib
 
     try:
@@ -200,7 +198,7 @@ def _read_nifti(
         if len(shape) == 4 and volume is not None:
             if not 0 <= volume < shape[3]:
                 raise InputFileError(f"{p}: holds {shape[3]} volumes (0..{shape[3] - 1}); got volume={volume}")
-            array = np.array(img.dataobj[..., volume], dtype=np_dtype)  # a writable copy of one volume
+            array: np.ndarray = np.array(img.dataobj[..., volume], dtype=np_dtype)  # a writable copy of one volume
             shape = shape[:3]
         elif len(shape) > 3:
             raise InputFileError(
@@ -269,7 +267,10 @@ def _gzip_length(p: Path, enough: int) -> int:
 
 
 def _warn_if_forms_disagree(p: Path, img: Any, shape: tuple[int, ...]) -> None:
-    """Warn when both the sform and the qform are set and place the grid's corners more than 0.01 mm apart.
+    """Warn when both the sform and the qform are set and place the grid's corners further apart than the qform's
+    own precision: 0.01 mm, or a thousandth of the grid's diagonal where that is more. (The qform stores a unit
+    quaternion's last three parts in float32 and recomputes the first; near a half turn, which every near-axial
+    LPS grid is in NIfTI's RAS, that loses about sqrt(float32 eps) ~ 2.4e-4 of the extent, in every writer.)
 
     lossfit uses nibabel's choice (``img.affine``: the sform when its code is non-zero, else the qform), which is
     what NIfTI's own documentation recommends for an aligned space; other tools (ITK, older FSL) may prefer the
@@ -282,7 +283,8 @@ def _warn_if_forms_disagree(p: Path, img: Any, shape: tuple[int, ...]) -> None:
     corners = np.array(np.meshgrid(*[[0.0, max(n - 1, 0)] for n in (shape + (1, 1, 1))[:3]], indexing="ij"))
     corners = np.concatenate([corners.reshape(3, -1), np.ones((1, 8))])
     apart = float(np.abs((sform - qform) @ corners)[:3].max())
-    if apart > 0.01:
+    diagonal = float(np.linalg.norm(sform[:3, :3] @ (corners[:3, -1] - corners[:3, 0])))
+    if apart > max(0.01, 1e-3 * diagonal):
         used = "sform" if s_code else "qform"
         warnings.warn(
             f"{p}: its sform (code {int(s_code)}) and qform (code {int(q_code)}) disagree, placing the grid's corners "
@@ -569,7 +571,6 @@ def save_dicom_series(image: Image, folder: str | os.PathLike[str]) -> None:
     import shutil
     import tempfile
 
-
     if not isinstance(image, Image) or image.ndim != 3:
         raise ValueError("`image` must be a 3-D Image to save as a DICOM series")
     target = Path(folder)
@@ -747,11 +748,13 @@ def save_image(image: Image, path: str | os.PathLike[str]) -> None:
       image's grid came from a NIfTI file (``image.header``), else code 1 (scanner), LPS flipped to RAS;
       a 2-D image is written as 3-D with one slice. A sheared grid is exact in the sform only.
     - ``.tif``, ``.tiff``: float32 data, one page per slice; no geometry.
-    - ``.png``: 2-D (or a volume of one slice); values rounded to whole numbers, 8-bit when they all lie in 0..255, else 16-bit; values
-      outside 0..65535 or NaN raise ``ValueError``. No geometry.
+    - ``.png``: 2-D (or a volume of one slice); values rounded to whole numbers, 8-bit when they all lie in
+      0..255, else 16-bit; values outside 0..65535 or NaN raise ``ValueError``. No geometry.
     - ``.npy``: the data as they are; no geometry.
-    - ``.dcm``: 2-D only, a Secondary Capture image with PixelSpacing, ImagePositionPatient (z = ``slice_z``) and
-      ImageOrientationPatient from the geometry; int16 values with RescaleSlope/Intercept chosen to span the data
+    - ``.dcm``: 2-D only (:func:`save_dicom_series` writes a volume), a Secondary Capture image with
+      PixelSpacing, ImagePositionPatient (z = ``slice_z``) and ImageOrientationPatient from the geometry, in the
+      patient, study and frame of reference of the DICOM series its grid came from (``image.header["dicom"]``;
+      new ones otherwise) and a new series; int16 values with RescaleSlope/Intercept chosen to span the data
       (exact for whole numbers in the int16 range, else within one step, (max - min) / 65534).
 
     Raises:

@@ -488,7 +488,7 @@ def _mask_on(mask: Image | None, grid: Image, argument: str) -> torch.Tensor | N
     if not isinstance(mask, Image):
         raise TypeError(f"`{argument}` must be a lossfit.registration.Image or None; got {type(mask).__name__}")
     if mask.ndim == 3 and grid.ndim == 2:  # the slice rule of the images holds for their masks
-        mask = _single_slice(mask) or mask
+        mask = single_slice(mask) or mask
     if mask.ndim != grid.ndim:
         raise ValueError(f"`{argument}` is {mask.ndim}-D but the images are {grid.ndim}-D")
     on_grid = resample(mask, grid, interpolation="nearest")
@@ -512,7 +512,7 @@ def _pairs(fixed: Any, moving: Any) -> tuple[list[Image], list[Image]]:
     if all(im.ndim == 2 or one for im, one in zip(images, slices, strict=True)) and any(slices):
         for argument, group in (("fixed", fixed_list), ("moving", moving_list)):
             for i, im in enumerate(group):
-                if im.ndim == 3 and _single_slice(im) is None:
+                if im.ndim == 3 and single_slice(im) is None:
                     where = f"`{argument}`" + (f"[{i}]" if len(group) > 1 else "")
                     normal = tuple(round(v, 3) for v in (row[2] for row in im.direction))
                     raise ValueError(
@@ -520,8 +520,8 @@ def _pairs(fixed: Any, moving: Any) -> tuple[list[Image], list[Image]]:
                         f"{normal}); slices register as 2-D images in the x-y plane only: reslice it, or register "
                         f"it as a volume against a volume"
                     )
-        fixed_list = [_single_slice(im) or im for im in fixed_list]
-        moving_list = [_single_slice(im) or im for im in moving_list]
+        fixed_list = [single_slice(im) or im for im in fixed_list]
+        moving_list = [single_slice(im) or im for im in moving_list]
     _check_pairs(fixed_list, moving_list)
     return fixed_list, moving_list
 
@@ -557,7 +557,7 @@ def _check_pairs(fixed: list[Image], moving: list[Image]) -> None:
                 raise ValueError(f"{where} has shape {tuple(image.shape)}; each axis needs at least 4 voxels")
 
 
-def _single_slice(image: Image) -> Image | None:
+def single_slice(image: Image) -> Image | None:
     """A one-slice volume whose slice lies in the x-y plane (a 2-D NIfTI file, say) as a 2-D image; else None."""
     if image.ndim != 3 or image.shape[0] != 1:
         return None

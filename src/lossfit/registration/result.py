@@ -75,7 +75,7 @@ class Registration(FitResult):
 
     def save_transform(self, path: Any, pair: int = 0) -> None:
         """Write the transform as an ITK transform file (.tfm/.txt), readable by SimpleITK and ANTs."""
-        from lossfit.registration.export import write_itk_transform
+        from lossfit.registration.transform_files import write_itk_transform
 
         write_itk_transform(path, self._matrix(pair))
 
