@@ -248,3 +248,21 @@ def test_a_volume_of_a_4d_file_and_the_fill_and_interpolation_of_the_warped_imag
     assert bad.exit_code == 2 and "choose one" in bad.stderr
     beyond = runner.invoke(app, [*args[:5], "--moving-volume", "3"])
     assert beyond.exit_code == 2 and "holds 3 volumes (0..2)" in beyond.stderr
+
+
+def test_initial_starts_from_a_transform_file_written_by_simpleitk(tmp_path: Path) -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    fixed, moving, truth = _pair(tmp_path)
+    start = sitk.Euler2DTransform()
+    start.SetCenter(tuple(load_image(CT).center))
+    start.SetAngle(math.radians(-5.0))  # near the answer (-6 degrees), as a coarse manual alignment would be
+    sitk.WriteTransform(start, str(tmp_path / "start.tfm"))
+    args = ["register", str(fixed), str(moving), "--transform", "rigid", "--init", "none", "--levels", "1"]
+    result = runner.invoke(app, [*args, "--initial", str(tmp_path / "start.tfm"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["inputs"]["initial"] == str(tmp_path / "start.tfm")
+    matrix = torch.tensor(summary["matrix"], dtype=torch.float64)
+    assert float((matrix[:2, :2] - truth[:2, :2]).abs().max()) < 2e-3
+    bad = runner.invoke(app, [*args, "--initial", str(moving)])
+    assert bad.exit_code == 2 and "moving.nii.gz" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

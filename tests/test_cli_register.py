@@ -133,6 +133,14 @@ def test_a_dicom_series_in_gives_a_dicom_series_out(tmp_path: Path) -> None:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out / "warped")))
     assert reader.Execute().GetSize() == fixed.size
+    # the warped series belongs to the fixed series' study and frame of reference, as a new series
+    source = pydicom.dcmread(next((tmp_path / "fixed").iterdir()))
+    written = [pydicom.dcmread(f) for f in sorted((out / "warped").iterdir())]
+    assert {ds.StudyInstanceUID for ds in written} == {source.StudyInstanceUID}
+    assert {ds.FrameOfReferenceUID for ds in written} == {source.FrameOfReferenceUID}
+    assert (
+        len({ds.SeriesInstanceUID for ds in written}) == 1 and written[0].SeriesInstanceUID != source.SeriesInstanceUID
+    )
 
 
 def test_outputs_never_overwrite_or_hold_an_input(tmp_path: Path) -> None:
