@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from lossfit.cli import app
-from lossfit.registration import Image, load_image, resample
+from lossfit.registration import Image, load_image, resample, save_image
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -49,8 +49,8 @@ def _pair(folder: Path, suffix: str = ".nii.gz", *, grey8: bool = False) -> tupl
     moving = resample(fixed, grid, warp)
     assert isinstance(moving, Image)
     paths = folder / f"fixed{suffix}", folder / f"moving{suffix}"
-    fixed.save(paths[0])
-    moving.save(paths[1])
+    save_image(fixed, paths[0])
+    save_image(moving, paths[1])
     return paths[0], paths[1], torch.linalg.inv(warp)
 
 
@@ -124,8 +124,8 @@ def test_an_output_format_that_cannot_hold_the_result_fails_before_the_work(
     fixed, moving, _ = _pair(tmp_path)  # CT values: -1000 and below 0 for air, which PNG cannot hold
     z = torch.linspace(0, 1, 6)[:, None, None] * torch.ones(6, 20, 20)
     sheared = Image(z, direction=[[1, 0, 0], [0, 1, 0.6], [0, 0, 0.8]])  # a gantry tilt: not orthonormal
-    sheared.save(tmp_path / "tilted.nii.gz")
-    Image(z).save(tmp_path / "volume.nii.gz")
+    save_image(sheared, tmp_path / "tilted.nii.gz")
+    save_image(Image(z), tmp_path / "volume.nii.gz")
     _never_registers(monkeypatch)
     cases = [
         ([str(fixed), str(moving), "--format", "png"], "values must round to whole numbers in 0..65535"),

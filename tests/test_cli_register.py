@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from lossfit.cli import app
-from lossfit.registration import Image, load_image, read_itk_transform, resample
+from lossfit.registration import Image, load_image, read_itk_transform, resample, save_image
 
 pydicom = pytest.importorskip("pydicom")
 sitk = pytest.importorskip("SimpleITK")
@@ -41,8 +41,8 @@ def _pair(folder: Path, suffix: str) -> tuple[Path, Path, torch.Tensor]:
     moving = resample(fixed, grid, warp)
     assert isinstance(moving, Image)
     paths = folder / f"fixed{suffix}", folder / f"moving{suffix}"
-    fixed.save(paths[0])
-    moving.save(paths[1])
+    save_image(fixed, paths[0])
+    save_image(moving, paths[1])
     return paths[0], paths[1], torch.linalg.inv(warp)
 
 
@@ -82,8 +82,8 @@ def test_register_writes_the_warped_image_transform_and_picture(tmp_path: Path, 
 )
 def test_register_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
     fixed, moving, _ = _pair(tmp_path, ".nii.gz")
-    Image(torch.rand(6, 7, 8)).save(tmp_path / "volume.nii.gz")
-    Image(torch.ones(128, 128)).save(tmp_path / "constant.nii.gz")
+    save_image(Image(torch.rand(6, 7, 8)), tmp_path / "volume.nii.gz")
+    save_image(Image(torch.ones(128, 128)), tmp_path / "constant.nii.gz")
     names = {
         "fixed": str(fixed),
         "moving": str(moving),
@@ -170,7 +170,7 @@ def test_outputs_never_overwrite_or_hold_an_input(tmp_path: Path) -> None:
 def test_register_options_reach_the_registration(tmp_path: Path) -> None:
     fixed, moving, truth = _pair(tmp_path, ".nii.gz")
     keep = load_image(fixed)
-    keep.with_data(torch.ones(keep.shape)).save(tmp_path / "mask.nii.gz")
+    save_image(keep.with_data(torch.ones(keep.shape)), tmp_path / "mask.nii.gz")
     args = ["register", str(fixed), str(moving), "--transform", "rigid", "--json", "--loss", "cauchy"]
     args += ["--levels", "2,1", "--smoothing", "0.5", "--seed", "3", "--samples", "5000"]
     args += ["--fixed-mask", str(tmp_path / "mask.nii.gz")]

@@ -22,7 +22,7 @@ import torch
 from PIL import Image as PILImage
 
 from lossfit.errors import InputFileError
-from lossfit.registration import Image, load_image
+from lossfit.registration import Image, load_image, save_image
 
 F64 = torch.float64
 SITE = Path(np.__file__).parent.parent
@@ -267,7 +267,7 @@ def assert_same_geometry(a: Image, b: Image, atol: float = 1e-5) -> None:
 def test_nifti_round_trip_of_an_oblique_anisotropic_image(tmp_path: Path, name: str) -> None:
     image = oblique_image()
     path = tmp_path / name
-    image.save(path)
+    save_image(image, path)
     back = load_image(path)
     assert torch.equal(back.data, image.data)
     assert_same_geometry(back, image)
@@ -283,7 +283,7 @@ def test_nifti_round_trip_of_an_oblique_anisotropic_image(tmp_path: Path, name: 
 
 def test_2d_image_saved_as_nifti_gains_one_slice(tmp_path: Path) -> None:
     image = Image(torch.arange(12.0).reshape(3, 4), spacing=(0.5, 2.0), origin=(1.0, -2.0))
-    image.save(tmp_path / "flat.nii.gz")
+    save_image(image, tmp_path / "flat.nii.gz")
     back = load_image(tmp_path / "flat.nii.gz")
     assert back.shape == (1, 3, 4) and torch.equal(back.data[0], image.data)
     assert back.spacing[:2] == (0.5, 2.0) and back.origin == (1.0, -2.0, 0.0)
@@ -291,12 +291,12 @@ def test_2d_image_saved_as_nifti_gains_one_slice(tmp_path: Path) -> None:
 
 def test_png_round_trip_8_and_16_bit(tmp_path: Path) -> None:
     small = Image(torch.tensor([[0.0, 1.4, 254.6], [7.0, 8.0, 9.0]]))
-    small.save(tmp_path / "small.png")
+    save_image(small, tmp_path / "small.png")
     with PILImage.open(tmp_path / "small.png") as im:
         assert im.mode == "L"
     assert torch.equal(load_image(tmp_path / "small.png").data, torch.round(small.data))
     big = Image(torch.tensor([[0.0, 300.0], [65535.0, 12.0]]))
-    big.save(tmp_path / "big.png")
+    save_image(big, tmp_path / "big.png")
     with PILImage.open(tmp_path / "big.png") as im:
         assert im.mode.startswith("I")
     assert torch.equal(load_image(tmp_path / "big.png").data, big.data)
@@ -304,17 +304,17 @@ def test_png_round_trip_8_and_16_bit(tmp_path: Path) -> None:
 
 def test_tiff_round_trip_2d_and_3d(tmp_path: Path) -> None:
     image = oblique_image()
-    image.save(tmp_path / "volume.tif")
+    save_image(image, tmp_path / "volume.tif")
     back = load_image(tmp_path / "volume.tif")
     assert torch.equal(back.data, image.data)  # float32 kept; geometry is not stored
     assert back.spacing == (1.0, 1.0, 1.0) and back.origin == (0.0, 0.0, 0.0)
-    Image(image.data[2]).save(tmp_path / "plane.TIFF")
+    save_image(Image(image.data[2]), tmp_path / "plane.TIFF")
     assert torch.equal(load_image(tmp_path / "plane.TIFF").data, image.data[2])
 
 
 def test_npy_round_trip_and_geometry_from_keywords(tmp_path: Path) -> None:
     image = oblique_image()
-    image.save(tmp_path / "volume.npy")
+    save_image(image, tmp_path / "volume.npy")
     assert np.array_equal(np.load(tmp_path / "volume.npy"), image.numpy())
     back = load_image(tmp_path / "volume.npy", spacing=image.spacing, origin=image.origin, direction=image.direction)
     assert torch.equal(back.data, image.data)
@@ -329,7 +329,7 @@ def test_dicom_round_trip(tmp_path: Path) -> None:
         torch.rand(9, 11, generator=g) * 1000 - 300, spacing=(0.5, 0.8), origin=(-5.0, 7.0), direction=direction
     )
     path = tmp_path / "slice.dcm"
-    image.save(path)
+    save_image(image, path)
     back = load_image(path)
     ds = pydicom.dcmread(path)
     step = float(ds.RescaleSlope)
@@ -342,7 +342,7 @@ def test_dicom_round_trip(tmp_path: Path) -> None:
     reference = sitk.ReadImage(str(path))
     assert_matches_sitk(back, reference, atol=1e-6)
     whole = Image(torch.randint(-1000, 3000, (4, 5), generator=g).float())
-    whole.save(tmp_path / "whole.dcm")
+    save_image(whole, tmp_path / "whole.dcm")
     assert torch.equal(load_image(tmp_path / "whole.dcm").data, whole.data)  # whole numbers in int16: exact
 
 
@@ -586,18 +586,18 @@ def test_bad_saves_write_nothing(tmp_path: Path) -> None:
     (tmp_path / "keep.png").write_bytes(b"old")
     (tmp_path / "keep.dcm").write_bytes(b"old")
     with pytest.raises(ValueError, match=r"`path` must end in one of \.nii, \.nii\.gz, .*; got '.*image\.jpg'"):
-        oblique_image().save(tmp_path / "image.jpg")
+        save_image(oblique_image(), tmp_path / "image.jpg")
     with pytest.raises(ValueError, match=r"PNG|\.png; they span -1 to 70000"):
-        Image(torch.tensor([[-1.0, 70000.0]])).save(tmp_path / "keep.png")
+        save_image(Image(torch.tensor([[-1.0, 70000.0]])), tmp_path / "keep.png")
     with pytest.raises(ValueError, match=r"`image` must be 2-D to save as \.png"):
-        oblique_image().save(tmp_path / "keep.png")
+        save_image(oblique_image(), tmp_path / "keep.png")
     with pytest.raises(ValueError, match=r"`image` must be 2-D to save as \.dcm; got a 3-D image"):
-        oblique_image().save(tmp_path / "keep.dcm")
+        save_image(oblique_image(), tmp_path / "keep.dcm")
     with pytest.raises(ValueError, match=r"`image` holds NaN or infinity, which DICOM cannot store"):
-        Image(torch.tensor([[float("nan"), 1.0]])).save(tmp_path / "keep.dcm")
+        save_image(Image(torch.tensor([[float("nan"), 1.0]])), tmp_path / "keep.dcm")
     sheared = Image(torch.zeros(2, 2), direction=[[1.0, 0.6], [0.0, 0.8]])
     with pytest.raises(ValueError, match=r"orthonormal direction to save as \.dcm"):
-        sheared.save(tmp_path / "keep.dcm")
+        save_image(sheared, tmp_path / "keep.dcm")
     assert sorted(os.listdir(tmp_path)) == ["keep.dcm", "keep.png"]
     assert (tmp_path / "keep.png").read_bytes() == b"old" and (tmp_path / "keep.dcm").read_bytes() == b"old"
 
@@ -611,7 +611,7 @@ def test_save_failing_while_writing_leaves_the_old_file(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(OSError, match="disk full"):
-        oblique_image().save(target)
+        save_image(oblique_image(), target)
     assert os.listdir(tmp_path) == ["volume.nii.gz"] and target.read_bytes() == b"old"
 
 
@@ -643,7 +643,7 @@ def test_nifti_whose_sform_and_qform_disagree_warns_and_uses_the_sform(tmp_path:
     np.testing.assert_allclose(image.affine.numpy(), lps, rtol=0, atol=1e-9)
     assert image.origin == pytest.approx(tuple(nib.load(path).affine[:3, 3] * [-1, -1, 1]))
     # Agreeing forms (every file lossfit writes) load silently.
-    image.save(tmp_path / "again.nii.gz")
+    save_image(image, tmp_path / "again.nii.gz")
     load_image(tmp_path / "again.nii.gz")
 
 
@@ -686,7 +686,7 @@ def test_a_2d_dicom_keeps_its_slice_position_through_registration_and_saving(tmp
     assert result.warped.slice_z == pytest.approx(z)
     for suffix in (".dcm", ".nii.gz"):
         out = tmp_path / f"warped{suffix}"
-        result.warped.save(out)
+        save_image(result.warped, out)
         back = load_image(out)
         assert (back.slice_z if back.ndim == 2 else back.origin[2]) == pytest.approx(z, abs=1e-4)
         assert sitk.ReadImage(str(out)).GetOrigin()[2] == pytest.approx(z, abs=1e-4)
@@ -711,12 +711,12 @@ def test_written_nifti_keeps_the_source_codes(tmp_path: Path) -> None:
     other = Image(torch.rand(9, 9, 9), spacing=2.5, origin=(-10.0, 100.0, -60.0))
     moved = resample(other, template)  # onto the template's grid: its header comes along
     assert isinstance(moved, Image)
-    moved.save(tmp_path / "out.nii.gz")
+    save_image(moved, tmp_path / "out.nii.gz")
     written = nib.load(tmp_path / "out.nii.gz")
     assert int(written.header["sform_code"]) == 4 and int(written.header["qform_code"]) == 2
     np.testing.assert_allclose(written.affine, affine, atol=1e-6)
     # An image with no source file is written as scanner space (code 1), as before.
-    other.save(tmp_path / "plain.nii.gz")
+    save_image(other, tmp_path / "plain.nii.gz")
     assert int(nib.load(tmp_path / "plain.nii.gz").header["sform_code"]) == 1
     with pytest.raises(TypeError, match="`header` must be a mapping"):
         Image(torch.zeros(2, 2), header=[1, 2])  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lossfit.engine.result import Status
-from lossfit.registration import Image, displacement, load_image, register, resample
+from lossfit.registration import Image, displacement, load_image, register, resample, save_image
 from lossfit.registration import checks as C
 
 register_module = importlib.import_module("lossfit.registration.register")
@@ -174,7 +174,7 @@ def test_a_ct_slice_against_its_own_png_export(tmp_path: Path) -> None:
     cannot match rescaled values, says so instead of claiming success with a wrong answer."""
     ct = load_image(pydicom.data.get_testdata_file("CT_small.dcm"))
     grey = ((ct.data - ct.data.min()) / (ct.data.max() - ct.data.min()) * 255).round()
-    ct.with_data(grey).save(tmp_path / "ct.png")
+    save_image(ct.with_data(grey), tmp_path / "ct.png")
     png = load_image(tmp_path / "ct.png")
     # The same pixel (i, j) in both: index -> world of the CT, then world -> index of the PNG.
     truth = png.affine @ torch.linalg.inv(ct.affine)
@@ -307,7 +307,7 @@ def test_a_2d_slice_and_a_one_slice_nifti_of_the_same_plane_register_as_2d(tmp_p
     """A 2-D CT slice against the same slice saved as a one-slice NIfTI volume on another grid (as other tools write
     2-D data): one rule makes both 2-D; a coronal one-slice volume is refused with the reason."""
     pair = random_pair(0, "rigid", "ct")
-    pair.moving.save(tmp_path / "moving.nii.gz")
+    save_image(pair.moving, tmp_path / "moving.nii.gz")
     volume = load_image(tmp_path / "moving.nii.gz")
     assert volume.ndim == 3 and volume.shape[0] == 1
     result = register(pair.fixed, volume, "rigid")

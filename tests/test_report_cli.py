@@ -51,7 +51,7 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """pydicom's CT slice and the same slice shifted by (3, -2) mm, as NIfTI files."""
     pydicom = pytest.importorskip("pydicom")
-    from lossfit.registration import Image, load_image, resample
+    from lossfit.registration import Image, load_image, resample, save_image
 
     where = tmp_path_factory.mktemp("images")
     fixed = load_image(str(pydicom.data.get_testdata_file("CT_small.dcm")))
@@ -59,8 +59,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     shift[:2, 2] = torch.tensor([3.0, -2.0], dtype=torch.float64)
     moving = resample(fixed, fixed, shift)
     assert isinstance(moving, Image)
-    fixed.save(where / "fixed.nii.gz")
-    moving.save(where / "moving.nii.gz")
+    save_image(fixed, where / "fixed.nii.gz")
+    save_image(moving, where / "moving.nii.gz")
     return where / "fixed.nii.gz", where / "moving.nii.gz"
 
 

@@ -864,7 +864,7 @@ def _write_registration(
     from lossfit.io import atomic_write_text
     from lossfit.plotting import plot_registration, save_figure
     from lossfit.registration import resample
-    from lossfit.registration.io import save_dicom_series
+    from lossfit.registration.io import save_dicom_series, save_image
     from lossfit.run_folder import RunFolder
 
     def picture(path: Path) -> None:
@@ -884,7 +884,7 @@ def _write_registration(
         if result.transform != "projective":
             run.write("transform.tfm", result.save_transform)
         run.write("transform.json", lambda p: atomic_write_text(p, json.dumps(summary, indent=2) + "\n"))
-        run.write(warped_name, lambda p: save_dicom_series(warped, p) if warped_name == "warped" else warped.save(p))
+        run.write(warped_name, lambda p: (save_dicom_series if warped_name == "warped" else save_image)(warped, p))
         run.write("registration.png", picture)
         if report_page is not None:
             run.write(REPORT_NAME, write_page)
@@ -934,7 +934,7 @@ def apply(
     """Resample IMAGE onto the --reference grid through a chain of transforms (reference world to image world, as
     a registration's transform.tfm maps the fixed image to the moving one)."""
     from lossfit.registration.apply import apply_transform, chain_matrix
-    from lossfit.registration.io import save_dicom_series
+    from lossfit.registration.io import save_dicom_series, save_image
 
     if len(items) < 2:
         fail("give at least one TRANSFORM and then the IMAGE to move")
@@ -965,7 +965,7 @@ def apply(
         else:
             save_dicom_series(moved, out)
     else:
-        moved.save(out)  # atomic: a full disk is named and leaves nothing half-written
+        save_image(moved, out)  # atomic: a full disk is named and leaves nothing half-written
     if json_out:
         summary = {
             "output": str(out),

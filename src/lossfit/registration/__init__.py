@@ -4,7 +4,7 @@ files (read, write, invert, apply)."""
 from lossfit.registration.apply import apply_transform
 from lossfit.registration.evaluate import displacement, target_registration_error
 from lossfit.registration.image import Image
-from lossfit.registration.io import load_image
+from lossfit.registration.io import load_image, save_dicom_series, save_image
 from lossfit.registration.register import register
 from lossfit.registration.resample import resample
 from lossfit.registration.result import Level, Registration
@@ -30,6 +30,8 @@ __all__ = [
     "read_transforms",
     "register",
     "resample",
+    "save_dicom_series",
+    "save_image",
     "target_registration_error",
     "write_itk_transform",
     "write_transform",

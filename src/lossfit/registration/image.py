@@ -23,7 +23,6 @@ Geometry is kept in float64 (on the CPU) whatever the dtype and device of the da
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -332,12 +331,6 @@ class Image:
         if data.dtype in (torch.bfloat16, torch.float16):
             data = data.to(torch.float32)
         return data.to("cpu", copy=True).numpy()
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the image; the suffix picks the format (see :func:`lossfit.registration.io.save_image`)."""
-        from lossfit.registration.io import save_image
-
-        save_image(self, path)
 
     def __repr__(self) -> str:
         def fmt(values: Vector) -> str:
