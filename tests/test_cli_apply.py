@@ -182,3 +182,31 @@ def test_apply_and_invert_refuse_bad_input_in_one_line_before_writing(tmp_path: 
         assert len(result.stderr.strip().splitlines()) == 1
     assert (tmp_path / "exists.nii.gz").read_bytes() == b"keep"
     assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "o.png").exists()
+
+
+def test_a_bspline_png_is_written_within_the_inputs_range(tmp_path: Path) -> None:
+    """Cubic B-splines overshoot at sharp edges (a checkerboard of 0 and 255 rings below 0 and above 255); a PNG,
+    checked for 0..65535 before the work, gets the result clipped to the input's range instead of failing after."""
+    from lossfit.registration import save_image
+
+    board = ((torch.arange(64)[:, None] // 8 + torch.arange(64)[None, :] // 8) % 2 * 255).float()
+    save_image(Image(board), tmp_path / "board.png")
+    turn = sitk.Euler2DTransform()
+    turn.SetCenter((31.5, 31.5))
+    turn.SetAngle(0.3)
+    sitk.WriteTransform(turn, str(tmp_path / "turn.tfm"))
+    args = [
+        "apply",
+        str(tmp_path / "turn.tfm"),
+        str(tmp_path / "board.png"),
+        "--reference",
+        str(tmp_path / "board.png"),
+    ]
+    result = runner.invoke(app, [*args, "--interpolation", "bspline", "--out", str(tmp_path / "out.png")])
+    assert result.exit_code == 0, result.output
+    out = load_image(tmp_path / "out.png").data
+    assert float(out.min()) == 0 and float(out.max()) == 255
+    from lossfit.registration import apply_transform
+
+    raw = apply_transform(Image(board), tmp_path / "turn.tfm", Image(board), interpolation="bspline").data
+    assert float(raw.max()) > 256 and float(raw.min()) < -1  # the overshoot the clipping removed

@@ -1,0 +1,5 @@
+"""``python -m lossfit.cli``."""
+
+from lossfit.cli import app
+
+app()
