@@ -11,7 +11,7 @@ import torch
 from lossfit.engine.constraints import Bounds
 from lossfit.engine.loop import Outcome, Stopping, run
 from lossfit.engine.problem import Objective, ParamSpec, check_finite_start
-from lossfit.engine.result import FitResult, SolverInfo, Status, overall
+from lossfit.engine.result import FitResult, SolverInfo, Status, build_result
 from lossfit.engine.solvers import DENSE_LIMIT, Solver, choose, resolve
 from lossfit.engine.verify import check_least_squares, jacobian_mismatch
 from lossfit.losses import robust_loss
@@ -272,43 +272,22 @@ def _finish(
         suspect = suspect & ~zero_residual
     status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
     by_code = {int(s): s for s in Status}
-    statuses = tuple(map(by_code.__getitem__, status.tolist()))
-    success, summary = overall(statuses)
-    params = spec.unflatten_batch(x, obj.aux)
-    loss = f.detach() if spec.batch else f.detach()[0]
-    return FitResult(
-        params=params,
-        loss=loss,
-        success=success,
-        status=summary,
-        statuses=statuses,
-        steps=outcome.steps if spec.batch else outcome.steps[0],
-        num_steps=int(outcome.steps.max()),
+    return build_result(
+        params=spec.unflatten_batch(x, obj.aux),
+        loss=f,
+        statuses=tuple(map(by_code.__getitem__, status.tolist())),
+        steps=outcome.steps,
+        batch=spec.batch,
         num_evals=obj.evals,
-        history=_squeeze_history(outcome, spec.batch),
         solver=SolverInfo(solver.name, dict(solver.options), reason),
         time=outcome.time,
-        residuals=_squeeze(residuals, spec.batch),
-        jacobian=_squeeze(jac, spec.batch),
-        covariance=_squeeze(cov, spec.batch),
+        history=outcome.history,
+        residuals=residuals,
+        jacobian=jac,
+        covariance=cov,
     )
 
 
 def _converged(status: torch.Tensor) -> torch.Tensor:
     codes = [s for s in Status if s.success]
     return torch.isin(status, torch.tensor([int(s) for s in codes], device=status.device))
-
-
-def _squeeze(value: torch.Tensor | None, batch: bool) -> torch.Tensor | None:
-    if value is None or batch:
-        return value
-    return value[0]
-
-
-def _squeeze_history(outcome: Outcome, batch: bool) -> Any:
-    h = outcome.history
-    if h is None or batch:
-        return h
-    from lossfit.engine.result import History
-
-    return History(h.loss[:, 0], h.grad_norm[:, 0], h.step_norm[:, 0], h.time)

@@ -16,7 +16,7 @@ import torch
 from torch.func import grad_and_value
 
 from lossfit.engine.problem import Objective, ParamSpec
-from lossfit.engine.result import FitResult, History, SolverInfo, Status
+from lossfit.engine.result import FitResult, History, SolverInfo, Status, build_result
 from lossfit.engine.solvers import resolve
 from lossfit.engine.solvers.first_order import _FirstOrder
 
@@ -138,21 +138,19 @@ def minimize_minibatches(
     epochs_run = len(losses) - 1
 
     def column(values: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack([v.reshape(()) for v in values]).to(x.dtype)
+        return torch.stack([v.reshape(()) for v in values]).to(x.dtype).unsqueeze(1)  # one problem: one column
 
     history = History(column(losses), column(grads), column(steps_norm), torch.tensor(times, dtype=torch.float64))
-    return FitResult(
+    return build_result(
         params=spec.unflatten_batch(x, aux),
-        loss=losses[-1].detach(),
-        success=status.success,
-        status=status,
+        loss=losses[-1].reshape(1),
         statuses=(status,),
-        steps=torch.tensor(steps),
-        num_steps=steps,
+        steps=torch.tensor([steps]),
+        batch=False,
         num_evals=steps,
-        history=history,
         solver=SolverInfo(chosen.name, dict(chosen.options), f"minibatches: {steps} steps over {epochs_run} epochs"),
         time=time.perf_counter() - start,
+        history=history,
         extras={
             "epochs": epochs_run,
             "lr_halvings": halvings,

@@ -274,3 +274,55 @@ def _json(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.name.lower()
     return str(value)
+
+
+def build_result(
+    *,
+    params: Any,
+    loss: torch.Tensor,
+    statuses: tuple[Status, ...],
+    steps: torch.Tensor,
+    batch: bool,
+    num_evals: int,
+    solver: SolverInfo,
+    time: float,
+    history: History | None = None,
+    num_steps: int | None = None,
+    residuals: torch.Tensor | None = None,
+    jacobian: torch.Tensor | None = None,
+    covariance: torch.Tensor | None = None,
+    result_type: type[FitResult] = FitResult,
+    **fields: Any,
+) -> Any:
+    """The one place a result is put together, for every solver and family.
+
+    The per-problem values come with a leading batch axis (``loss``, ``steps``, ``residuals``, ``jacobian``,
+    ``covariance``: ``(B, ...)``; ``history``: one column per problem); for a single problem (``batch=False``) that
+    axis is dropped. ``success`` and ``status`` follow :func:`overall`; ``num_steps`` defaults to the most steps of
+    any problem. ``params`` come as the caller's structure already; ``result_type`` (a :class:`FitResult` subclass)
+    and ``fields`` add what a family keeps besides (a registration's matrix and images).
+    """
+
+    def one(value: torch.Tensor | None) -> torch.Tensor | None:
+        return value if value is None or batch else value[0]
+
+    if history is not None and not batch:
+        history = History(history.loss[:, 0], history.grad_norm[:, 0], history.step_norm[:, 0], history.time)
+    success, status = overall(statuses)
+    return result_type(
+        params=params,
+        loss=loss.detach() if batch else loss.detach()[0],
+        success=success,
+        status=status,
+        statuses=statuses,
+        steps=steps if batch else steps[0],
+        num_steps=int(steps.max()) if num_steps is None else num_steps,
+        num_evals=num_evals,
+        history=history,
+        solver=solver,
+        time=time,
+        residuals=one(residuals),
+        jacobian=one(jacobian),
+        covariance=one(covariance),
+        **fields,
+    )

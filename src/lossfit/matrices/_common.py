@@ -110,25 +110,24 @@ def family_result(
     reason: str,
     batch: bool,
 ) -> FitResult:
-    """Assemble a :class:`FitResult` for a solver that belongs to this family (Newton-Schulz, Jacobi)."""
-    from lossfit.engine.result import History, SolverInfo
+    """Assemble a :class:`FitResult` for a solver that belongs to this family (Newton-Schulz, Jacobi): one status
+    for every problem, the loss per step as its history."""
+    from lossfit.engine.result import History, SolverInfo, build_result
 
     loss = torch.stack(losses) if losses else torch.zeros(0)
+    loss = loss.reshape(loss.shape[0], -1)  # a column per problem
     nan = torch.full_like(loss, float("nan"))
     history = History(loss, nan, nan, torch.tensor(times, dtype=torch.float64))
-    final = loss[-1] if len(losses) else torch.tensor(float("nan"))
-    steps = torch.tensor(len(losses) - 1)
-    b = int(final.shape[0]) if final.ndim else 1
-    return FitResult(
+    b = loss.shape[1] if len(losses) else 1
+    final = loss[-1] if len(losses) else torch.full((1,), float("nan"))
+    return build_result(
         params=params,
         loss=final,
-        success=status.success,
-        status=status,
         statuses=(status,) * b,
-        steps=steps.expand(b) if batch else steps,
-        num_steps=len(losses) - 1,
+        steps=torch.full((b,), len(losses) - 1),
+        batch=batch,
         num_evals=len(losses),
-        history=history,
         solver=SolverInfo(solver, options, reason),
         time=times[-1] if times else 0.0,
+        history=history,
     )

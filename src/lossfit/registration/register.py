@@ -28,7 +28,7 @@ import torch
 
 from lossfit import transforms as T
 from lossfit.engine.loop import Outcome, Stopping, run
-from lossfit.engine.result import History, SolverInfo, Status, overall
+from lossfit.engine.result import History, SolverInfo, Status, build_result
 from lossfit.engine.solvers import resolve
 from lossfit.engine.verify import check_least_squares
 from lossfit.losses import robust_loss
@@ -198,7 +198,6 @@ def register(
         Status[c["failed"].upper()] if s.success and c["failed"] else s
         for s, c in zip(done_levels[-1].status, pair_checks, strict=True)
     )
-    success, summary = overall(statuses)
     covariance = _covariance(problem, q, model) if metric == "mse" else None
     warped = []
     for f_img, m_img, matrix in zip(fixed_list, moving_list, final, strict=True):
@@ -207,29 +206,32 @@ def register(
         warped.append(out)
     params = model.params(q)
     world = _world(final, params, covariance, left.cpu(), right.cpu(), model, fixed_list)
-    loss_out = outcome.f.detach().cpu()
-    return Registration(
-        params=params if batch else params[0],
-        loss=loss_out if batch else loss_out[0],
-        success=success,
-        status=summary,
+
+    def pick(values: Any) -> Any:  # a batch keeps its lists, a single pair its one item
+        return values if batch else values[0]
+
+    return build_result(
+        result_type=Registration,
+        params=pick(params),
+        loss=outcome.f.cpu(),
         statuses=statuses,
-        steps=outcome.steps if batch else outcome.steps[0],
+        steps=outcome.steps,
+        batch=batch,
         num_steps=sum(level.steps for level in done_levels),
         num_evals=evaluations,
-        history=_squeeze(outcome.history, batch),
+        history=outcome.history,
         solver=SolverInfo(chosen_name, {}, f"{'least squares' if metric == 'mse' else 'scalar loss'} ({metric})"),
         time=time.perf_counter() - began,
-        matrix=final if batch else final[0],
+        covariance=covariance,
+        matrix=pick(final),
         transform=transform,
         metric=metric,
         levels=tuple(done_levels),
-        fixed=fixed_list if batch else fixed_list[0],
-        moving=moving_list if batch else moving_list[0],
-        warped=warped if batch else warped[0],
-        checks=pair_checks if batch else pair_checks[0],
-        covariance=covariance if batch or covariance is None else covariance[0],
-        world=world if batch else world[0],
+        fixed=pick(fixed_list),
+        moving=pick(moving_list),
+        warped=pick(warped),
+        checks=pick(pair_checks),
+        world=pick(world),
         extras={"level_times_s": [lv.time for lv in done_levels]},
     )
 
@@ -572,14 +574,6 @@ def single_slice(image: Image) -> Image | None:
         direction=direction[:2, :2],
         slice_z=image.origin[2],
         header=image.header,
-    )
-
-
-def _squeeze(history: History | None, batch: bool) -> History | None:
-    if history is None or batch:
-        return history
-    return dataclasses.replace(
-        history, loss=history.loss[:, 0], grad_norm=history.grad_norm[:, 0], step_norm=history.step_norm[:, 0]
     )
 
 
