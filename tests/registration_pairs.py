@@ -193,3 +193,28 @@ def random_pair(
 
     tolerance = 0.1 * min(voxel(fixed_grid), voxel(moving_grid))
     return Pair(from_sitk(fixed), from_sitk(moving), torch.tensor(truth), tolerance, f"{name}-{model}-{seed}")
+
+
+def motion_series(seed: int, n: int) -> tuple[list[Image], list[np.ndarray]]:
+    """A series with known head motion: ``n`` volumes of MNI152 on one 3.5 mm grid, volume 0 still, the others
+    moved by seeded rigid motions of up to 3 degrees and 3 mm, with noise (1% of the maximum); and each volume's
+    truth, the map from the reference's (volume 0's) world points to that volume's."""
+    sitk = _sitk()
+    rng = np.random.default_rng(seed)
+    src = source("mni")
+    centre = centre_of(src)
+    grid = sitk.Image([46, 54, 46], sitk.sitkFloat32)
+    grid.SetSpacing((3.5, 3.5, 3.5))
+    grid.SetOrigin(tuple(centre - 3.5 * (np.array([46, 54, 46]) - 1) / 2))
+    volumes, truths = [], []
+    for i in range(n):
+        m = np.eye(4)
+        if i:
+            r = rotation(np.radians(rng.uniform(-3, 3, size=3)))
+            m[:3, :3] = r
+            m[:3, 3] = centre - r @ centre + rng.uniform(-3, 3, size=3)
+        moved = from_sitk(resample_onto(src, grid, m, sigma=1.0))
+        noise = torch.from_numpy(rng.normal(0, 0.01 * float(moved.data.max()), size=tuple(moved.shape)))
+        volumes.append(moved.with_data(moved.data + noise.float()))
+        truths.append(np.linalg.inv(m))  # volume(y) = source(m y): reference -> volume is m^-1
+    return volumes, truths

@@ -41,9 +41,9 @@ def read_matrix(path: str | os.PathLike[str]) -> torch.Tensor:
                 warnings.simplefilter("ignore")
                 array = np.loadtxt(p, delimiter=delimiter, ndmin=2, dtype=np.float64)
     except ValueError as exc:
-        raise InputFileError(f"{p}: not a table of numbers ({_first_line(exc)})") from None
+        raise InputFileError(f"{p}: not a table of numbers ({first_line(exc)})") from None
     except (OSError, EOFError) as exc:
-        raise InputFileError(f"{p}: cannot be read ({_first_line(exc)})") from None
+        raise InputFileError(f"{p}: cannot be read ({first_line(exc)})") from None
     if array.dtype.kind not in "iuf":
         raise InputFileError(f"{p}: holds {array.dtype} data, not real numbers")
     if array.ndim == 1:
@@ -54,7 +54,7 @@ def read_matrix(path: str | os.PathLike[str]) -> torch.Tensor:
     return tensor.to(torch.float64) if not tensor.is_floating_point() else tensor
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
@@ -133,7 +133,7 @@ def read_table(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         with open(p, newline="", encoding="utf-8") as handle:
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputFileError(f"{p}: cannot be read ({_first_line(exc)})") from None
+        raise InputFileError(f"{p}: cannot be read ({first_line(exc)})") from None
     if len(rows) < 2:
         raise InputFileError(f"{p}: needs a header line of column names and at least one row of numbers")
     header = [name.strip() for name in rows[0]]

@@ -317,3 +317,25 @@ def plot_registration(fixed: Any, moving_before: Any, warped: Any, title: str = 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_motion(result: Any, title: str = "") -> Any:
+    """The motion of a series (a :class:`~lossfit.registration.motion.MotionCorrection`): rotations (degrees) and
+    translations (mm) per volume, and the framewise displacement (mm), one panel each."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
+    volumes = list(range(len(result.statuses)))
+    for column, axis in enumerate("xyz"):
+        axes[0].plot(volumes, result.rotations_deg[:, column].tolist(), label=f"about {axis}")
+        axes[1].plot(volumes, result.translations_mm[:, column].tolist(), label=f"along {axis}")
+    axes[2].plot(volumes, result.framewise_displacement.tolist(), color="black")
+    for ax, label in zip(axes, ("rotation (degrees)", "translation (mm)", "framewise displacement (mm)"), strict=True):
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, ncol=3)
+    axes[1].legend(fontsize=8, ncol=3)
+    axes[2].set_xlabel("volume")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -24,15 +24,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lossfit.errors import DiskFullError, OutputError
+from lossfit.io import first_line
 
-# The names lossfit writes in a run folder (``warped`` with any image suffix, or a DICOM series folder).
-OWN_NAMES = ("transform.tfm", "transform.json", "registration.png", "report.html", "warped")
+# The names lossfit writes in a run folder: a registration's (``warped`` with any image suffix, or a DICOM series
+# folder) and a motion correction's (``corrected`` with any suffix, ``transforms/`` with one file per volume).
+OWN_NAMES = (
+    "transform.tfm",
+    "transform.json",
+    "registration.png",
+    "report.html",
+    "warped",
+    "corrected",
+    "transforms",
+    "motion.tsv",
+    "motion.json",
+    "motion.png",
+)
+_OWN_PREFIXES = ("warped.", "corrected.")
 _FULL = (errno.ENOSPC, errno.EDQUOT) if hasattr(errno, "EDQUOT") else (errno.ENOSPC,)
 
 
 def is_own(name: str) -> bool:
     """Whether a file name is one lossfit writes into a run folder."""
-    return name in OWN_NAMES or name.startswith("warped.")
+    return name in OWN_NAMES or name.startswith(_OWN_PREFIXES)
 
 
 def check_run_folder(path: Path, overwrite: bool, option: str = "--out") -> None:
@@ -153,7 +167,9 @@ class RunFolder:
             self.discard()
             return
         kept = ", ".join(self.written)
-        raise OutputError(f"{_first_line(exc)}; kept in {self.target}: {kept}") from None
+        raise OutputError(
+            f"{first_line(exc) if exc is not None else 'failed'}; kept in {self.target}: {kept}"
+        ) from None
 
 
 def _remove(path: Path) -> None:
@@ -162,11 +178,6 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(OSError):
             path.unlink()
-
-
-def _first_line(exc: BaseException | None) -> str:
-    text = str(exc).strip() if exc is not None else ""
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _umask() -> int:

@@ -20,18 +20,18 @@ import numpy as np
 import torch
 
 from lossfit.errors import GeometryWarning, InputFileError
-from lossfit.io import _first_line, atomic_path
+from lossfit.io import atomic_path, first_line
 from lossfit.registration.image import Image, Matrix, Vector, check_direction, check_vector
 
 Geometry = tuple[Vector, Vector, Matrix]
 
 _RASTER = (".png", ".jpg", ".jpeg", ".bmp")
 _TIFF = (".tif", ".tiff")
-_DICOM = (".dcm", ".ima")
-READ_SUFFIXES = (".nii", ".nii.gz", *_DICOM, *_RASTER, *_TIFF, ".npy")
+DICOM_SUFFIXES = (".dcm", ".ima")
+READ_SUFFIXES = (".nii", ".nii.gz", *DICOM_SUFFIXES, *_RASTER, *_TIFF, ".npy")
 SAVE_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".npy", ".dcm")
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
-_LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # flips x and y; its own inverse
+LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # flips x and y; its own inverse
 # What a DICOM file written from an image keeps of the series its grid came from (``Image.header["dicom"]``), so
 # that a viewer files it with that study and overlays it: the patient, the study and the frame of reference.
 STUDY_TAGS = (
@@ -50,7 +50,7 @@ STUDY_TAGS = (
 _IN_PLANE_TOL = 1e-4  # |z| of both DICOM cosines below this: the slice is axial and loads as a 2-D image
 
 
-def _suffix(path: Path) -> str:
+def suffix_of(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
@@ -113,8 +113,8 @@ def load_image(
     p = Path(path)
     if not p.exists():
         raise InputFileError(f"{p}: no such file or folder")
-    suffix = _suffix(p)
-    dicom = p.is_dir() or suffix in _DICOM or suffix == "" or suffix[1:].isdigit()
+    suffix = suffix_of(p)
+    dicom = p.is_dir() or suffix in DICOM_SUFFIXES or suffix == "" or suffix[1:].isdigit()
     if series is not None and not dicom:
         raise ValueError(f"`series` applies to DICOM files and folders; got {p}")
     if volume is not None and (isinstance(volume, bool) or not isinstance(volume, int) or volume < 0):
@@ -163,11 +163,11 @@ def load_image(
             header=header,
         )
     except (TypeError, ValueError) as exc:
-        raise InputFileError(f"{p}: its geometry is invalid ({_first_line(exc)})") from None
+        raise InputFileError(f"{p}: its geometry is invalid ({first_line(exc)})") from None
 
 
-def _unreadable(p: Path, kind: str, exc: BaseException) -> InputFileError:
-    return InputFileError(f"{p}: cannot be read as {kind} ({_first_line(exc)})")
+def unreadable(p: Path, kind: str, exc: BaseException) -> InputFileError:
+    return InputFileError(f"{p}: cannot be read as {kind} ({first_line(exc)})")
 
 
 def _real(p: Path, array: np.ndarray) -> np.ndarray:
@@ -192,7 +192,7 @@ def _read_nifti(p: Path, np_dtype: type, volume: int | None = None) -> tuple[np.
         if kind.names or kind.kind not in "biuf":
             raise InputFileError(f"{p}: holds {kind} data, not real numbers")
         shape = tuple(int(n) for n in img.shape)
-        _check_nifti_size(p, img, shape)
+        check_nifti_size(p, img, shape)
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
         if len(shape) == 4 and volume is not None:
@@ -209,12 +209,12 @@ def _read_nifti(p: Path, np_dtype: type, volume: int | None = None) -> tuple[np.
             if volume not in (None, 0):
                 raise InputFileError(f"{p}: holds one volume (0); got volume={volume}")
             array = np.asarray(img.get_fdata(dtype=np_dtype)).reshape(shape + (1,) * (3 - len(shape)))
-        affine = _LPS_RAS @ np.asarray(img.affine, dtype=np.float64)
+        affine = LPS_RAS @ np.asarray(img.affine, dtype=np.float64)
     except (InputFileError, MemoryError):
         raise
     except Exception as exc:
-        raise _unreadable(p, "NIfTI", exc) from None
-    _warn_if_forms_disagree(p, img, shape)
+        raise unreadable(p, "NIfTI", exc) from None
+    warn_if_forms_disagree(p, img, shape)
     matrix = affine[:3, :3]
     spacing = np.linalg.norm(matrix, axis=0)
     if not (spacing > 0).all():
@@ -228,7 +228,7 @@ def _read_nifti(p: Path, np_dtype: type, volume: int | None = None) -> tuple[np.
 _DEFLATE_MAX_RATIO = 1032  # deflate never expands its input by more than about 1032 times
 
 
-def _check_nifti_size(p: Path, img: Any, shape: tuple[int, ...]) -> None:
+def check_nifti_size(p: Path, img: Any, shape: tuple[int, ...]) -> None:
     """Refuse, before any allocation, a header that claims more data than the file can hold: the voxel count times
     the voxel size plus the data offset against the file's size (a .nii), or against the size gzip records and
     deflate's largest ratio (a .nii.gz), so a 100-byte file claiming 10^12 voxels is one clear error."""
@@ -266,7 +266,7 @@ def _gzip_length(p: Path, enough: int) -> int:
     return total
 
 
-def _warn_if_forms_disagree(p: Path, img: Any, shape: tuple[int, ...]) -> None:
+def warn_if_forms_disagree(p: Path, img: Any, shape: tuple[int, ...]) -> None:
     """Warn when both the sform and the qform are set and place the grid's corners further apart than the qform's
     own precision: 0.01 mm, or a thousandth of the grid's diagonal where that is more. (The qform stores a unit
     quaternion's last three parts in float32 and recomputes the first; near a half turn, which every near-axial
@@ -295,23 +295,32 @@ def _warn_if_forms_disagree(p: Path, img: Any, shape: tuple[int, ...]) -> None:
 
 
 def _nifti_bytes(image: Image, gz: bool) -> bytes:
+    data = image.data.detach().to("cpu", torch.float32).numpy()
+    return nifti_bytes(data.T if image.ndim == 3 else data.T[:, :, None], image, gz=gz)
+
+
+def nifti_bytes(array: np.ndarray, grid: Image, *, gz: bool, tr: float | None = None) -> bytes:
+    """NIfTI-1 bytes of ``array`` (float32, in NIfTI's index order: x, y, z[, t]) placed by ``grid``'s geometry:
+    LPS flipped to RAS, as the sform and the qform with the source's codes where the grid came from a NIfTI file
+    (``grid.header``), else 1 (scanner); a 2-D grid lies in its plane ``z = slice_z``. ``tr`` (seconds) goes into
+    pixdim[4] for a series."""
     import nibabel as nib
 
-    data = image.data.detach().to("cpu", torch.float32).numpy()
     affine = np.eye(4)
-    d = image.ndim
-    affine[:d, :d] = image.affine.numpy()[:d, :d]
-    affine[:d, 3] = image.origin
+    d = grid.ndim
+    affine[:d, :d] = grid.affine.numpy()[:d, :d]
+    affine[:d, 3] = grid.origin
     if d == 2:
-        affine[2, 3] = image.slice_z  # the plane a 2-D image lies in
-    array = data.T if d == 3 else data.T[:, :, None]  # (nx, ny, nz), NIfTI's index order
-    ras = _LPS_RAS @ affine
+        affine[2, 3] = grid.slice_z  # the plane a 2-D image lies in
+    ras = LPS_RAS @ affine
     nifti = nib.Nifti1Image(array, ras)
-    nifti.header.set_xyzt_units("mm")
+    nifti.header.set_xyzt_units("mm", "sec" if array.ndim == 4 else None)
     # The source's codes where the grid came from a NIfTI file (scanner, aligned, template, MNI...), else 1.
-    s_code, q_code = image.header.get("sform_code", 1), image.header.get("qform_code", 1)
+    s_code, q_code = grid.header.get("sform_code", 1), grid.header.get("qform_code", 1)
     nifti.set_sform(ras, code=int(s_code))
     nifti.set_qform(ras, code=int(q_code))  # the nearest rotation and zooms when the grid is sheared
+    if array.ndim == 4:
+        nifti.header["pixdim"][4] = tr or 0.0
     raw = nifti.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw
 
@@ -325,13 +334,13 @@ def _read_dicom_file(p: Path, series: str | None) -> tuple[np.ndarray, Geometry,
     except MemoryError:
         raise
     except Exception as exc:
-        raise _unreadable(p, "DICOM", exc) from None
+        raise unreadable(p, "DICOM", exc) from None
     if "PixelData" not in ds:
         raise InputFileError(f"{p}: holds no image (no pixel data)")
     uid = str(ds.get("SeriesInstanceUID", ""))
     if series is not None and uid != series:
         raise InputFileError(f"{p}: holds series {uid!r}, not {series!r}")
-    return _stack(p, [(p, ds)])
+    return stack_dicom(p, [(p, ds)])
 
 
 def _read_dicom_folder(p: Path, series: str | None) -> tuple[np.ndarray, Geometry, dict[str, str]]:
@@ -347,7 +356,7 @@ def _read_dicom_folder(p: Path, series: str | None) -> tuple[np.ndarray, Geometr
         except MemoryError:
             raise
         except Exception as exc:
-            raise _unreadable(f, "DICOM", exc) from None
+            raise unreadable(f, "DICOM", exc) from None
         if "PixelData" in ds:
             groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
     if not groups:
@@ -356,10 +365,10 @@ def _read_dicom_folder(p: Path, series: str | None) -> tuple[np.ndarray, Geometr
     if series is not None:
         if series not in groups:
             raise InputFileError(f"{p}: holds no series {series!r}; it holds {listing}")
-        return _stack(p, groups[series])
+        return stack_dicom(p, groups[series])
     if len(groups) > 1:
         raise InputFileError(f"{p}: holds {len(groups)} DICOM series: {listing}; choose one with series=")
-    return _stack(p, next(iter(groups.values())))
+    return stack_dicom(p, next(iter(groups.values())))
 
 
 def _floats(ds: Any, keyword: str, default: list[float]) -> np.ndarray:
@@ -377,7 +386,7 @@ def _pixels(f: Path, ds: Any) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:
-        raise _unreadable(f, "DICOM pixel data", exc) from None
+        raise unreadable(f, "DICOM pixel data", exc) from None
     if array.ndim == 3 and photometric.startswith(("RGB", "YBR")):
         return _luminance(array)  # pydicom gives YBR data as RGB
     if array.ndim != 2 or not photometric.startswith("MONOCHROME"):
@@ -387,14 +396,14 @@ def _pixels(f: Path, ds: Any) -> np.ndarray:
     return _real(f, array).astype(np.float64) * slope + intercept
 
 
-def _stack(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geometry, dict[str, str]]:
-    array, geometry = _stack_pixels(source, items)
+def stack_dicom(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geometry, dict[str, str]]:
+    array, geometry = stack_pixels(source, items)
     first = items[0][1]
     study = {k: str(first.get(k)) for k in STUDY_TAGS if first.get(k) not in (None, "")}
     return array, geometry, study
 
 
-def _stack_pixels(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geometry]:
+def stack_pixels(source: Path, items: list[tuple[Path, Any]]) -> tuple[np.ndarray, Geometry]:
     first = items[0][1]
     iop = _floats(first, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])
     if iop.size != 6:
@@ -630,7 +639,7 @@ def _read_raster(p: Path, pages: bool) -> np.ndarray:
     except (InputFileError, MemoryError):
         raise
     except Exception as exc:
-        raise _unreadable(p, "an image", exc) from None
+        raise unreadable(p, "an image", exc) from None
     if len({f.shape for f in frames}) > 1:
         raise InputFileError(f"{p}: its pages differ in size ({', '.join(str(f.shape) for f in frames)})")
     return frames[0] if len(frames) == 1 else np.stack(frames)
@@ -648,7 +657,7 @@ def _read_tiff(p: Path) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:
-        raise _unreadable(p, "TIFF", exc) from None
+        raise unreadable(p, "TIFF", exc) from None
     array = _real(p, np.asarray(array))
     if "S" in axes:  # samples per pixel: colour, or grey and alpha
         array = np.moveaxis(array, axes.index("S"), -1)
@@ -670,7 +679,7 @@ def _read_npy(p: Path) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:
-        raise _unreadable(p, "NumPy", exc) from None
+        raise unreadable(p, "NumPy", exc) from None
     if not isinstance(array, np.ndarray):
         raise InputFileError(f"{p}: does not hold one array")
     if array.ndim not in (2, 3) or array.size == 0:
@@ -714,7 +723,7 @@ def check_savable(grid: Image, path: str | os.PathLike[str], low: float, high: f
     Raises:
         ValueError: naming the format and what it cannot hold.
     """
-    suffix = _suffix(Path(path))
+    suffix = suffix_of(Path(path))
     if suffix not in SAVE_SUFFIXES:
         raise ValueError(f"`path` must end in one of {', '.join(SAVE_SUFFIXES)}; got {os.fspath(path)!r}")
     if suffix == ".png":
@@ -763,7 +772,7 @@ def save_image(image: Image, path: str | os.PathLike[str]) -> None:
     if not isinstance(image, Image):
         raise TypeError(f"`image` must be an Image; got {type(image).__name__}")
     target = Path(path)
-    suffix = _suffix(target)
+    suffix = suffix_of(target)
     writers = {
         ".nii": lambda: _nifti_bytes(image, gz=False),
         ".nii.gz": lambda: _nifti_bytes(image, gz=True),

@@ -1,0 +1,59 @@
+"""``lossfit motion``: a 4-D NIfTI with known motion corrected; the run folder holds what it promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import registration_pairs as P
+from lossfit.cli import app
+from lossfit.registration import displacement, load_image
+
+sitk = pytest.importorskip("SimpleITK")
+pytest.importorskip("nilearn")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+
+def test_motion_corrects_a_4d_nifti_and_writes_the_run_folder(tmp_path: Path) -> None:
+    from lossfit.registration.series import Series, save_series
+
+    volumes, truths = P.motion_series(seed=7, n=4)
+    series = Series(torch.stack([v.data for v in volumes]), volumes[0], tr=2.0)
+    save_series(series, tmp_path / "bold.nii.gz")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["motion", str(tmp_path / "bold.nii.gz"), "--reference", "0", "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["success"] and summary["volumes"] == 4
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["corrected.nii.gz", "motion.json", "motion.png", "motion.tsv", "transforms"]
+    lines = (out / "motion.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[:2] == ["volume", "rot_x_deg"] and len(lines) == 5
+    grid = load_image(tmp_path / "bold.nii.gz", volume=0)
+    for i, truth in enumerate(truths):
+        t = sitk.ReadTransform(str(out / "transforms" / f"{i:04d}.tfm"))
+        m = np.eye(4)
+        m[:3, 3] = t.TransformPoint((0.0, 0.0, 0.0))
+        for axis in range(3):
+            unit = [0.0, 0.0, 0.0]
+            unit[axis] = 1.0
+            m[:3, axis] = np.array(t.TransformPoint(tuple(unit))) - m[:3, 3]
+        assert displacement(torch.from_numpy(m), torch.from_numpy(truth), grid)["mean"] < 0.15
+    corrected = load_image(out / "corrected.nii.gz", volume=3)
+    assert corrected.shape == grid.shape
+    again = runner.invoke(app, ["motion", str(tmp_path / "bold.nii.gz"), "--out", str(out)])
+    assert again.exit_code == 2 and "holds the outputs of an earlier run" in again.stderr
+    bad = runner.invoke(
+        app, ["motion", str(tmp_path / "bold.nii.gz"), "--reference", "9", "--out", str(tmp_path / "o")]
+    )
+    assert bad.exit_code == 2 and "--reference must index one of the 4 volumes" in bad.stderr
+    assert not (tmp_path / "o").exists()
