@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import registration_pairs as P
 from lossfit.cli import app
-from lossfit.registration import displacement, load_image
+from lossfit.registration import displacement, load_image, save_image
 
 sitk = pytest.importorskip("SimpleITK")
 pytest.importorskip("nilearn")
@@ -27,6 +27,7 @@ def test_motion_corrects_a_4d_nifti_and_writes_the_run_folder(tmp_path: Path) ->
     volumes, truths = P.motion_series(seed=7, n=4)
     series = Series(torch.stack([v.data for v in volumes]), volumes[0], tr=2.0)
     save_series(series, tmp_path / "bold.nii.gz")
+    save_image(volumes[0], tmp_path / "one.nii.gz")
     out = tmp_path / "out"
     result = runner.invoke(
         app, ["motion", str(tmp_path / "bold.nii.gz"), "--reference", "0", "--out", str(out), "--json"]
@@ -56,4 +57,7 @@ def test_motion_corrects_a_4d_nifti_and_writes_the_run_folder(tmp_path: Path) ->
         app, ["motion", str(tmp_path / "bold.nii.gz"), "--reference", "9", "--out", str(tmp_path / "o")]
     )
     assert bad.exit_code == 2 and "--reference must index one of the 4 volumes" in bad.stderr
+    assert not (tmp_path / "o").exists()
+    one = runner.invoke(app, ["motion", str(tmp_path / "one.nii.gz"), "--out", str(tmp_path / "o")])
+    assert one.exit_code == 2 and "holds one volume" in one.stderr
     assert not (tmp_path / "o").exists()

@@ -31,6 +31,10 @@ def motion(
     reference: Annotated[str, typer.Option(help="mean, or the index of a volume (from 0)")] = "mean",
     transform: Annotated[str, typer.Option(help="rigid (head motion), translation, similarity or affine")] = "rigid",
     metric: Annotated[str, typer.Option(help="mse, ncc (contrast that drifts) or mi")] = "mse",
+    loss: Annotated[str, typer.Option(help="for mse: linear, huber or cauchy (where fill enters at the edges)")] = (
+        "linear"
+    ),
+    passes: Annotated[int, typer.Option(help="2: register again to the mean of the first pass's result")] = 1,
     samples: Annotated[int, typer.Option(help="the most voxels compared per volume at the finest level")] = 20_000,
     chunk: Annotated[int | None, typer.Option(help="volumes per batched call (default: memory-bounded)")] = None,
     seed: Annotated[int, typer.Option(help="seeds the choice of samples")] = 0,
@@ -58,10 +62,14 @@ def motion(
         except ValueError:
             fail(f"--reference must be mean or a volume index; got {reference!r}")
     data = load_series(series)
+    if len(data) < 2:
+        fail(f"{series}: holds one volume; motion correction needs a series of volumes (a 4-D file)")
     if isinstance(ref, int) and not -len(data) <= ref < len(data):
         fail(f"--reference must index one of the {len(data)} volumes (0..{len(data) - 1}); got {ref}")
     check_space(out, data.data.numel() * 4 + len(data) * 1024 + (4 << 20))
-    result = motion_correct(data, ref, transform, metric, chunk=chunk, samples=samples, seed=seed)
+    result = motion_correct(
+        data, ref, transform, metric, chunk=chunk, passes=passes, samples=samples, seed=seed, loss=loss
+    )
     corrected = data.with_data(torch.stack([image.data for image in result.corrected]))
     rows = result.table()
     summary = {
@@ -71,6 +79,8 @@ def motion(
         "reference": reference,
         "transform": transform,
         "metric": metric,
+        "loss": loss,
+        "passes": passes,
         "time_s": result.time,
         "mean_fd_mm": float(result.framewise_displacement.mean()),
         "max_fd_mm": float(result.framewise_displacement.max()),

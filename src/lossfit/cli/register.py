@@ -136,9 +136,9 @@ def register(
 
         warped = resample(result.moving, result.fixed, result.matrix, interpolation=interpolation.value, default=fill)
         warped = within_range(warped, f"warped{suffix}", moving_image.data, fill, interpolation.value)
-    summary = _registration_summary(result, {"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask,
+    summary = registration_summary(result, {"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask,
                                              "moving_mask": moving_mask, "initial": initial})  # fmt: skip
-    page = _registration_page(
+    page = registration_page(
         result,
         command_line(ctx),
         f"{moving} registered to {fixed}",
@@ -147,7 +147,7 @@ def register(
     )
     same_folder = out is not None and report is not None and report.resolve() == out.resolve()
     if out is not None:
-        _write_registration(result, warped, warped_name, out, summary, page if same_folder else None)
+        write_registration(result, warped, warped_name, out, summary, page if same_folder else None)
         summary["outputs"] = str(out)
     if report is not None and not same_folder:
         summary["report"] = str(write_report(report, "lossfit register", page))
@@ -171,14 +171,14 @@ def _read_initial(path: Path) -> Any:
     return read_transform(path)
 
 
-def _registration_summary(result: Any, inputs: dict[str, Path | None]) -> dict[str, Any]:
+def registration_summary(result: Any, inputs: dict[str, Path | None]) -> dict[str, Any]:
     summary = result.to_dict()
     summary["inputs"] = {name: None if path is None else str(path) for name, path in inputs.items()}
     summary["geometry"] = {"fixed": geometry_summary(result.fixed), "moving": geometry_summary(result.moving)}
     return summary
 
 
-def _registration_page(result: Any, command: str, heading: str, note: str) -> Callable[[Any], None]:
+def registration_page(result: Any, command: str, heading: str, note: str) -> Callable[[Any], None]:
     def build(page: Any) -> None:
         from lossfit.registration import resample
         from lossfit.report.sections import registration_section
@@ -199,7 +199,7 @@ def _parse_levels(text: str | None) -> tuple[int, ...] | None:
         raise  # unreachable: fail exits
 
 
-def _write_registration(
+def write_registration(
     result: Any,
     warped: Any,
     warped_name: str,

@@ -94,11 +94,16 @@ def metric_on_grid(
     window: int = 9,
     robust_loss: Any = None,
     f_scale: float = 1.0,
+    resampled: tuple[Image, torch.Tensor] | None = None,
 ) -> float:
     """The metric (lower is better) between ``fixed`` and ``moving`` resampled onto its whole grid by ``matrix``,
     over the voxels inside both (and the masks); a robust mean-squares metric averages ``f^2 rho((e / f)^2)``.
-    Infinite when no voxel counts."""
-    warped, valid = resample(moving, fixed, matrix.to(torch.float64).cpu(), mask=True)  # type: ignore[misc]
+    Infinite when no voxel counts. ``resampled``: that resampling and its inside mask where the caller has them
+    (``resample(moving, fixed, matrix, mask=True)``), so that it is not done twice."""
+    if resampled is None:
+        resampled = resample(moving, fixed, matrix.to(torch.float64).cpu(), mask=True)  # type: ignore[assignment]
+    assert resampled is not None
+    warped, valid = resampled
     weight = valid.to(fixed.device)
     if fixed_mask is not None:
         weight = weight & fixed_mask

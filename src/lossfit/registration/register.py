@@ -189,7 +189,7 @@ def register(
     assert outcome is not None and problem is not None  # there is at least one level
 
     final = (left @ model.matrix(q) @ right).detach().to("cpu", _FLOAT)
-    pair_checks = _check_answers(
+    pair_checks, warped = _check_answers(
         problem, q, final, start_matrices, start_overlap, fixed_list, moving_list, masks, moving_mask, metric, loss,
         bins, window, factors[-1], done_levels[-1].sigma,
     )  # fmt: skip
@@ -199,11 +199,6 @@ def register(
         for s, c in zip(done_levels[-1].status, pair_checks, strict=True)
     )
     covariance = _covariance(problem, q, model) if metric == "mse" else None
-    warped = []
-    for f_img, m_img, matrix in zip(fixed_list, moving_list, final, strict=True):
-        out = resample(m_img, f_img, matrix)
-        assert isinstance(out, Image)  # mask=False returns an Image
-        warped.append(out)
     params = model.params(q)
     world = _world(final, params, covariance, left.cpu(), right.cpu(), model, fixed_list)
 
@@ -413,8 +408,9 @@ def _check_answers(
     window: int,
     shrink: int,
     sigma: float,
-) -> list[dict[str, Any]]:
-    """Each pair's independent check (see :mod:`lossfit.registration.checks`), as a dict of plain numbers."""
+) -> tuple[list[dict[str, Any]], list[Image]]:
+    """Each pair's independent check (see :mod:`lossfit.registration.checks`), as a dict of plain numbers, and the
+    moving image resampled onto the fixed grid by the answer (the check's own resampling, kept for the result)."""
     rows = torch.arange(q.shape[0], device=q.device)
     own = problem.own_value(q, rows).cpu()
     dtype = problem.moving.dtype
@@ -431,8 +427,11 @@ def _check_answers(
         inside.append(ok & problem.fixed_ok[i])
     again = problem.objective(torch.stack(values), torch.stack(inside).to(_FLOAT), rows).cpu()
     rho = robust_loss(loss) if loss != "linear" else None
-    out = []
+    out, warped = [], []
     for i in range(len(fixed)):
+        answer = resample(moving[i], fixed[i], final[i].to(torch.float64).cpu(), mask=True)
+        assert isinstance(answer, tuple)  # mask=True returns the image and its inside mask
+        warped.append(answer[0])
         grid: dict[str, Any] = {"fixed_mask": masks[0], "moving_mask": moving_mask, "bins": bins, "window": window}
         if rho is not None:
             grid.update(robust_loss=rho, f_scale=float(problem.f_scale[i]))
@@ -441,7 +440,7 @@ def _check_answers(
             "overlap": C.overlap(fixed[i], moving[i], final[i], masks[0], masks[1]),
             "metric": metric,
             "metric_start": C.metric_on_grid(fixed[i], moving[i], start_matrices[i], metric, **grid),
-            "metric_answer": C.metric_on_grid(fixed[i], moving[i], final[i], metric, **grid),
+            "metric_answer": C.metric_on_grid(fixed[i], moving[i], final[i], metric, resampled=answer, **grid),
             "metric_slack": C.metric_slack(metric, problem.values[i]),
             "metric_constant": C.metric_constant(
                 fixed[i], metric, masks[0], grid.get("robust_loss"), grid.get("f_scale", 1.0)
@@ -454,7 +453,7 @@ def _check_answers(
         check["passed"] = failed is None
         check["failed"] = None if failed is None else failed.name.lower()
         out.append(check)
-    return out
+    return out, warped
 
 
 # ---------------------------------------------------------------------------------------------------------------
