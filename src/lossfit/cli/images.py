@@ -24,37 +24,8 @@ class Interpolation(str, Enum):
     bspline = "bspline"
 
 
-FORMAT_SUFFIXES = {"nifti": ".nii.gz", "dicom": ".dcm", "png": ".png", "tiff": ".tif", "npy": ".npy"}
-# The format of an image written from an input of this suffix (a DICOM series folder gives a series folder).
-IMAGE_OUTPUTS = {
-    ".nii": ".nii",
-    ".nii.gz": ".nii.gz",
-    ".dcm": ".dcm",
-    ".ima": ".dcm",
-    ".png": ".png",
-    ".jpg": ".png",
-    ".jpeg": ".png",
-    ".bmp": ".png",
-    ".tif": ".tif",
-    ".tiff": ".tif",
-    ".npy": ".npy",
-}
 BYTES_PER_VOXEL = {".nii": 4, ".nii.gz": 4, ".tif": 4, ".npy": 4, ".png": 2, ".dcm": 2}
 PICTURE_BYTES = 4 << 20  # registration.png and report.html: a few MB at most
-
-
-def output_suffix(fmt: ImageFormat | None, like: Path) -> str:
-    """The suffix of an image written for ``--format`` (``like``'s own format when None: a lossless one for
-    JPEG/BMP, DICOM for a DICOM folder or a file without a suffix)."""
-    if fmt is not None:
-        return FORMAT_SUFFIXES[fmt.value]
-    name = like.name.lower()
-    if like.is_dir():
-        return ".dcm"
-    for suffix in sorted(IMAGE_OUTPUTS, key=len, reverse=True):
-        if name.endswith(suffix):
-            return IMAGE_OUTPUTS[suffix]
-    return ".dcm"  # a DICOM file named by its UID, or without a suffix
 
 
 def check_image_output(grid: Any, name: str, values: Any, fill: float) -> None:
@@ -111,16 +82,3 @@ def check_output_file(path: Path, option: str, overwrite: bool) -> None:
         fail(f"{path}: {option}: cannot write in {path.parent}")
     if path.exists() and not overwrite:
         fail(f"{path}: {option} exists; pass --overwrite to replace it")
-
-
-def geometry_summary(image: Any) -> dict[str, Any]:
-    """An image's grid for the JSON summaries: size, spacing, origin, direction and world extent."""
-    from lossfit.registration.checks import world_extent
-
-    return {
-        "size": list(image.size),
-        "spacing_mm": list(image.spacing),
-        "origin_mm": list(image.origin),
-        "direction": [list(row) for row in image.direction],
-        "extent": world_extent(image),
-    }

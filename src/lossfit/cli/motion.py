@@ -18,7 +18,7 @@ from lossfit.cli.common import (
     fail,
     guarded,
 )
-from lossfit.cli.images import geometry_summary
+from lossfit.registration.outputs import geometry_summary
 
 TABLE_NAME = "motion.tsv"
 

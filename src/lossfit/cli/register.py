@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,10 +29,15 @@ from lossfit.cli.images import (
     ImageFormat,
     Interpolation,
     check_image_output,
-    geometry_summary,
     load_input,
-    output_suffix,
     within_range,
+)
+from lossfit.registration.outputs import (
+    output_suffix,
+    registration_page,
+    registration_summary,
+    warped_name,
+    write_registration,
 )
 
 
@@ -102,7 +106,7 @@ def register(
     moving_image = load_input(moving, "--moving", series=moving_series, volume=moving_volume)
     fixed_mask_image = None if fixed_mask is None else load_input(fixed_mask, "--fixed-mask")
     moving_mask_image = None if moving_mask is None else load_input(moving_mask, "--moving-mask")
-    suffix = output_suffix(image_format, fixed)
+    suffix = output_suffix(None if image_format is None else image_format.value, fixed)
     if out is not None:
         check_image_output(fixed_image, f"warped{suffix}", moving_image.data, fill)
         voxels = fixed_image.data.numel()
@@ -130,7 +134,7 @@ def register(
             moving_mask=moving_mask_image,
         )
     warped = result.warped
-    warped_name = "warped" if suffix == ".dcm" and warped.ndim == 3 else f"warped{suffix}"  # a series folder
+    name = warped_name(suffix, warped)
     if interpolation is not Interpolation.linear or fill != 0.0:
         from lossfit.registration import resample
 
@@ -147,7 +151,7 @@ def register(
     )
     same_folder = out is not None and report is not None and report.resolve() == out.resolve()
     if out is not None:
-        write_registration(result, warped, warped_name, out, summary, page if same_folder else None)
+        write_registration(result, warped, name, out, summary, page if same_folder else None)
         summary["outputs"] = str(out)
     if report is not None and not same_folder:
         summary["report"] = str(write_report(report, "lossfit register", page))
@@ -171,24 +175,6 @@ def _read_initial(path: Path) -> Any:
     return read_transform(path)
 
 
-def registration_summary(result: Any, inputs: dict[str, Path | None]) -> dict[str, Any]:
-    summary = result.to_dict()
-    summary["inputs"] = {name: None if path is None else str(path) for name, path in inputs.items()}
-    summary["geometry"] = {"fixed": geometry_summary(result.fixed), "moving": geometry_summary(result.moving)}
-    return summary
-
-
-def registration_page(result: Any, command: str, heading: str, note: str) -> Callable[[Any], None]:
-    def build(page: Any) -> None:
-        from lossfit.registration import resample
-        from lossfit.report.sections import registration_section
-
-        before = resample(result.moving, result.fixed)
-        registration_section(page, heading, result, before, note=note, command=command)
-
-    return build
-
-
 def _parse_levels(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -197,44 +183,3 @@ def _parse_levels(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         fail(f"--levels must be whole shrink factors separated by commas, coarse to fine (e.g. 4,2,1); got {text!r}")
         raise  # unreachable: fail exits
-
-
-def write_registration(
-    result: Any,
-    warped: Any,
-    warped_name: str,
-    out: Path,
-    summary: dict[str, Any],
-    report_page: Callable[[Any], None] | None,
-) -> None:
-    """Write the run folder as a whole (see :mod:`lossfit.run_folder`): transform.tfm (affine family) and
-    transform.json first, then the warped moving image (``warped/``, a DICOM series folder, for a 3-D DICOM
-    output), registration.png (checkerboards and differences before and after), and report.html when
-    ``report_page`` is given (--report names the same folder)."""
-    from lossfit.io import atomic_write_text
-    from lossfit.plotting import plot_registration, save_figure
-    from lossfit.registration import resample
-    from lossfit.registration.io import save_dicom_series, save_image
-    from lossfit.run_folder import RunFolder
-
-    def picture(path: Path) -> None:
-        before = resample(result.moving, result.fixed)
-        figure = plot_registration(result.fixed, before, warped, f"{result.transform} / {result.metric}")
-        save_figure(figure, str(path))
-
-    def write_page(path: Path) -> None:
-        from lossfit.report import Report
-
-        page = Report(title="lossfit register")
-        assert report_page is not None
-        report_page(page)
-        page.save(path)
-
-    with RunFolder(out) as run:
-        if result.transform != "projective":
-            run.write("transform.tfm", result.save_transform)
-        run.write("transform.json", lambda p: atomic_write_text(p, json.dumps(summary, indent=2) + "\n"))
-        run.write(warped_name, lambda p: (save_dicom_series if warped_name == "warped" else save_image)(warped, p))
-        run.write("registration.png", picture)
-        if report_page is not None:
-            run.write(REPORT_NAME, write_page)

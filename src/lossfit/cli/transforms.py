@@ -14,10 +14,10 @@ from lossfit.cli.images import (
     Interpolation,
     check_image_output,
     check_output_file,
-    geometry_summary,
     load_input,
     within_range,
 )
+from lossfit.registration.outputs import geometry_summary
 
 
 @app.command(epilog=EPILOG)

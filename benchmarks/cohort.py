@@ -1,0 +1,112 @@
+"""Pairs per minute for a cohort on one machine: an in-process loop, a LocalCluster of 1 and of 2 workers, and the
+cluster's per-task overhead (a trivial task's round trip).
+
+The cohort: CT_small (pydicom's test data, 128 x 128, 2-D) and copies seen through known small rigid warps on a grid
+of their own, saved as NIfTI; each pair is registered (rigid, mse) and its run folder written, as
+``lossfit register-many`` does. Run: ``.venv/bin/python benchmarks/cohort.py [--pairs 40]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_cohort(folder: Path, count: int) -> list[tuple[str, Path, Path]]:
+    import numpy as np
+    import pydicom
+    import torch
+
+    from lossfit.registration import Image, load_image, resample, save_image
+
+    fixed = load_image(Path(str(pydicom.data.get_testdata_file("CT_small.dcm"))))
+    save_image(fixed, folder / "fixed.nii.gz")
+    c, t = fixed.center, math.radians(10)
+    direction = [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]
+    origin = (c[0] - 45 * math.cos(t) + 40 * math.sin(t), c[1] - 45 * math.sin(t) - 40 * math.cos(t))
+    grid = Image(torch.zeros(115, 113), spacing=(0.8, 0.7), origin=origin, direction=direction)
+    rng = np.random.default_rng(0)
+    centre = torch.tensor(c, dtype=torch.float64)
+    pairs = []
+    for i in range(count):
+        a = math.radians(float(rng.uniform(-6, 6)))
+        linear = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+        warp = torch.eye(3, dtype=torch.float64)
+        warp[:2, :2] = linear
+        warp[:2, 2] = centre - linear @ centre + torch.tensor(rng.uniform(-3, 3, 2), dtype=torch.float64)
+        save_image(resample(fixed, grid, warp), folder / f"moving{i:03d}.nii.gz")
+        pairs.append((f"p{i:03d}", folder / "fixed.nii.gz", folder / f"moving{i:03d}.nii.gz"))
+    return pairs
+
+
+def _warm_up() -> None:
+    """The imports a worker needs once (torch, the registration, the writer and matplotlib for the picture)."""
+    import lossfit.cli.register
+    import lossfit.plotting
+    import lossfit.registration  # noqa: F401
+
+
+def _nothing(x: int) -> int:
+    return x
+
+
+def main() -> None:
+    import distributed
+    import torch
+
+    from lossfit.scale import as_pairs, register_many, register_pair
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--round-trips", type=int, default=200)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="lossfit-cohort-bench-"))
+    try:
+        pairs = make_cohort(root, args.pairs)
+        rows = []
+        torch.set_num_threads(1)  # as each task does
+        began = time.perf_counter()
+        (root / "seq").mkdir()
+        seq = [register_pair(p, root / "seq", {"transform": "rigid"}) for p in as_pairs(pairs)]
+        elapsed = time.perf_counter() - began
+        assert all(r["success"] for r in seq)
+        rows.append(("in-process loop (1 thread)", elapsed, None, elapsed))
+        for workers in (1, 2):
+            began = time.perf_counter()
+            cluster = distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
+            client = distributed.Client(cluster)
+            client.run(_warm_up)
+            ready = time.perf_counter()
+            result = register_many(pairs, root / f"w{workers}", client=client, transform="rigid")
+            done = time.perf_counter()
+            assert result.success, result.counts
+            if workers == 2:
+                client.submit(_nothing, 0, pure=False).result()
+                trip = time.perf_counter()
+                for i in range(args.round_trips):
+                    client.submit(_nothing, i, pure=False).result()
+                overhead = (time.perf_counter() - trip) / args.round_trips
+            client.close()
+            cluster.close()
+            rows.append((f"LocalCluster, {workers} worker{'s' if workers > 1 else ''}", done - ready, ready - began,
+                         done - began))  # fmt: skip
+        print(f"{args.pairs} 2-D pairs (CT_small 128x128, rigid, mse, run folders written)\n")
+        print("| run | pairs/min (work) | cluster start (s) | pairs/min (with start) |")
+        print("|---|---:|---:|---:|")
+        for name, work, start, total in rows:
+            start_cell = "-" if start is None else f"{start:.1f}"
+            print(f"| {name} | {60 * args.pairs / work:.0f} | {start_cell} | {60 * args.pairs / total:.0f} |")
+        print(f"\ncluster overhead: a trivial task's round trip (submit, result), {args.round_trips} in a row: "
+              f"{1000 * overhead:.1f} ms")  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Cohorts on Dask (:mod:`lossfit.scale`, ``lossfit register-many``): ground truth recovered on a two-worker local
+cluster, bit-identical to in-process registration, resumed runs, failed pairs, bad manifests, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lossfit.cli import app
+from lossfit.errors import InputFileError, OutputError
+from lossfit.registration import Image, load_image, register, resample, save_image
+from lossfit.scale import Pair, read_manifest, register_many
+
+pydicom = pytest.importorskip("pydicom")
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+CT = Path(str(pydicom.data.get_testdata_file("CT_small.dcm")))
+RUN_FILES = ["registration.png", "transform.json", "transform.tfm", "warped.nii.gz"]
+# (rotation in degrees, shift in mm) of each pair's known warp
+WARPS = [(4.0, (2.0, -1.5)), (-3.0, (-1.0, 2.5)), (6.0, (3.0, 1.0)), (-5.0, (0.5, -3.0))]
+
+
+def _warp(fixed: Image, degrees: float, shift: tuple[float, float]) -> torch.Tensor:
+    """A rotation about the fixed image's centre and a shift: the moving image is the fixed one seen through it."""
+    c = torch.tensor(fixed.center, dtype=torch.float64)
+    a = math.radians(degrees)
+    linear = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+    warp = torch.eye(3, dtype=torch.float64)
+    warp[:2, :2] = linear
+    warp[:2, 2] = c - linear @ c + torch.tensor(shift, dtype=torch.float64)
+    return warp
+
+
+def _cohort(folder: Path, count: int = 4) -> tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]]:
+    """CT_small and copies seen through known warps, each on a grid of its own (rotated 10 degrees, 0.8 x 0.7 mm);
+    a pair's registration answer is the inverse of its warp."""
+    folder.mkdir(exist_ok=True)
+    fixed = load_image(CT)
+    save_image(fixed, folder / "fixed.nii.gz")
+    c, t = fixed.center, math.radians(10)
+    direction = [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]
+    origin = (c[0] - 45 * math.cos(t) + 40 * math.sin(t), c[1] - 45 * math.sin(t) - 40 * math.cos(t))
+    grid = Image(torch.zeros(115, 113), spacing=(0.8, 0.7), origin=origin, direction=direction)
+    pairs, truth = [], {}
+    for i, (degrees, shift) in enumerate(WARPS[:count]):
+        warp = _warp(fixed, degrees, shift)
+        moving = resample(fixed, grid, warp)
+        assert isinstance(moving, Image)
+        save_image(moving, folder / f"moving{i}.nii.gz")
+        pairs.append((f"s{i}", folder / "fixed.nii.gz", folder / f"moving{i}.nii.gz"))
+        truth[f"s{i}"] = torch.linalg.inv(warp)
+    return pairs, truth
+
+
+def _matrix(out: Path, ident: str) -> torch.Tensor:
+    return torch.tensor(json.loads((out / ident / "transform.json").read_text())["matrix"], dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[object]:
+    """One two-worker local cluster (processes, one thread each) for the module: starting one takes seconds."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    dask_client = distributed.Client(cluster)
+    yield dask_client
+    dask_client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]]:
+    return _cohort(tmp_path_factory.mktemp("cohort"))
+
+
+def test_a_two_worker_cluster_recovers_each_warp_bit_identical_to_in_process(
+    client: object, data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    pairs, truth = data
+    out = tmp_path / "out"
+    result = register_many(pairs, out, client=client, transform="rigid")
+    assert result.success, result.rows
+    assert len({row["worker"] for row in result.rows}) == 2  # both workers took pairs
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == ["s0", "s1", "s2", "s3"]
+    assert all(r["success"] == "True" and float(r["metric_answer"]) < float(r["metric_start"]) for r in rows)
+    assert json.loads((out / "summary.json").read_text())["counts"] == result.counts
+    assert sorted(p.name for p in out.iterdir()) == ["s0", "s1", "s2", "s3", "summary.csv", "summary.json"]
+    for ident, fixed, moving in pairs:
+        assert sorted(p.name for p in (out / ident).iterdir()) == RUN_FILES
+        matrix = _matrix(out, ident)
+        assert float((matrix[:2, :2] - truth[ident][:2, :2]).abs().max()) < 2e-3
+        centre = torch.tensor([*load_image(CT).center, 1.0], dtype=torch.float64)
+        assert float((matrix @ centre - truth[ident] @ centre).norm()) < 0.25  # mm, where the image is
+        # The same pair registered in-process, one thread: the same bits.
+        alone = register(load_image(fixed), load_image(moving), "rigid")
+        assert torch.equal(alone.matrix, matrix)
+    assert not [p.name for p in out.rglob(".*")]  # no staging folders left behind
+
+
+def test_a_resumed_run_skips_the_pairs_done_and_does_the_rest(
+    client: object, data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    pairs, _ = data
+    out = tmp_path / "out"
+    first = register_many(pairs[:2], out, client=client, transform="translation")
+    assert first.success
+    stamps = {i: (out / i / "transform.json").stat().st_mtime_ns for i in ("s0", "s1")}
+    with pytest.raises(OutputError, match="--resume") as refused:
+        register_many(pairs[:3], out, client=client, transform="translation")
+    assert len(str(refused.value).splitlines()) == 1
+    seen: list[tuple[int, int]] = []
+    second = register_many(
+        pairs[:3], out, client=client, resume=True, transform="translation", progress=lambda d, t: seen.append((d, t))
+    )
+    assert second.success and [r["resumed"] for r in second.rows] == [True, True, False]
+    assert [r["time_s"] for r in second.rows[:2]] == [r["time_s"] for r in first.rows]
+    assert {i: (out / i / "transform.json").stat().st_mtime_ns for i in ("s0", "s1")} == stamps
+    assert seen[0] == (2, 3) and seen[-1] == (3, 3)
+    assert sorted(p.name for p in (out / "s2").iterdir()) == RUN_FILES
+    # Another transform: the recorded pairs do not match and are run again.
+    third = register_many(pairs[:1], out, client=client, resume=True, transform="rigid")
+    assert [r["resumed"] for r in third.rows] == [False]
+    assert json.loads((out / "s0" / "transform.json").read_text())["transform"] == "rigid"
+
+
+def test_a_pair_with_a_corrupt_file_is_recorded_with_its_reason_and_the_others_go_on(
+    client: object, data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    pairs, _ = data
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b not really gzip" * 10)
+    cohort = [pairs[0], ("broken", pairs[1][1], corrupt)]
+    result = register_many(cohort, tmp_path / "out", client=client, transform="translation")
+    assert not result.success and result.counts.get("error") == 1
+    good, bad = result.rows
+    assert good["success"] and (tmp_path / "out" / "s0" / "transform.json").is_file()
+    assert bad["status"] == "error" and bad["message"] and "\n" not in bad["message"]
+    assert not (tmp_path / "out" / "broken").exists()
+    with (tmp_path / "out" / "summary.csv").open() as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == [good["status"], "error"]
+
+
+def test_an_unreachable_scheduler_fails_clearly_within_seconds(
+    data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    began = time.perf_counter()
+    with pytest.raises(ConnectionError, match=f"tcp://127.0.0.1:{port}: no Dask scheduler answered"):
+        register_many(data[0][:1], tmp_path / "out", client=f"tcp://127.0.0.1:{port}", connect_timeout=1.0)
+    assert time.perf_counter() - began < 10
+    cli = runner.invoke(app, ["register-many", str(_manifest(tmp_path, data[0][:1])), "--out", str(tmp_path / "o")]
+                        + ["--scheduler", f"tcp://127.0.0.1:{port}"])  # fmt: skip
+    assert cli.exit_code == 2 and len(cli.stderr.strip().splitlines()) == 1
+    assert "no Dask scheduler answered" in cli.stderr and not (tmp_path / "o").exists()
+
+
+def _manifest(folder: Path, pairs: list[tuple[str, Path, Path]], extra: str = "") -> Path:
+    path = folder / "manifest.csv"
+    lines = ["id,fixed,moving" + (",transform" if extra else "")]
+    lines += [f"{i},{f},{m}" + (f",{extra}" if extra else "") for i, f, m in pairs]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_manifest_resolves_paths_against_its_folder_and_reads_options(tmp_path: Path) -> None:
+    (tmp_path / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "b.nii.gz").write_bytes(b"x")
+    path = tmp_path / "m.csv"
+    path.write_text("id,fixed,moving,transform,samples\np1,a.nii.gz,b.nii.gz,rigid,\np2,a.nii.gz,b.nii.gz,,500\n")
+    assert read_manifest(path) == [
+        Pair("p1", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz", {"transform": "rigid"}),
+        Pair("p2", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz", {"samples": 500}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "expected"),
+    [
+        ("id,fixed\np1,a.nii.gz\n", ValueError, "lacks the column(s) moving"),
+        (
+            "id,fixed,moving\np1,a.nii.gz,b.nii.gz\np2,a.nii.gz,gone.nii.gz\n",
+            InputFileError,
+            "row 3 (id p2): the moving",
+        ),
+        ("id,fixed,moving\np1,a.nii.gz,b.nii.gz\nP1,a.nii.gz,b.nii.gz\n", ValueError, "row 3: id 'P1' repeats"),
+        ("id,fixed,moving\n../up,a.nii.gz,b.nii.gz\n", ValueError, "row 2: id '../up' is not a safe folder name"),
+        ("id,fixed,moving,colour\np1,a.nii.gz,b.nii.gz,red\n", ValueError, "unknown column 'colour'"),
+        ("id,fixed,moving,samples\np1,a.nii.gz,b.nii.gz,many\n", ValueError, "row 2: samples must be int"),
+        ("id,fixed,moving,transform\np1,a.nii.gz,b.nii.gz,warp\n", ValueError, "row 2: transform must be one of"),
+    ],
+)
+def test_a_bad_manifest_is_one_line_naming_the_row(
+    tmp_path: Path, text: str, error: type[Exception], expected: str
+) -> None:
+    (tmp_path / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "b.nii.gz").write_bytes(b"x")
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(error) as caught:
+        read_manifest(path)
+    message = str(caught.value)
+    assert expected in message and len(message.splitlines()) == 1
+    cli = runner.invoke(app, ["register-many", str(path), "--out", str(tmp_path / "out")])
+    assert cli.exit_code == 2 and cli.stderr.strip() == f"lossfit: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_registers_a_manifest_on_one_local_worker(
+    data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    manifest = _manifest(tmp_path, data[0][:2], extra="translation")
+    out = tmp_path / "out"
+    cli = runner.invoke(app, ["register-many", str(manifest), "--out", str(out), "--workers", "1", "--json"])
+    assert cli.exit_code == 0, cli.output
+    summary = json.loads(cli.stdout)
+    assert summary["success"] and [r["id"] for r in summary["rows"]] == ["s0", "s1"]
+    assert len({r["worker"] for r in summary["rows"]}) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["s0", "s1", "summary.csv", "summary.json"]
+    assert json.loads((out / "s1" / "transform.json").read_text())["transform"] == "translation"
+    again = runner.invoke(app, ["register-many", str(manifest), "--out", str(out)])
+    assert again.exit_code == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    inside = runner.invoke(app, ["register-many", str(manifest), "--out", str(tmp_path)])
+    assert inside.exit_code == 2 and "holds the input" in inside.stderr
