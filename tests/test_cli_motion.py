@@ -36,7 +36,8 @@ def test_motion_corrects_a_4d_nifti_and_writes_the_run_folder(tmp_path: Path) ->
     summary = json.loads(result.stdout)
     assert summary["success"] and summary["volumes"] == 4
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["corrected.nii.gz", "motion.json", "motion.png", "motion.tsv", "transforms"]
+    assert names == ["corrected.nii.gz", "motion.json", "motion.png", "motion.tsv", "report.html", "transforms"]
+    assert "framewise displacement" in (out / "report.html").read_text()
     lines = (out / "motion.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:2] == ["volume", "rot_x_deg"] and len(lines) == 5
     grid = load_image(tmp_path / "bold.nii.gz", volume=0)

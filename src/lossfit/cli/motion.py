@@ -27,7 +27,9 @@ TABLE_NAME = "motion.tsv"
 @guarded
 def motion(
     series: Annotated[Path, typer.Argument(help="the series: a 4-D NIfTI file")],
-    out: Annotated[Path, typer.Option(help="folder for corrected.nii.gz, transforms/, motion.tsv, .json, .png")],
+    out: Annotated[
+        Path, typer.Option(help="folder for corrected.nii.gz, transforms/, motion.tsv, .json, .png, report.html")
+    ],
     reference: Annotated[str, typer.Option(help="mean, or the index of a volume (from 0)")] = "mean",
     transform: Annotated[str, typer.Option(help="rigid (head motion), translation, similarity or affine")] = "rigid",
     metric: Annotated[str, typer.Option(help="mse, ncc (contrast that drifts) or mi")] = "mse",
@@ -104,7 +106,8 @@ def motion(
 
 
 def _write(out: Path, result: Any, corrected: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """The run folder, as a whole: the transforms and the table first, then the corrected series and the plot."""
+    """The run folder, as a whole: the transforms and the table first, then the corrected series, the plot and the
+    report (report.html: the summary, the plot and the table per volume)."""
     from lossfit.io import atomic_write_text
     from lossfit.plotting import plot_motion, save_figure
     from lossfit.registration.series import save_series
@@ -121,12 +124,25 @@ def _write(out: Path, result: Any, corrected: Any, rows: list[dict[str, Any]], s
         lines = ["\t".join(keys)] + ["\t".join(_cell(row[k]) for k in keys) for row in rows]
         atomic_write_text(path, "\n".join(lines) + "\n")
 
+    def report(path: Path) -> None:
+        from lossfit.report import Report
+
+        page = Report(title="lossfit motion")
+        section = page.section(f"Motion of {summary['input']}", note=summary["convention"])
+        section.status(success=result.success, status=result.status, message=result.status.message)
+        keys = ("volumes", "reference", "transform", "metric", "loss", "passes", "time_s", "mean_fd_mm", "max_fd_mm")
+        section.table([{key: summary[key] for key in keys}], caption="Summary")
+        section.figure(plot_motion(result, ""), caption="Rotations, translations and framewise displacement")
+        section.table(rows, caption="Per volume (rotations about x, y, z in degrees; translations in mm)")
+        page.save(path)
+
     with RunFolder(out) as run:
         run.write("transforms", transforms)
         run.write(TABLE_NAME, table)
         run.write("motion.json", lambda p: atomic_write_text(p, json.dumps(summary, indent=2) + "\n"))
         run.write("corrected.nii.gz", lambda p: save_series(corrected, p))
         run.write("motion.png", lambda p: save_figure(plot_motion(result, "motion"), str(p)))
+        run.write("report.html", report)
 
 
 def _cell(value: Any) -> str:
