@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -327,6 +328,7 @@ def register_many(
         with _client(client, workers, connect_timeout) as dask_client:
             target.mkdir(exist_ok=True)  # once a scheduler answered: a failed connection writes nothing
             rows.update(_run(dask_client, todo, target, register_options, len(rows), len(cohort), progress))
+    _remove_stages(target, [p.id for p in cohort])  # a dead worker's half-written folder (its pair ran again)
     ordered = tuple(rows[p.id] for p in cohort)
     counts: dict[str, int] = {}
     for row in ordered:
@@ -368,6 +370,18 @@ def _run(
         if progress is not None:
             progress(done, total)
     return rows
+
+
+def _remove_stages(out: Path, ids: Iterable[str]) -> None:
+    """Remove what a task left in ``out`` when its worker died while writing a pair's folder: the staged folder
+    (``.<id>.<random>.lossfit``) or an old one set aside (``.<id>.<random>.old``; see :mod:`lossfit.run_folder`).
+    Called once every task is done: the pair was run again elsewhere and its own folder is whole."""
+    if not out.is_dir():
+        return
+    staged = re.compile(r"^\.(" + "|".join(re.escape(i) for i in ids) + r")\.[A-Za-z0-9_]+\.(lossfit|old)$")
+    for entry in out.iterdir():
+        if staged.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 class _client:
