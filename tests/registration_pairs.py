@@ -218,3 +218,56 @@ def motion_series(seed: int, n: int) -> tuple[list[Image], list[np.ndarray]]:
         volumes.append(moved.with_data(moved.data + noise.float()))
         truths.append(np.linalg.inv(m))  # volume(y) = source(m y): reference -> volume is m^-1
     return volumes, truths
+
+
+# --- CT_small pairs for the command-line and cohort tests --------------------------------------------------------
+def turn_about_centre(image: Image, degrees: float, shift: tuple[float, float]) -> torch.Tensor:
+    """A 2-D world warp: a rotation about ``image``'s centre and a shift (mm); the moving image of a pair is the
+    fixed one seen through it (``moving(y) = fixed(warp y)``), so the registration's answer is its inverse."""
+    c = torch.tensor(image.center, dtype=torch.float64)
+    a = math.radians(degrees)
+    linear = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+    warp = torch.eye(3, dtype=torch.float64)
+    warp[:2, :2] = linear
+    warp[:2, 2] = c - linear @ c + torch.tensor(shift, dtype=torch.float64)
+    return warp
+
+
+def own_grid(image: Image, degrees: float) -> Image:
+    """An empty 2-D grid of its own over ``image``'s centre: 113 x 115 pixels of 0.8 x 0.7 mm, turned ``degrees``."""
+    c, t = image.center, math.radians(degrees)
+    direction = [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]
+    origin = (c[0] - 45 * math.cos(t) + 40 * math.sin(t), c[1] - 45 * math.sin(t) - 40 * math.cos(t))
+    return Image(torch.zeros(115, 113), spacing=(0.8, 0.7), origin=origin, direction=direction)
+
+
+def ct_slice(grey8: bool = False) -> Image:
+    """pydicom's CT_small.dcm (128 x 128, 0.66 mm); ``grey8``: its values scaled to whole numbers in 0..255."""
+    import pydicom
+
+    from lossfit.registration import load_image
+
+    fixed = load_image(str(pydicom.data.get_testdata_file("CT_small.dcm")))
+    if grey8:
+        fixed = fixed.with_data(((fixed.data - fixed.data.min()) / (fixed.data.max() - fixed.data.min()) * 255).round())
+    return fixed
+
+
+def ct_cohort(
+    folder: Path, warps: list[tuple[float, tuple[float, float]]]
+) -> tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]]:
+    """CT_small (``folder/fixed.nii.gz``) and copies seen through ``warps`` (degrees, shift), each on a grid of its
+    own turned 10 degrees; the pairs ``(id, fixed, moving)`` and each pair's answer by id."""
+    from lossfit.registration import resample, save_image
+
+    folder.mkdir(exist_ok=True)
+    fixed = ct_slice()
+    save_image(fixed, folder / "fixed.nii.gz")
+    grid = own_grid(fixed, 10)
+    pairs, truth = [], {}
+    for i, (degrees, shift) in enumerate(warps):
+        warp = turn_about_centre(fixed, degrees, shift)
+        save_image(resample(fixed, grid, warp), folder / f"moving{i}.nii.gz")  # type: ignore[arg-type]
+        pairs.append((f"s{i}", folder / "fixed.nii.gz", folder / f"moving{i}.nii.gz"))
+        truth[f"s{i}"] = torch.linalg.inv(warp)
+    return pairs, truth

@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import registration_pairs as P
 from lossfit.cli import app
 from lossfit.registration import Image, load_image, resample, save_image
 
@@ -23,30 +24,12 @@ runner = CliRunner()
 CT = Path(str(pydicom.data.get_testdata_file("CT_small.dcm")))
 
 
-def _warp(fixed: Image, degrees: float = 6.0, shift: tuple[float, float] = (3.0, -2.0)) -> torch.Tensor:
-    """A rotation about the fixed image's centre and a shift: the moving image is the fixed one seen through it."""
-    c = torch.tensor(fixed.center, dtype=torch.float64)
-    a = math.radians(degrees)
-    linear = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
-    warp = torch.eye(3, dtype=torch.float64)
-    warp[:2, :2] = linear
-    warp[:2, 2] = c - linear @ c + torch.tensor(shift, dtype=torch.float64)
-    return warp
-
-
 def _pair(folder: Path, suffix: str = ".nii.gz", *, grey8: bool = False) -> tuple[Path, Path, torch.Tensor]:
-    """CT_small and a copy seen through a known warp, on a grid of its own (rotated 15 degrees, 0.8 x 0.7 mm);
-    the registration's answer is the inverse of the warp."""
-    fixed = load_image(CT)
-    if grey8:
-        fixed = fixed.with_data(((fixed.data - fixed.data.min()) / (fixed.data.max() - fixed.data.min()) * 255).round())
-    warp = _warp(fixed)
-    c = fixed.center
-    t = math.radians(15)
-    direction = [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]
-    origin = (c[0] - 45 * math.cos(t) + 40 * math.sin(t), c[1] - 45 * math.sin(t) - 40 * math.cos(t))
-    grid = Image(torch.zeros(115, 113), spacing=(0.8, 0.7), origin=origin, direction=direction)
-    moving = resample(fixed, grid, warp)
+    """CT_small and a copy turned 6 degrees and shifted (3, -2) mm, on a grid of its own (turned 15 degrees,
+    0.8 x 0.7 mm); the registration's answer is the inverse of the warp."""
+    fixed = P.ct_slice(grey8)
+    warp = P.turn_about_centre(fixed, 6.0, (3.0, -2.0))
+    moving = resample(fixed, P.own_grid(fixed, 15), warp)
     assert isinstance(moving, Image)
     paths = folder / f"fixed{suffix}", folder / f"moving{suffix}"
     save_image(fixed, paths[0])

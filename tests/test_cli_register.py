@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+import registration_pairs as P
 from lossfit.cli import app
 from lossfit.registration import Image, load_image, read_itk_transform, resample, save_image
 
@@ -21,24 +21,12 @@ runner = CliRunner()
 
 
 def _pair(folder: Path, suffix: str) -> tuple[Path, Path, torch.Tensor]:
-    fixed = load_image(str(pydicom.data.get_testdata_file("CT_small.dcm")))
-    if suffix == ".png":  # 8-bit grey values for a PNG
-        fixed = fixed.with_data(((fixed.data - fixed.data.min()) / (fixed.data.max() - fixed.data.min()) * 255).round())
-    c = torch.tensor(fixed.center, dtype=torch.float64)
-    a = math.radians(6)
-    linear = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
-    warp = torch.eye(3, dtype=torch.float64)
-    warp[:2, :2] = linear
-    warp[:2, 2] = c - linear @ c + torch.tensor([3.0, -2.0], dtype=torch.float64)
-    # The moving slice on a grid of its own (rotated 15 degrees, 0.8 x 0.7 mm pixels), except for PNG, which keeps
-    # no geometry (both PNG files read back with 1 mm pixels at the origin, so they must share a grid).
-    grid = fixed
-    if suffix != ".png":
-        t = math.radians(15)
-        direction = [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]
-        origin = (c[0] - 45 * math.cos(t) + 40 * math.sin(t), c[1] - 45 * math.sin(t) - 40 * math.cos(t))
-        grid = Image(torch.zeros(115, 113), spacing=(0.8, 0.7), origin=origin, direction=direction)
-    moving = resample(fixed, grid, warp)
+    """CT_small and a copy turned 6 degrees and shifted (3, -2) mm, on a grid of its own (turned 15 degrees,
+    0.8 x 0.7 mm pixels), except for PNG, which keeps no geometry (both PNG files read back with 1 mm pixels at the
+    origin, so they must share a grid); the registration's answer is the inverse of the warp."""
+    fixed = P.ct_slice(grey8=suffix == ".png")
+    warp = P.turn_about_centre(fixed, 6.0, (3.0, -2.0))
+    moving = resample(fixed, fixed if suffix == ".png" else P.own_grid(fixed, 15), warp)
     assert isinstance(moving, Image)
     paths = folder / f"fixed{suffix}", folder / f"moving{suffix}"
     save_image(fixed, paths[0])

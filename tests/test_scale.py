@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import socket
 import time
 from collections.abc import Iterator
@@ -15,9 +14,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import registration_pairs as P
 from lossfit.cli import app
 from lossfit.errors import InputFileError, OutputError
-from lossfit.registration import Image, load_image, register, resample, save_image
+from lossfit.registration import load_image, register
 from lossfit.scale import Pair, read_manifest, register_many
 
 pydicom = pytest.importorskip("pydicom")
@@ -29,38 +29,6 @@ CT = Path(str(pydicom.data.get_testdata_file("CT_small.dcm")))
 RUN_FILES = ["registration.png", "transform.json", "transform.tfm", "warped.nii.gz"]
 # (rotation in degrees, shift in mm) of each pair's known warp
 WARPS = [(4.0, (2.0, -1.5)), (-3.0, (-1.0, 2.5)), (6.0, (3.0, 1.0)), (-5.0, (0.5, -3.0))]
-
-
-def _warp(fixed: Image, degrees: float, shift: tuple[float, float]) -> torch.Tensor:
-    """A rotation about the fixed image's centre and a shift: the moving image is the fixed one seen through it."""
-    c = torch.tensor(fixed.center, dtype=torch.float64)
-    a = math.radians(degrees)
-    linear = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
-    warp = torch.eye(3, dtype=torch.float64)
-    warp[:2, :2] = linear
-    warp[:2, 2] = c - linear @ c + torch.tensor(shift, dtype=torch.float64)
-    return warp
-
-
-def _cohort(folder: Path, count: int = 4) -> tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]]:
-    """CT_small and copies seen through known warps, each on a grid of its own (rotated 10 degrees, 0.8 x 0.7 mm);
-    a pair's registration answer is the inverse of its warp."""
-    folder.mkdir(exist_ok=True)
-    fixed = load_image(CT)
-    save_image(fixed, folder / "fixed.nii.gz")
-    c, t = fixed.center, math.radians(10)
-    direction = [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]
-    origin = (c[0] - 45 * math.cos(t) + 40 * math.sin(t), c[1] - 45 * math.sin(t) - 40 * math.cos(t))
-    grid = Image(torch.zeros(115, 113), spacing=(0.8, 0.7), origin=origin, direction=direction)
-    pairs, truth = [], {}
-    for i, (degrees, shift) in enumerate(WARPS[:count]):
-        warp = _warp(fixed, degrees, shift)
-        moving = resample(fixed, grid, warp)
-        assert isinstance(moving, Image)
-        save_image(moving, folder / f"moving{i}.nii.gz")
-        pairs.append((f"s{i}", folder / "fixed.nii.gz", folder / f"moving{i}.nii.gz"))
-        truth[f"s{i}"] = torch.linalg.inv(warp)
-    return pairs, truth
 
 
 def _matrix(out: Path, ident: str) -> torch.Tensor:
@@ -79,7 +47,7 @@ def client() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]]:
-    return _cohort(tmp_path_factory.mktemp("cohort"))
+    return P.ct_cohort(tmp_path_factory.mktemp("cohort"), WARPS)
 
 
 def test_a_two_worker_cluster_recovers_each_warp_bit_identical_to_in_process(

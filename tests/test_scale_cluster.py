@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -20,7 +19,8 @@ from typing import Any
 import pytest
 import torch
 
-from lossfit.registration import Image, load_image, resample, save_image
+import registration_pairs as P
+from lossfit.registration import load_image
 from lossfit.scale import as_pairs, register_many, register_pair
 
 pydicom = pytest.importorskip("pydicom")
@@ -39,40 +39,9 @@ WORKER_OPTIONS = ("--nthreads", "1", "--nworkers", "1", "--no-nanny", "--no-dash
 START_S = 60.0  # a scheduler file, then the workers registered: seconds, on a loaded two-core machine
 
 
-def _warp(fixed: Image, degrees: float, shift: tuple[float, float]) -> torch.Tensor:
-    """A rotation about the fixed image's centre and a shift: the moving image is the fixed one seen through it."""
-    c = torch.tensor(fixed.center, dtype=torch.float64)
-    a = math.radians(degrees)
-    linear = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
-    warp = torch.eye(3, dtype=torch.float64)
-    warp[:2, :2] = linear
-    warp[:2, 2] = c - linear @ c + torch.tensor(shift, dtype=torch.float64)
-    return warp
-
-
-def _cohort(folder: Path) -> tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]]:
-    """CT_small and copies seen through known warps, each on a grid of its own (rotated 10 degrees, 0.8 x 0.7 mm);
-    a pair's registration answer is the inverse of its warp. (A copy of tests/test_scale.py's helper.)"""
-    fixed = load_image(CT)
-    save_image(fixed, folder / "fixed.nii.gz")
-    c, t = fixed.center, math.radians(10)
-    direction = [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]
-    origin = (c[0] - 45 * math.cos(t) + 40 * math.sin(t), c[1] - 45 * math.sin(t) - 40 * math.cos(t))
-    grid = Image(torch.zeros(115, 113), spacing=(0.8, 0.7), origin=origin, direction=direction)
-    pairs, truth = [], {}
-    for i, (degrees, shift) in enumerate(WARPS):
-        warp = _warp(fixed, degrees, shift)
-        moving = resample(fixed, grid, warp)
-        assert isinstance(moving, Image)
-        save_image(moving, folder / f"moving{i}.nii.gz")
-        pairs.append((f"s{i}", folder / "fixed.nii.gz", folder / f"moving{i}.nii.gz"))
-        truth[f"s{i}"] = torch.linalg.inv(warp)
-    return pairs, truth
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]]:
-    return _cohort(tmp_path_factory.mktemp("cohort"))
+    return P.ct_cohort(tmp_path_factory.mktemp("cohort"), WARPS)
 
 
 class Cluster:

@@ -181,20 +181,28 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 
 # --- NIfTI ----------------------------------------------------------------------------------------------------
-def _read_nifti(p: Path, np_dtype: type, volume: int | None = None) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
+def open_nifti(p: Path) -> tuple[Any, tuple[int, ...]]:
+    """A NIfTI file opened by nibabel (no data read yet) and its shape without trailing singleton dimensions past
+    the third; refused when it is another format, holds other than real numbers, or its header claims more data
+    than the file can hold (:func:`check_nifti_size`). nibabel's own errors pass through to the caller."""
     import nibabel as nib
 
+    img = nib.load(p)
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputFileError(f"{p}: is a {type(img).__name__}, not a NIfTI image")
+    kind = img.get_data_dtype()
+    if kind.names or kind.kind not in "biuf":
+        raise InputFileError(f"{p}: holds {kind} data, not real numbers")
+    shape = tuple(int(n) for n in img.shape)
+    check_nifti_size(p, img, shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return img, shape
+
+
+def _read_nifti(p: Path, np_dtype: type, volume: int | None = None) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
     try:
-        img = nib.load(p)
-        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-            raise InputFileError(f"{p}: is a {type(img).__name__}, not a NIfTI image")
-        kind = img.get_data_dtype()
-        if kind.names or kind.kind not in "biuf":
-            raise InputFileError(f"{p}: holds {kind} data, not real numbers")
-        shape = tuple(int(n) for n in img.shape)
-        check_nifti_size(p, img, shape)
-        while len(shape) > 3 and shape[-1] == 1:
-            shape = shape[:-1]
+        img, shape = open_nifti(p)
         if len(shape) == 4 and volume is not None:
             if not 0 <= volume < shape[3]:
                 raise InputFileError(f"{p}: holds {shape[3]} volumes (0..{shape[3] - 1}); got volume={volume}")
@@ -344,6 +352,12 @@ def _read_dicom_file(p: Path, series: str | None) -> tuple[np.ndarray, Geometry,
 
 
 def _read_dicom_folder(p: Path, series: str | None) -> tuple[np.ndarray, Geometry, dict[str, str]]:
+    return stack_dicom(p, dicom_series_items(p, series))
+
+
+def dicom_series_items(p: Path, series: str | None) -> list[tuple[Path, Any]]:
+    """The (file, dataset) pairs of the one series (or ``series``, a SeriesInstanceUID) in the folder ``p`` that
+    hold pixel data; files that are not DICOM are skipped, subfolders are not searched."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -365,10 +379,10 @@ def _read_dicom_folder(p: Path, series: str | None) -> tuple[np.ndarray, Geometr
     if series is not None:
         if series not in groups:
             raise InputFileError(f"{p}: holds no series {series!r}; it holds {listing}")
-        return stack_dicom(p, groups[series])
+        return groups[series]
     if len(groups) > 1:
         raise InputFileError(f"{p}: holds {len(groups)} DICOM series: {listing}; choose one with series=")
-    return stack_dicom(p, next(iter(groups.values())))
+    return next(iter(groups.values()))
 
 
 def _floats(ds: Any, keyword: str, default: list[float]) -> np.ndarray:

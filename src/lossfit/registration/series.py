@@ -25,8 +25,9 @@ from lossfit.registration.image import Image
 from lossfit.registration.io import (
     DICOM_SUFFIXES,
     LPS_RAS,
-    check_nifti_size,
+    dicom_series_items,
     nifti_bytes,
+    open_nifti,
     stack_dicom,
     stack_pixels,
     suffix_of,
@@ -212,20 +213,10 @@ def load_series(
 
 
 def _read_nifti_series(p: Path, np_dtype: type) -> tuple[np.ndarray, Image, float | None]:
-    import nibabel as nib
     from nibabel.volumeutils import apply_read_scaling
 
     try:
-        img = nib.load(p)
-        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-            raise InputFileError(f"{p}: is a {type(img).__name__}, not a NIfTI image")
-        kind = img.get_data_dtype()
-        if kind.names or kind.kind not in "biuf":
-            raise InputFileError(f"{p}: holds {kind} data, not real numbers")
-        shape = tuple(int(n) for n in img.shape)
-        check_nifti_size(p, img, shape)
-        while len(shape) > 3 and shape[-1] == 1:
-            shape = shape[:-1]
+        img, shape = open_nifti(p)
         if len(shape) > 4:
             raise InputFileError(f"{p}: holds a {len(shape)}-D image of shape {shape}; a series is 4-D at most")
         shape = (shape + (1, 1, 1, 1))[:4] if len(shape) < 4 else shape
@@ -257,7 +248,7 @@ def _read_nifti_series(p: Path, np_dtype: type) -> tuple[np.ndarray, Image, floa
 
 
 def _read_dicom_series(p: Path, series: str | None, np_dtype: type) -> tuple[np.ndarray, Image, float | None]:
-    items = _dicom_items(p, series)
+    items = dicom_series_items(p, series)
     groups = _group_volumes(items)
     arrays: list[np.ndarray] = []
     first, geometry, study = stack_dicom(p, groups[0])
@@ -279,35 +270,6 @@ def _read_dicom_series(p: Path, series: str | None, np_dtype: type) -> tuple[np.
         torch.from_numpy(arrays[0]), spacing=spacing, origin=origin, direction=direction, header={"dicom": study}
     )
     return np.stack(arrays), grid, None
-
-
-def _dicom_items(p: Path, series: str | None) -> list[tuple[Path, Any]]:
-    """The (file, dataset) pairs of the one series (or ``series``) in the folder ``p`` that hold pixel data."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    groups: dict[str, list[tuple[Path, Any]]] = {}
-    for f in sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")):
-        try:
-            ds = pydicom.dcmread(f, defer_size="4 KB")
-        except InvalidDicomError:
-            continue  # not a DICOM file
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise unreadable(f, "DICOM", exc) from None
-        if "PixelData" in ds:
-            groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
-    if not groups:
-        raise InputFileError(f"{p}: holds no DICOM images (subfolders are not searched)")
-    listing = ", ".join(f"{uid!r} ({len(items)} files)" for uid, items in groups.items())
-    if series is not None:
-        if series not in groups:
-            raise InputFileError(f"{p}: holds no series {series!r}; it holds {listing}")
-        return groups[series]
-    if len(groups) > 1:
-        raise InputFileError(f"{p}: holds {len(groups)} DICOM series: {listing}; choose one with series=")
-    return next(iter(groups.values()))
 
 
 def _group_volumes(items: list[tuple[Path, Any]]) -> list[list[tuple[Path, Any]]]:
