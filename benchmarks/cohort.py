@@ -1,5 +1,6 @@
-"""Pairs per minute for a cohort on one machine: an in-process loop, a LocalCluster of 1 and of 2 workers, and the
-cluster's per-task overhead (a trivial task's round trip).
+"""Pairs per minute for a cohort on one machine: an in-process loop, a LocalCluster of 1 and of 2 workers (a task per
+pair, and tasks of 8 pairs registered in batched calls), and the cluster's per-task overhead (a trivial task's round
+trip).
 
 The cohort: CT_small (pydicom's test data, 128 x 128, 2-D) and copies seen through known small rigid warps on a grid
 of their own, saved as NIfTI; each pair is registered (rigid, mse) and its run folder written, as
@@ -45,9 +46,6 @@ def make_cohort(folder: Path, count: int) -> list[tuple[str, Path, Path]]:
 
 def _warm_up() -> None:
     """The imports a worker needs once (torch, the registration, the writer and matplotlib for the picture)."""
-    import lossfit.cli.register
-    import lossfit.plotting
-    import lossfit.registration  # noqa: F401
 
 
 def _nothing(x: int) -> int:
@@ -75,7 +73,7 @@ def main() -> None:
         elapsed = time.perf_counter() - began
         assert all(r["success"] for r in seq)
         rows.append(("in-process loop (1 thread)", elapsed, None, elapsed))
-        for workers in (1, 2):
+        for workers, batch in ((1, 1), (2, 1), (2, 8)):
             began = time.perf_counter()
             cluster = distributed.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
@@ -83,10 +81,10 @@ def main() -> None:
             client = distributed.Client(cluster)
             client.run(_warm_up)
             ready = time.perf_counter()
-            result = register_many(pairs, root / f"w{workers}", client=client, transform="rigid")
+            result = register_many(pairs, root / f"w{workers}b{batch}", client=client, transform="rigid", batch=batch)
             done = time.perf_counter()
             assert result.success, result.counts
-            if workers == 2:
+            if workers == 2 and batch == 1:
                 client.submit(_nothing, 0, pure=False).result()
                 trip = time.perf_counter()
                 for i in range(args.round_trips):
@@ -94,8 +92,10 @@ def main() -> None:
                 overhead = (time.perf_counter() - trip) / args.round_trips
             client.close()
             cluster.close()
-            rows.append((f"LocalCluster, {workers} worker{'s' if workers > 1 else ''}", done - ready, ready - began,
-                         done - began))  # fmt: skip
+            name = f"LocalCluster, {workers} worker{'s' if workers > 1 else ''}" + (
+                f", batch {batch}" if batch > 1 else ""
+            )
+            rows.append((name, done - ready, ready - began, done - began))
         print(f"{args.pairs} 2-D pairs (CT_small 128x128, rigid, mse, run folders written)\n")
         print("| run | pairs/min (work) | cluster start (s) | pairs/min (with start) |")
         print("|---|---:|---:|---:|")

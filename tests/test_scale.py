@@ -202,3 +202,22 @@ def test_the_command_registers_a_manifest_on_one_local_worker(
     assert again.exit_code == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     inside = runner.invoke(app, ["register-many", str(manifest), "--out", str(tmp_path)])
     assert inside.exit_code == 2 and "holds the input" in inside.stderr
+
+
+def test_pairs_registered_in_batched_tasks_agree_with_one_by_one(
+    tmp_path: Path, data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], client: object
+) -> None:
+    """``batch=3``: same-shaped pairs go through one batched call per task (4 pairs: a task of 3, then 1); each
+    pair's answer agrees with registering it alone to the solver's tolerance, and each folder is whole."""
+    pairs, truth = data
+    out = tmp_path / "batched"
+    result = register_many(pairs, out, client=client, batch=3, transform="rigid")
+    assert result.success, result.rows
+    alone = register_many(pairs, tmp_path / "alone", client=client, transform="rigid")
+    for ident in truth:
+        assert sorted(p.name for p in (out / ident).iterdir()) == RUN_FILES
+        torch.testing.assert_close(_matrix(out, ident), _matrix(tmp_path / "alone", ident), rtol=0, atol=1e-4)
+        assert float((_matrix(out, ident)[:2, :2] - truth[ident][:2, :2]).abs().max()) < 2e-3
+    assert [r["id"] for r in result.rows] == [r["id"] for r in alone.rows]
+    with pytest.raises(ValueError, match="`batch` must be"):
+        register_many(pairs, tmp_path / "bad", client=client, batch=0)

@@ -249,6 +249,72 @@ def register_pair(pair: Pair, out: str | os.PathLike[str], options: Mapping[str,
     return row
 
 
+def register_group(
+    pairs: Sequence[Pair], out: str | os.PathLike[str], options: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Register several pairs with the same options in batched calls (one per set of same-shaped images) and write
+    each pair's ``out/<id>/``, as :func:`register_pair` does one; the task of ``register_many(..., batch=N)``.
+
+    A batch that cannot be registered together (an image that will not load, a constant image) falls back to one
+    call per pair, so each pair still gets its own row and reason. ``time_s`` is the batch's time shared evenly.
+    """
+    import torch
+
+    from lossfit.registration import load_image, register
+
+    torch.set_num_threads(1)
+    chosen = {**(options or {}), **(pairs[0].options if pairs else {})}
+    groups: dict[tuple[Any, ...], list[tuple[Pair, Any, Any]]] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        try:
+            fixed, moving = load_image(pair.fixed), load_image(pair.moving)
+        except Exception:
+            rows[pair.id] = register_pair(pair, out, options)  # its own row, with the reason
+            continue
+        groups.setdefault((tuple(fixed.shape), tuple(moving.shape)), []).append((pair, fixed, moving))
+    for members in groups.values():
+        if len(members) == 1:
+            rows[members[0][0].id] = register_pair(members[0][0], out, options)
+            continue
+        began = time.perf_counter()
+        try:
+            result = register([m[1] for m in members], [m[2] for m in members], **chosen)
+        except Exception:
+            for member in members:
+                rows[member[0].id] = register_pair(member[0], out, options)
+            continue
+        share = (time.perf_counter() - began) / len(members)
+        for i, (pair, _, _) in enumerate(members):
+            rows[pair.id] = _write_pair(pair, result.pair(i), out, chosen, share)
+    return [rows[pair.id] for pair in pairs]
+
+
+def _write_pair(
+    pair: Pair, result: Any, out: str | os.PathLike[str], chosen: Mapping[str, Any], seconds: float
+) -> dict[str, Any]:
+    """A registered pair's row, with its folder ``out/<id>/`` written as a whole."""
+    from lossfit.registration.outputs import output_suffix, registration_summary, warped_name, write_registration
+
+    row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+    row.update(id=pair.id, fixed=str(pair.fixed), moving=str(pair.moving), resumed=False, worker=_worker())
+    try:
+        checks = result.checks if isinstance(result.checks, dict) else {}
+        row.update(status=result.status.name.lower(), success=bool(result.success), message=result.message,
+                   metric_start=checks.get("metric_start"), metric_answer=checks.get("metric_answer"),
+                   time_s=seconds)  # fmt: skip
+        summary = registration_summary(result, {"fixed": pair.fixed, "moving": pair.moving})
+        summary["cohort"] = {"row": row, "options": dict(chosen)}
+        Path(out).mkdir(exist_ok=True)
+        suffix = output_suffix(None, pair.fixed)
+        write_registration(
+            result, result.warped, warped_name(suffix, result.warped), Path(out) / pair.id, summary, None
+        )
+    except Exception as exc:  # a pair's failure is its row; the cohort goes on
+        row.update(status="error", success=False, message=first_line(exc))
+    return row
+
+
 def _worker() -> str:
     try:
         from distributed import get_worker
@@ -282,6 +348,7 @@ def register_many(
     resume: bool = False,
     progress: Callable[[int, int], None] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT_S,
+    batch: int = 1,
     **register_options: Any,
 ) -> CohortResult:
     """Register a cohort of pairs, one Dask task per pair, and write ``out/<id>/`` and ``out/summary.{csv,json}``.
@@ -299,6 +366,9 @@ def register_many(
             refused.
         progress: called as ``progress(done, total)`` as pairs finish (resumed ones count at the start).
         connect_timeout: seconds to wait for a scheduler given by address.
+        batch: pairs per task, registered in batched calls where their images have the same shapes (one solver
+            run, per-pair stopping and checks; see :func:`register_group`); 1 (the default): a task per pair.
+            Batched answers agree with one-by-one ones to the solver's tolerance, not to the last bit.
         register_options: options for :func:`lossfit.registration.register` (see :data:`OPTION_TYPES`); a pair's
             own options override them.
 
@@ -310,6 +380,8 @@ def register_many(
         OutputError: ``out`` holds a cohort's results and ``resume`` is False, or holds files that are not lossfit's.
         ConnectionError: no scheduler answered at the address within ``connect_timeout`` seconds.
     """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"`batch` must be a whole number of pairs >= 1; got {batch!r}")
     began = time.perf_counter()
     cohort = as_pairs(pairs)
     check_options(register_options)
@@ -327,7 +399,7 @@ def register_many(
     if todo:
         with _client(client, workers, connect_timeout) as dask_client:
             target.mkdir(exist_ok=True)  # once a scheduler answered: a failed connection writes nothing
-            rows.update(_run(dask_client, todo, target, register_options, len(rows), len(cohort), progress))
+            rows.update(_run(dask_client, todo, target, register_options, len(rows), len(cohort), progress, batch))
     _remove_stages(target, [p.id for p in cohort])  # a dead worker's half-written folder (its pair ran again)
     ordered = tuple(rows[p.id] for p in cohort)
     counts: dict[str, int] = {}
@@ -348,28 +420,52 @@ def _run(
     done: int,
     total: int,
     progress: Callable[[int, int], None] | None,
+    batch: int = 1,
 ) -> dict[str, dict[str, Any]]:
     from distributed import as_completed
 
     run_id = uuid.uuid4().hex[:8]  # unique keys: a scheduler shared by several runs never mixes their tasks
+    groups = _groups(todo, batch)
     futures = {
-        client.submit(register_pair, pair, str(out), dict(options), key=f"lossfit-{run_id}-{pair.id}", pure=False): pair
-        for pair in todo
+        client.submit(
+            register_group if len(group) > 1 else register_pair,
+            group if len(group) > 1 else group[0],
+            str(out),
+            dict(options),
+            key=f"lossfit-{run_id}-{group[0].id}",
+            pure=False,
+        ): group
+        for group in groups
     }
     rows = {}
     for future in as_completed(futures):
-        pair = futures[future]
+        group = futures[future]
         try:
-            rows[pair.id] = future.result()
-        except Exception as exc:  # the task itself was lost (a worker died too often): the pair's row says why
-            row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
-            row.update(id=pair.id, fixed=str(pair.fixed), moving=str(pair.moving), status="error", success=False,
-                       resumed=False, message=first_line(exc))  # fmt: skip
-            rows[pair.id] = row
-        done += 1
+            value = future.result()
+            for answer in value if isinstance(value, list) else [value]:
+                rows[answer["id"]] = answer
+        except Exception as exc:  # the task itself was lost (a worker died too often): the pairs' rows say why
+            for pair in group:
+                lost: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+                lost.update(id=pair.id, fixed=str(pair.fixed), moving=str(pair.moving), status="error",
+                            success=False, resumed=False, message=first_line(exc))  # fmt: skip
+                rows[pair.id] = lost
+        done += len(group)
         if progress is not None:
             progress(done, total)
     return rows
+
+
+def _groups(pairs: list[Pair], batch: int) -> list[list[Pair]]:
+    """Consecutive runs of up to ``batch`` pairs with the same own options (one task each; 1: a task per pair)."""
+    groups: list[list[Pair]] = []
+    for pair in pairs:
+        last = groups[-1] if groups else None
+        if last is not None and len(last) < batch and last[0].options == pair.options:
+            last.append(pair)
+        else:
+            groups.append([pair])
+    return groups
 
 
 def _remove_stages(out: Path, ids: Iterable[str]) -> None:

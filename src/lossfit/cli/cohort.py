@@ -42,6 +42,9 @@ def register_many_command(
     metric: Annotated[str | None, typer.Option(help="mse, ncc, lncc or mi (default mse)")] = None,
     samples: Annotated[int | None, typer.Option(help="the most fixed voxels compared at the finest level")] = None,
     seed: Annotated[int | None, typer.Option(help="seeds the choice of samples")] = None,
+    batch: Annotated[
+        int, typer.Option(help="pairs per task, registered together where their images have the same shapes")
+    ] = 1,
     json_out: JsonOption = False,
 ) -> None:
     """Register every pair of MANIFEST, one Dask task per pair, each writing --out/ID/ as `lossfit register --out`.
@@ -56,6 +59,8 @@ def register_many_command(
         fail("--scheduler and --workers exclude each other: --workers sizes a local cluster")
     if workers is not None and workers < 1:
         fail(f"--workers must be at least 1; got {workers}")
+    if batch < 1:
+        fail(f"--batch must be at least 1; got {batch}")
     check_folder(out, "--out")
     pairs = read_manifest(manifest)
     inputs: list[Path | None] = [manifest]
@@ -72,7 +77,7 @@ def register_many_command(
             bar.update(task, completed=done, total=total)
 
         result = register_many(
-            pairs, out, client=scheduler, workers=workers, resume=resume, progress=progress, **options
+            pairs, out, client=scheduler, workers=workers, resume=resume, progress=progress, batch=batch, **options
         )
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))

@@ -60,6 +60,49 @@ class Registration(FitResult):
             raise ValueError("this result holds no matrix")
         return self.matrix[pair] if self.matrix.dim() == 3 else self.matrix
 
+    def pair(self, index: int) -> Registration:
+        """Pair ``index`` of a batched result, as the result of registering that pair alone (its own status,
+        matrix, images, checks and history column); a single pair's result returns itself for index 0."""
+        import dataclasses
+
+        from lossfit.engine.result import History
+
+        if self.matrix is None or self.matrix.dim() == 2:
+            if index not in (0, -1):
+                raise IndexError(f"`index` must be 0 for a single pair's result; got {index}")
+            return self
+        count = self.matrix.shape[0]
+        if not -count <= index < count:
+            raise IndexError(f"`index` must be in {-count}..{count - 1} for a batch of {count} pairs; got {index}")
+        i = index % count
+        status = self.statuses[i]
+        h = self.history
+        history = None if h is None else History(h.loss[:, i], h.grad_norm[:, i], h.step_norm[:, i], h.time)
+
+        def one(value: Any) -> Any:
+            return None if value is None else value[i]
+
+        return dataclasses.replace(
+            self,
+            params=self.params[i],
+            loss=self.loss[i],
+            success=status.success,
+            status=status,
+            statuses=(status,),
+            steps=self.steps[i],
+            num_steps=int(self.steps[i]),
+            history=history,
+            residuals=one(self.residuals),
+            jacobian=one(self.jacobian),
+            covariance=one(self.covariance),
+            matrix=self.matrix[i],
+            fixed=self.fixed[i],
+            moving=self.moving[i],
+            warped=self.warped[i],
+            checks=self.checks[i],
+            world=self.world[i],
+        )
+
     def inverse(self) -> torch.Tensor:
         """The matrix that maps the moving image's world space back to the fixed image's."""
         if self.matrix is None:
