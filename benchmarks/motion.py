@@ -38,18 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 import lossfit
 from lossfit.registration import displacement
 from lossfit.registration.motion import motion_correct
-from registration_pairs import motion_series, to_sitk
-
-
-def _matrix(t) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """A SimpleITK transform as a 4x4 matrix (evaluated at the origin and the unit vectors)."""
-    m = np.eye(4)
-    m[:3, 3] = t.TransformPoint((0.0, 0.0, 0.0))
-    for axis in range(3):
-        unit = [0.0, 0.0, 0.0]
-        unit[axis] = 1.0
-        m[:3, axis] = np.array(t.TransformPoint(tuple(unit))) - m[:3, 3]
-    return m
+from registration_pairs import motion_series, sitk_matrix, to_sitk
 
 
 def run_lossfit(volumes: list) -> list[np.ndarray]:  # type: ignore[type-arg]
@@ -70,7 +59,7 @@ def run_ants(volumes: list) -> list[np.ndarray]:  # type: ignore[type-arg]
         arrays[..., 0], origin=list(first.origin), spacing=list(first.spacing), direction=np.array(first.direction)
     )
     out = ants.motion_correction(series, fixed=fixed, type_of_transform="Rigid")
-    return [_matrix(sitk.ReadTransform(p[0])) for p in out["motion_parameters"]]
+    return [sitk_matrix(sitk.ReadTransform(p[0])) for p in out["motion_parameters"]]
 
 
 def run_sitk(volumes: list) -> list[np.ndarray]:  # type: ignore[type-arg]
@@ -93,7 +82,7 @@ def run_sitk(volumes: list) -> list[np.ndarray]:  # type: ignore[type-arg]
             fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
         )
         method.SetInitialTransform(start, inPlace=False)
-        answers.append(_matrix(method.Execute(fixed, moving)))
+        answers.append(sitk_matrix(method.Execute(fixed, moving)))
     return answers
 
 

@@ -271,3 +271,15 @@ def ct_cohort(
         pairs.append((f"s{i}", folder / "fixed.nii.gz", folder / f"moving{i}.nii.gz"))
         truth[f"s{i}"] = torch.linalg.inv(warp)
     return pairs, truth
+
+
+def sitk_matrix(transform) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """A 3-D SimpleITK transform as a 4x4 matrix, read off by evaluating it at the origin and the unit vectors
+    (exact for the affine family; independent of lossfit's own reader)."""
+    m = np.eye(4)
+    m[:3, 3] = transform.TransformPoint((0.0, 0.0, 0.0))
+    for axis in range(3):
+        unit = [0.0, 0.0, 0.0]
+        unit[axis] = 1.0
+        m[:3, axis] = np.array(transform.TransformPoint(tuple(unit))) - m[:3, 3]
+    return m

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -42,13 +41,7 @@ def test_motion_corrects_a_4d_nifti_and_writes_the_run_folder(tmp_path: Path) ->
     assert lines[0].split("\t")[:2] == ["volume", "rot_x_deg"] and len(lines) == 5
     grid = load_image(tmp_path / "bold.nii.gz", volume=0)
     for i, truth in enumerate(truths):
-        t = sitk.ReadTransform(str(out / "transforms" / f"{i:04d}.tfm"))
-        m = np.eye(4)
-        m[:3, 3] = t.TransformPoint((0.0, 0.0, 0.0))
-        for axis in range(3):
-            unit = [0.0, 0.0, 0.0]
-            unit[axis] = 1.0
-            m[:3, axis] = np.array(t.TransformPoint(tuple(unit))) - m[:3, 3]
+        m = P.sitk_matrix(sitk.ReadTransform(str(out / "transforms" / f"{i:04d}.tfm")))
         assert displacement(torch.from_numpy(m), torch.from_numpy(truth), grid)["mean"] < 0.15
     corrected = load_image(out / "corrected.nii.gz", volume=3)
     assert corrected.shape == grid.shape
