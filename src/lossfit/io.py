@@ -15,7 +15,7 @@ import torch
 
 from lossfit.errors import DiskFullError, InputFileError
 
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT) if hasattr(errno, "EDQUOT") else (errno.ENOSPC,)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT) if hasattr(errno, "EDQUOT") else (errno.ENOSPC,)  # an OSError saying no room
 MATRIX_SUFFIXES = (".npy", ".csv", ".txt", ".dat", ".tsv")
 
 
@@ -76,7 +76,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
             raise DiskFullError(f"{target}: no space left on the device (nothing was written)") from None
         raise
 

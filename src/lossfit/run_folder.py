@@ -16,7 +16,6 @@ A command that writes several files into a folder (``lossfit register --out DIR`
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lossfit.errors import DiskFullError, OutputError
-from lossfit.io import first_line
+from lossfit.io import DISK_FULL, first_line
 
 # The names lossfit writes in a run folder: a registration's (``warped`` with any image suffix, or a DICOM series
 # folder) and a motion correction's (``corrected`` with any suffix, ``transforms/`` with one file per volume).
@@ -41,7 +40,6 @@ OWN_NAMES = (
     "motion.png",
 )
 _OWN_PREFIXES = ("warped.", "corrected.")
-_FULL = (errno.ENOSPC, errno.EDQUOT) if hasattr(errno, "EDQUOT") else (errno.ENOSPC,)
 
 
 def is_own(name: str) -> bool:
@@ -122,7 +120,7 @@ class RunFolder:
             raise DiskFullError(f"{self.target / name}: no space left on the device") from None
         except OSError as exc:
             _remove(staged)
-            if exc.errno in _FULL:
+            if exc.errno in DISK_FULL:
                 raise DiskFullError(f"{self.target / name}: no space left on the device") from None
             raise OutputError(f"{self.target / name}: cannot be written ({exc.strerror or exc})") from None
         except BaseException:
