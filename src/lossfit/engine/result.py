@@ -31,6 +31,7 @@ class Status(enum.IntEnum):
     WORSE_THAN_START = 15
     CHECK_MISMATCH = 16
     POOR_MATCH = 17
+    INACCURATE = 18
 
     @property
     def success(self) -> bool:
@@ -92,6 +93,10 @@ _MESSAGES = {
     Status.CHECK_MISMATCH: (
         "the solver's objective disagrees with an independent evaluation at the answer (see checks); the answer "
         "cannot be trusted: please report this with the images' geometry"
+    ),
+    Status.INACCURATE: (
+        "the answer's residual is more than ten times what torch.linalg's direct factorisation reaches on the same "
+        "problem (see reference): it is not as accurate as the matrix allows; try solver='auto'"
     ),
     Status.RANK_DEFICIENT: (
         "the matrix is numerically rank deficient, so no exact answer exists; the result is the minimum-norm "
