@@ -1,0 +1,10 @@
+"""Parameter maps: a signal model fitted at every voxel (T2, T1, IVIM, any formula), each voxel with its status.
+
+See :func:`fit_map`.
+"""
+
+from lossfit.maps.fit import estimate_sigma, fit_map
+from lossfit.maps.models import BUILT_IN, MapModel
+from lossfit.maps.result import NOT_FITTED, MapResult
+
+__all__ = ["BUILT_IN", "NOT_FITTED", "MapModel", "MapResult", "estimate_sigma", "fit_map"]
