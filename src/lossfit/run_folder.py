@@ -47,13 +47,15 @@ def is_own(name: str) -> bool:
     return name in OWN_NAMES or name.startswith(_OWN_PREFIXES)
 
 
-def check_run_folder(path: Path, overwrite: bool, option: str = "--out") -> None:
-    """Refuse, before any work, a folder holding files other than lossfit's outputs, or (without ``overwrite``)
-    one holding the outputs of an earlier run."""
+def check_run_folder(
+    path: Path, overwrite: bool, option: str = "--out", own: Callable[[str], bool] | None = None
+) -> None:
+    """Refuse, before any work, a folder holding files other than lossfit's outputs (``own`` adds a command's own
+    names to :func:`is_own`'s), or (without ``overwrite``) one holding the outputs of an earlier run."""
     if not path.is_dir():
         return
     entries = sorted(p.name for p in path.iterdir())
-    foreign = [n for n in entries if not is_own(n)]
+    foreign = [n for n in entries if not (is_own(n) or (own is not None and own(n)))]
     if foreign:
         listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise OutputError(

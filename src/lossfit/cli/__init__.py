@@ -13,7 +13,7 @@ import importlib
 from lossfit.cli.common import EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, EXIT_OK, app
 
 # Each module adds its commands to `app`; `lossfit --help` lists them in this order.
-for _module in ("fitting", "solvers", "register", "cohort", "transforms", "motion", "demo"):
+for _module in ("fitting", "solvers", "register", "cohort", "transforms", "motion", "maps", "demo"):
     importlib.import_module(f"lossfit.cli.{_module}")
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_NOT_CONVERGED", "EXIT_OK", "app", "main"]

@@ -140,6 +140,7 @@ def fit_map_chunked(
     out_format: str = "nifti",
     variable: str = "x",
     overwrite: bool = False,
+    progress: Any = None,
     **options: Any,
 ) -> MapResult:
     """Fit ``model`` at every voxel of a series that need not fit in memory, slab by slab on a Dask client.
@@ -156,6 +157,7 @@ def fit_map_chunked(
             (default 2) started for this call.
         out_format: ``"nifti"`` (``NAME.nii``, uncompressed, written through a memory map) or ``"zarr"``
             (``maps.zarr`` with one array per map).
+        progress: called as ``progress(done, total)`` (slices written) after each slab.
         **options: the remaining keyword arguments of :func:`~lossfit.maps.fit_map` (``loss``, ``noise`` with a
             given ``sigma``, ``bounds``, ``start``, ``max_steps``, tolerances).
 
@@ -189,7 +191,7 @@ def fit_map_chunked(
     try:
         writer = _Writer(stage, out_format, names, grid, (nz, ny, nx), slices)
         counts, steps = _run(array, selected, acq.tolist(), model, {**options, "variable": variable}, slices, client,
-                             workers, writer, m)  # fmt: skip
+                             workers, writer, m, progress)  # fmt: skip
         writer.close()
         summary = {"model": spec.name, "parameters": list(names), "counts": counts, "steps": steps,
                    "sigma": options.get("sigma"), "seconds": time.perf_counter() - started,
@@ -242,6 +244,7 @@ def _run(
     workers: int | None,
     writer: _Writer,
     m: int,
+    progress: Any = None,
 ) -> tuple[dict[str, int], int]:
     """Submit the slabs with at most ``2 * workers`` in flight; write each as it arrives."""
     import dask
@@ -259,7 +262,7 @@ def _run(
         piece = None if selected is None else selected[z0 : min(z0 + slices, nz)]
         tasks.append((z0, dask.delayed(_fit_slab)(block, piece, x, model, options)))
     counts: dict[str, int] = {}
-    steps = 0
+    steps = written = 0
     with _client(client, workers, 30.0) as c:
         window = 2 * max(1, len(c.scheduler_info().get("workers", {})) or 1)
         pending = list(reversed(tasks))
@@ -275,6 +278,9 @@ def _run(
             z0 = where.pop(future.key)
             future.release()
             writer.write(z0, part)
+            written += part["shape"][0] if part["empty"] else part["status"].shape[0]
+            if progress is not None:
+                progress(written, nz)
             if not part["empty"]:
                 steps += int(part["steps"])
                 for name, count in part["counts"].items():

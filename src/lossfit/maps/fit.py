@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -62,6 +62,7 @@ def fit_map(
     ftol: float = 1e-10,
     xtol: float = 1e-10,
     gtol: float = 1e-10,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MapResult:
     """Fit ``model`` to the signal of every voxel.
 
@@ -86,6 +87,7 @@ def fit_map(
         variable: the acquisition variable's name in a formula.
         dtype: the arithmetic (float64 by default, the precision the verification assumes).
         max_steps, ftol, xtol, gtol: per-voxel stopping rules (MINPACK's tests).
+        progress: called as ``progress(done, total)`` (voxels) after each block, for a progress bar.
 
     Returns:
         A :class:`MapResult`: ``maps``, ``stderr``, ``status``, ``rms``, the status counts and ``save(folder)``.
@@ -113,7 +115,7 @@ def fit_map(
     finite = torch.isfinite(y).all(dim=0)
     if p0 is not None:
         finite &= torch.isfinite(p0).all(dim=0)
-    fit = _solve(spec, objective, acq[:, None], y, p0, len(names), extra, lower, upper, finite, options)
+    fit = _solve(spec, objective, acq[:, None], y, p0, len(names), extra, lower, upper, finite, options, progress)
     stderr, status, rms = _finish(spec, objective, acq[:, None], y, fit, extra, lower, upper, noise is not None)
     return MapResult.assemble(
         model=spec.name,
@@ -340,6 +342,7 @@ def _solve(
     upper: torch.Tensor | None,
     finite: torch.Tensor,
     options: dict[str, Any],
+    progress: Callable[[int, int], None] | None = None,
 ) -> VoxelFit:
     """Solve in blocks of :data:`BLOCK` voxels, :data:`FIRST_PASS` steps each, then the voxels still running all
     together for the rest of ``max_steps``; a magnitude inversion-recovery model twice per voxel (the data's sign
@@ -361,6 +364,8 @@ def _solve(
             start = p0[:, block] if p0 is not None else spec.start(x, data[0])  # type: ignore[misc]
             fit = levenberg_marquardt(objective.terms, start, data, lower=lower, upper=upper, floor=zero, **first)
         params[:, block], cost[block], status[block], steps[block] = fit.params, fit.cost, fit.status, fit.steps
+        if progress is not None:
+            progress(int(block[-1]) + 1, v)
     late = rows[status[rows] == int(Status.MAX_STEPS)] if budget > FIRST_PASS else rows[:0]
     for block in late.split(BLOCK):
         data = (_signed(spec, x, params[:, block], y[:, block]), *(t[..., block] for t in extra))

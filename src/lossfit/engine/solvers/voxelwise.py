@@ -144,8 +144,16 @@ def levenberg_marquardt(
             )
             d = tuple(t[..., running] for t in d)
             running = torch.ones_like(code, dtype=torch.bool)
+        # Parameters held by a bound (on it, the descent pointing out) are fixed for this step: their rows and
+        # columns leave the system (projected Newton on the active set), so the others are not dragged along.
+        held = ~_free_directions(p, g, lo, hi)
         diag = torch.diagonal(h).T.clamp_min(tiny)  # (k, V)
-        step, ok = cholesky_solve(h + eye[:, :, None] * (lam * diag)[None], -g)
+        if bool(held.any()):
+            free = (~held).to(p.dtype)
+            system = h * (free[:, None] * free[None]) + eye[:, :, None] * ((lam * diag) * free + (1 - free) * diag)
+            step, ok = cholesky_solve(system, -g * free)
+        else:
+            step, ok = cholesky_solve(h + eye[:, :, None] * (lam * diag)[None], -g)
         trial = torch.minimum(torch.maximum(p + step, lo), hi)
         step = trial - p
         c_t, g_t, h_t, r2_t = objective(trial, *d)
