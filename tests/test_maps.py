@@ -318,3 +318,51 @@ BAD = [
 def test_bad_input_is_refused_with_a_clear_error(name: str, call, error: type, match: str) -> None:
     with pytest.raises(error, match=match.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+def test_the_spread_of_the_estimates_is_the_cramer_rao_bound() -> None:
+    """With Gaussian noise the least-squares estimate is efficient at high SNR: across 4,000 noise draws of one
+    voxel, the standard deviation of T2 is the Cramér-Rao bound sqrt((J^T J)^-1 sigma^2) at the truth (within the
+    sampling error of a standard deviation from 4,000 draws, about 1.1%, and a margin)."""
+    gen = torch.Generator().manual_seed(16)
+    n, sigma, s0, t2 = 4000, 10.0, 1000.0, 60.0
+    clean = s0 * torch.exp(-TE / t2)
+    y = clean + sigma * torch.randn(n, 8, generator=gen, dtype=F64)
+    result = fit_map(y, TE, "t2")
+    assert result.success
+    e = torch.exp(-TE / t2)
+    j = torch.stack([e, s0 * e * TE / t2**2], dim=1)
+    bound = torch.sqrt(torch.diag(torch.linalg.inv(j.T @ j)) * sigma**2)
+    spread = torch.stack([result.maps["S0"].std(), result.maps["T2"].std()])
+    assert torch.allclose(spread, bound, rtol=0.05)
+    # The reported standard errors estimate the same bound voxel by voxel.
+    assert float(result.stderr["T2"].median()) == pytest.approx(float(bound[1]), rel=0.05)
+
+
+def test_the_mni_phantom_maps_are_recovered_per_tissue() -> None:
+    """nilearn's MNI152 tissues at 4 mm with literature T2 values and Rician noise at SNR 100: the fitted T2 in
+    each tissue's voxels (the most probable tissue above 0.9) is within a few percent of the truth."""
+    from lossfit.maps.phantom import ACQUISITIONS, mni_phantom
+
+    series, truth, labels, sigma = mni_phantom("t2", snr=100, resolution=4, seed=3)
+    inside = ~torch.isnan(truth["T2"].data)
+    result = fit_map(series, ACQUISITIONS["t2"], "t2", mask=inside)
+    assert sigma == pytest.approx(8.0)
+    assert result.maps["T2"].spacing == (4.0, 4.0, 4.0)
+    error = (result.maps["T2"].data - truth["T2"].data).abs() / truth["T2"].data
+    for label, tolerance in ((1, 0.03), (2, 0.03)):
+        chosen = inside & (labels.data == label) & torch.isfinite(error)
+        assert int(chosen.sum()) > 100
+        assert float(error[chosen].median()) < tolerance
+
+
+def test_voxels_on_a_bound_are_counted() -> None:
+    """IVIM voxels whose D* the data cannot resolve end on the bound at 0.004 mm^2/s: a constrained minimum, and
+    the result says how many."""
+    gen = torch.Generator().manual_seed(17)
+    n = 300
+    y = 1000 * torch.exp(-B * 0.001) + 30 * torch.randn(n, B.numel(), generator=gen, dtype=F64)  # no perfusion at all
+    result = fit_map(y.abs(), B, "ivim")
+    lower = (result.maps["Dstar"] == 0.004) | (result.maps["f"] == 0.0)
+    assert result.at_bound and sum(result.at_bound.values()) >= int(lower.sum()) > 0
+    assert "on a bound" in result.summary()

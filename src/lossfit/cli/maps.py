@@ -165,8 +165,9 @@ def _write(out: Path, result: Any, summary: dict[str, Any], fmt: str, labels: An
         return
 
     def writer(image: Any) -> Any:
-        if fmt == DICOM:
-            return lambda p: save_dicom_series(image.to(_float()), p)
+        if fmt == DICOM:  # DICOM holds no NaN or infinity: those voxels are 0 (the status map says why)
+            finite = image.with_data(image.data.to(_float()).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0))
+            return lambda p: save_dicom_series(finite, p)
         return lambda p: save_image(image.to(_float()), p)
 
     with RunFolder(out) as run:

@@ -118,7 +118,7 @@ def _fit_slab(
         shape = block.shape[1:]
         return {"empty": True, "shape": shape}
     result = fit_map(signals, x, model, mask=selected, **options)
-    out: dict[str, Any] = {"empty": False, "counts": result.counts, "steps": result.steps}
+    out: dict[str, Any] = {"empty": False, "counts": result.counts, "steps": result.steps, "at_bound": result.at_bound}
     for name in result.parameters:
         out[name] = np.asarray(result.maps[name], dtype=np.float32)
         out[f"{name}_stderr"] = np.asarray(result.stderr[name], dtype=np.float32)
@@ -190,11 +190,13 @@ def fit_map_chunked(
     stage.mkdir(parents=True)
     try:
         writer = _Writer(stage, out_format, names, grid, (nz, ny, nx), slices)
-        counts, steps = _run(array, selected, acq.tolist(), model, {**options, "variable": variable}, slices, client,
-                             workers, writer, m, progress)  # fmt: skip
+        task_options = {**options, "variable": variable}
+        counts, steps, at_bound = _run(
+            array, selected, acq.tolist(), model, task_options, slices, client, workers, writer, m, progress
+        )
         writer.close()
         summary = {"model": spec.name, "parameters": list(names), "counts": counts, "steps": steps,
-                   "sigma": options.get("sigma"), "seconds": time.perf_counter() - started,
+                   "at_bound": at_bound, "sigma": options.get("sigma"), "seconds": time.perf_counter() - started,
                    "slices_per_task": slices, "format": out_format}  # fmt: skip
         (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if target.exists():
@@ -203,7 +205,8 @@ def fit_map_chunked(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return _result(target, out_format, spec.name, names, grid, counts, steps, options, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return _result(target, out_format, spec.name, names, grid, counts, steps, at_bound, options, seconds)
 
 
 def _mask_array(mask: Any, grid: Image) -> np.ndarray | None:
@@ -245,7 +248,7 @@ def _run(
     writer: _Writer,
     m: int,
     progress: Any = None,
-) -> tuple[dict[str, int], int]:
+) -> tuple[dict[str, int], int, dict[str, int]]:
     """Submit the slabs with at most ``2 * workers`` in flight; write each as it arrives."""
     import dask
     import dask.array as da
@@ -262,6 +265,7 @@ def _run(
         piece = None if selected is None else selected[z0 : min(z0 + slices, nz)]
         tasks.append((z0, dask.delayed(_fit_slab)(block, piece, x, model, options)))
     counts: dict[str, int] = {}
+    at_bound: dict[str, int] = {}
     steps = written = 0
     with _client(client, workers, 30.0) as c:
         window = 2 * max(1, len(c.scheduler_info().get("workers", {})) or 1)
@@ -285,12 +289,14 @@ def _run(
                 steps += int(part["steps"])
                 for name, count in part["counts"].items():
                     counts[name] = counts.get(name, 0) + int(count)
+                for name, count in part["at_bound"].items():
+                    at_bound[name] = at_bound.get(name, 0) + int(count)
             if pending:
                 z_next, task = pending.pop()
                 nxt = c.compute(task)
                 where[nxt.key] = z_next
                 running.add(nxt)
-    return counts, steps
+    return counts, steps, at_bound
 
 
 class _Writer:
@@ -366,6 +372,7 @@ def _result(
     grid: Image,
     counts: dict[str, int],
     steps: int,
+    at_bound: dict[str, int],
     options: dict[str, Any],
     seconds: float,
 ) -> MapResult:
@@ -400,6 +407,7 @@ def _result(
             sigma=options.get("sigma"),
             steps=steps,
             seconds=seconds,
+            at_bound=at_bound,
         )
 
 

@@ -130,6 +130,7 @@ def fit_map(
         sigma=noise_sigma,
         steps=fit.steps,
         seconds=time.perf_counter() - started,
+        bounds=(lower, upper),
     )
 
 

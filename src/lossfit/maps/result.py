@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class MapResult:
         counts: status name -> number of fitted voxels with it.
         sigma: the noise level the Rician likelihood used (None for least squares).
         steps: the solver's steps summed over voxels; ``seconds`` the wall time of the call.
+        at_bound: parameter name -> number of fitted voxels whose value lies on one of its bounds (a constrained
+            minimum: the data would go further, e.g. an IVIM D* the data cannot tell from the split at 0.004).
     """
 
     model: str
@@ -49,6 +51,7 @@ class MapResult:
     sigma: float | None
     steps: int
     seconds: float
+    at_bound: dict[str, int] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -76,6 +79,7 @@ class MapResult:
         sigma: float | None,
         steps: torch.Tensor,
         seconds: float,
+        bounds: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> MapResult:
         """Scatter per-voxel results ``(V, ...)`` (voxels ``index`` of the flattened grid, all when None) into maps."""
         total = math.prod(spatial)
@@ -89,6 +93,14 @@ class MapResult:
         dtype = values.dtype
         codes = Counter(int(c) for c in torch.bincount(status.long(), minlength=1).nonzero().reshape(-1))
         counts = {Status(c).name.lower(): int((status == c).sum()) for c in sorted(codes) if int((status == c).sum())}
+        at_bound: dict[str, int] = {}
+        for j, name in enumerate(parameters):
+            on = torch.zeros(values.shape[0], dtype=torch.bool)
+            for limit in bounds:
+                if limit is not None and math.isfinite(float(limit[j])):
+                    on |= values[:, j] == limit[j]
+            if int(on.sum()):
+                at_bound[name] = int(on.sum())
         return cls(
             model=model,
             parameters=parameters,
@@ -100,11 +112,14 @@ class MapResult:
             sigma=sigma,
             steps=int(steps.sum()),
             seconds=seconds,
+            at_bound=at_bound,
         )
 
     def summary(self) -> str:
         """One paragraph: the model, voxels fitted, statuses and the median of each map."""
         lines = [f"{self.model}: {self.fitted} voxels in {self.seconds:.3g} s; " + _counts_text(self.counts)]
+        if self.at_bound:
+            lines.append("  on a bound: " + ", ".join(f"{n} {c}" for n, c in self.at_bound.items()))
         for name in self.parameters:
             data = _data(self.maps[name])
             fitted = data[torch.isfinite(data)]
@@ -126,6 +141,7 @@ class MapResult:
             "fitted_voxels": self.fitted,
             "success": self.success,
             "counts": self.counts,
+            "at_bound": self.at_bound,
             "sigma": self.sigma,
             "steps": self.steps,
             "seconds": self.seconds,
