@@ -4,9 +4,9 @@
 ``dask.array`` cut into slabs of whole slices; each slab is one task on a ``distributed.Client`` (a local cluster
 started for the call by default, or any scheduler by its address), which reads its slab, fits it with
 :func:`lossfit.maps.fit_map` and sends back only the maps. The caller writes each slab into the output files as it
-arrives (uncompressed NIfTI written through a memory map, or zarr), with at most ``2 * workers`` slabs in flight, so
-memory stays bounded by a few slabs whatever the volume's size. Outputs are staged beside ``out`` and moved into
-place when every slab is written; nothing is left half-written.
+arrives (uncompressed NIfTI, each slab one contiguous write at its offset, or zarr), with at most ``2 * workers``
+slabs in flight, so memory stays bounded by a few slabs whatever the volume's size. Outputs are staged beside ``out``
+and moved into place when every slab is written; nothing is left half-written.
 
 Convention: as for :func:`~lossfit.maps.fit_map` (its per-voxel answers do not depend on which voxels share a call,
 so a chunked map equals the in-memory one to the output's float32 rounding); the slabs are along the slowest axis of
@@ -58,7 +58,8 @@ class NiftiSlabs:
         import nibabel as nib
 
         t, z, y, x = (tuple(key) + (slice(None),) * 4)[:4]
-        proxy: Any = nib.load(self.path).dataobj  # type: ignore[attr-defined]
+        # Read without a memory map: only the slab's bytes are read, and none stay mapped in the worker.
+        proxy: Any = nib.load(self.path, mmap=False).dataobj  # type: ignore[attr-defined]
         block = np.asarray(proxy[x, y, z, t], dtype=np.float32)
         return np.ascontiguousarray(block.transpose(3, 2, 1, 0))
 
@@ -155,7 +156,7 @@ def fit_map_chunked(
         mask: a bool tensor ``(nz, ny, nx)`` or an Image on the series' grid.
         client: a ``distributed.Client``, a scheduler address, or None for a LocalCluster of ``workers`` processes
             (default 2) started for this call.
-        out_format: ``"nifti"`` (``NAME.nii``, uncompressed, written through a memory map) or ``"zarr"``
+        out_format: ``"nifti"`` (``NAME.nii``, uncompressed, written slab by slab) or ``"zarr"``
             (``maps.zarr`` with one array per map).
         progress: called as ``progress(done, total)`` (slices written) after each slab.
         **options: the remaining keyword arguments of :func:`~lossfit.maps.fit_map` (``loss``, ``noise`` with a
@@ -190,11 +191,13 @@ def fit_map_chunked(
     stage.mkdir(parents=True)
     try:
         writer = _Writer(stage, out_format, names, grid, (nz, ny, nx), slices)
-        task_options = {**options, "variable": variable}
-        counts, steps, at_bound = _run(
-            array, selected, acq.tolist(), model, task_options, slices, client, workers, writer, m, progress
-        )
-        writer.close()
+        try:
+            task_options = {**options, "variable": variable}
+            counts, steps, at_bound = _run(
+                array, selected, acq.tolist(), model, task_options, slices, client, workers, writer, m, progress
+            )
+        finally:
+            writer.close()
         summary = {"model": spec.name, "parameters": list(names), "counts": counts, "steps": steps,
                    "at_bound": at_bound, "sigma": options.get("sigma"), "seconds": time.perf_counter() - started,
                    "slices_per_task": slices, "format": out_format}  # fmt: skip
@@ -320,7 +323,7 @@ class _Writer:
         else:
             for name in self.maps:
                 kind = np.int16 if name == "status" else np.float32
-                self.arrays[name] = _nifti_memmap(folder / f"{name}.nii", grid, kind)
+                self.arrays[name] = _NiftiFile(folder / f"{name}.nii", grid, kind)
 
     def write(self, z0: int, part: dict[str, Any]) -> None:
         z1 = z0 + (part["shape"][0] if part["empty"] else part["status"].shape[0])
@@ -331,37 +334,52 @@ class _Writer:
                 value = part[name]
             if self.format == "zarr":
                 self.arrays[name][z0:z1] = value
-            else:  # the NIfTI memory map is (nx, ny, nz): the slab's (z, y, x) transposed
-                self.arrays[name][:, :, z0:z1] = np.asarray(value).T if not np.isscalar(value) else value
+            else:
+                self.arrays[name].write(z0, z1, value)
 
     def close(self) -> None:
         for array in self.arrays.values():
-            if isinstance(array, np.memmap):
-                array.flush()
+            if isinstance(array, _NiftiFile):
+                array.close()
         self.arrays.clear()
 
 
-def _nifti_memmap(path: Path, grid: Image, kind: type) -> np.memmap:
-    """An uncompressed NIfTI file of the grid's shape written header first, its voxels a writable memory map."""
-    import nibabel as nib
+class _NiftiFile:
+    """An uncompressed NIfTI file of the grid's shape, header first, its voxels written a slab of slices at a time:
+    in NIfTI's (x, y, z) Fortran order slices z0..z1 are one contiguous run of bytes (no memory map, so the writer's
+    memory does not grow with the file)."""
 
-    from lossfit.registration.io import LPS_RAS
+    OFFSET = 352
 
-    nz, ny, nx = grid.shape
-    header = nib.Nifti1Header()
-    header.set_data_shape((nx, ny, nz))
-    header.set_data_dtype(kind)
-    affine = LPS_RAS @ grid.affine.double().numpy()
-    header.set_sform(affine, code=int(grid.header.get("sform_code", 1) or 1))
-    header.set_qform(affine, code=int(grid.header.get("qform_code", 1) or 1))
-    header.set_xyzt_units("mm")
-    offset = 352
-    header["vox_offset"] = offset
-    with open(path, "wb") as fh:
-        fh.write(header.binaryblock)
-        fh.write(b"\x00" * (offset - len(header.binaryblock)))
-        fh.truncate(offset + nx * ny * nz * np.dtype(kind).itemsize)
-    return np.memmap(path, dtype=kind, mode="r+", offset=offset, shape=(nx, ny, nz), order="F")
+    def __init__(self, path: Path, grid: Image, kind: type) -> None:
+        import nibabel as nib
+
+        from lossfit.registration.io import LPS_RAS
+
+        nz, ny, nx = grid.shape
+        header = nib.Nifti1Header()
+        header.set_data_shape((nx, ny, nz))
+        header.set_data_dtype(kind)
+        affine = LPS_RAS @ grid.affine.double().numpy()
+        header.set_sform(affine, code=int(grid.header.get("sform_code", 1) or 1))
+        header.set_qform(affine, code=int(grid.header.get("qform_code", 1) or 1))
+        header.set_xyzt_units("mm")
+        header["vox_offset"] = self.OFFSET
+        self.kind, self.plane = np.dtype(kind), nx * ny
+        self.file = open(path, "wb")  # noqa: SIM115 - open for the life of the run, closed by close()
+        self.file.write(header.binaryblock + b"\x00" * (self.OFFSET - len(header.binaryblock)))
+        self.file.truncate(self.OFFSET + nx * ny * nz * self.kind.itemsize)
+
+    def write(self, z0: int, z1: int, value: Any) -> None:
+        """Slices ``z0..z1`` from a ``(z, y, x)`` array (or one number for all of them)."""
+        if np.isscalar(value):
+            value = np.full((z1 - z0, self.plane), value, dtype=self.kind)
+        data = np.ascontiguousarray(np.asarray(value, dtype=self.kind).reshape(z1 - z0, -1))
+        self.file.seek(self.OFFSET + z0 * self.plane * self.kind.itemsize)
+        self.file.write(data.tobytes())  # (z, y, x) in C order is (x, y, z) in Fortran order
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _result(
@@ -389,7 +407,9 @@ def _result(
         def read(name: str) -> Image:
             kind = np.int16 if name == "status" else np.float32
             nz, ny, nx = grid.shape
-            mapped = np.memmap(folder / f"{name}.nii", dtype=kind, mode="r", offset=352, shape=(nx, ny, nz), order="F")
+            mapped = np.memmap(
+                folder / f"{name}.nii", dtype=kind, mode="r", offset=_NiftiFile.OFFSET, shape=(nx, ny, nz), order="F"
+            )
             return grid.with_data(torch.from_numpy(np.asarray(mapped).T))
 
     import warnings
