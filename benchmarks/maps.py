@@ -223,10 +223,18 @@ class PeakMemory:
 
 def chunked(args: argparse.Namespace) -> None:
     print("\n### 4. Beyond memory: fit_map_chunked on a NIfTI file, 2 local workers\n")
+    print("| input | voxels | time | peak resident above idle (all processes) | of which private | "
+          "input / private peak | worker limit |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    nx, ny = args.chunked_shape[:2]
+    for nz in args.chunked_depths:
+        chunked_one(args, nx, ny, nz)
+
+
+def chunked_one(args: argparse.Namespace, nx: int, ny: int, nz: int) -> None:
     import distributed
     import nibabel as nib
 
-    nx, ny, nz = args.chunked_shape
     with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
         path = Path(folder) / "echoes.nii"
         gen = np.random.default_rng(0)
@@ -270,17 +278,14 @@ def chunked(args: argparse.Namespace) -> None:
         diff = float(((got - whole.maps["T2"]).abs() / whole.maps["T2"].abs())[good].max())
         voxels = nx * ny * nz
         grown = monitor.peak_private - idle_private
-        print("| input | voxels | time | peak resident above idle (all processes) | of which private | "
-              "input / private peak | worker limit |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|")
         print(
             f"| {size / 2**20:.0f} MiB | {voxels:,} | {spent:.1f} s ({spent / voxels * 1e6:.2f} us a voxel) | "
             f"{(monitor.peak - idle) / 2**20:.0f} MiB | {grown / 2**20:.0f} MiB | {size / max(grown, 1):.1f}x | "
             f"{args.worker_memory} |"
         )
         print(
-            f"\nStatuses {result.counts}; largest relative T2 difference from the in-memory fit on 4 slices: "
-            f"{diff:.2e} (float32 output)."
+            f"|  | statuses {result.counts}; largest relative T2 difference from the in-memory fit on 4 slices "
+            f"{diff:.2e} (float32 output) | | | | | |"
         )
 
 
@@ -290,8 +295,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ivim-voxels", type=int, default=2000)
-    parser.add_argument("--chunked-shape", type=int, nargs=3, default=(192, 192, 160))
-    parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--chunked-shape", type=int, nargs=2, default=(256, 256))
+    parser.add_argument("--chunked-depths", type=int, nargs="+", default=(80, 320))
+    parser.add_argument("--slices", type=int, default=2)
     parser.add_argument("--worker-memory", default="1GiB")
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--skip-chunked", action="store_true")

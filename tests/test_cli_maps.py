@@ -98,3 +98,28 @@ def test_an_output_inside_the_input_is_refused(tmp_path: Path) -> None:
     path, _, _ = echoes(tmp_path)
     result = runner.invoke(app, ["fit-map", str(path), "--x", TE, "--model", "t2", "--out", str(path)])
     assert result.exit_code == 2
+
+
+def test_a_dicom_series_gives_dicom_maps(tmp_path: Path) -> None:
+    """Echoes as one DICOM folder (volumes numbered by TemporalPositionIdentifier): the maps come back as DICOM series
+    on the same grid, NaN and infinity written as 0 (the status map says which voxels those are)."""
+    import torch
+
+    from lossfit.registration import Image, load_image
+    from lossfit.registration.series import Series
+    from test_series import dicom_series_folder
+
+    gen = np.random.default_rng(5)
+    t2 = gen.uniform(40, 120, size=(3, 4, 5))
+    te = np.array([float(v) for v in TE.split(",")])
+    data = 1000 * np.exp(-te[:, None, None, None] / t2[None]) + gen.normal(0, 2, size=(8, 3, 4, 5))
+    grid = Image(torch.zeros(3, 4, 5), spacing=(0.9, 0.9, 3.0), origin=(-20.0, 10.0, 4.0))
+    folder, _ = dicom_series_folder(tmp_path, Series(torch.from_numpy(data).float(), grid),
+                                    keyword="TemporalPositionIdentifier")  # fmt: skip
+    out = tmp_path / "maps"
+    result = runner.invoke(app, ["fit-map", str(folder), "--x", TE, "--model", "t2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "T2").is_dir() and (out / "status").is_dir()
+    back = load_image(out / "T2")
+    assert back.shape == (3, 4, 5) and np.allclose(back.spacing, grid.spacing) and np.allclose(back.origin, grid.origin)
+    assert np.allclose(back.data.numpy(), t2, rtol=0.02)
