@@ -61,8 +61,8 @@ def test_noisy_fits_reach_scipys_minimum(model: str) -> None:
     if model == "t2":
         assert result.success, result.counts
     failed = [i for i in range(60) if not Status(int(result.status[i])).success]
-    for i in failed:
-        assert Status(int(result.status[i])) is Status.MAX_STEPS
+    for i in failed:  # still running at the budget, or run so far that the Jacobian is singular there
+        assert Status(int(result.status[i])) in (Status.MAX_STEPS, Status.SINGULAR)
         assert float(result.maps["T2"][i]) > 10 * float(TE.max())  # running off along the line
     names = result.parameters
     f = (lambda x, a, b: a * np.exp(-x / b)) if model == "t2" else (lambda x, a, b, c: a * np.exp(-x / b) + c)
@@ -366,3 +366,37 @@ def test_voxels_on_a_bound_are_counted() -> None:
     lower = (result.maps["Dstar"] == 0.004) | (result.maps["f"] == 0.0)
     assert result.at_bound and sum(result.at_bound.values()) >= int(lower.sum()) > 0
     assert "on a bound" in result.summary()
+
+
+@pytest.mark.parametrize("name", ["t2", "t2-offset", "t1-ir"])
+def test_the_projected_gradient_is_the_gradient_of_the_projected_cost(name: str) -> None:
+    """Variable projection's gradient (Kaufman's Jacobian times the residual) is exact: autograd of the cost with
+    the linear parameters solved at every theta gives the same."""
+    from lossfit.maps.objective import Projected
+
+    model = BUILT_IN[name]
+    assert model.separable is not None
+    gen = torch.Generator().manual_seed(18)
+    truths = {"t2": [1000.0, 70.0], "t2-offset": [1000.0, 70.0, 20.0], "t1-ir": [1000.0, 1900.0, 1100.0]}
+    thetas = {"t2": [60.0, 90.0, 45.0], "t2-offset": [60.0, 90.0, 45.0], "t1-ir": [900.0, 1500.0, 600.0]}
+    x = (TI if name == "t1-ir" else TE)[:, None]
+    truth = model.signal(x, torch.tensor(truths[name], dtype=F64)[:, None].expand(-1, 3))
+    y = truth + 5 * torch.randn(truth.shape, generator=gen, dtype=F64)
+    theta = torch.tensor([thetas[name]], dtype=F64)
+    projected = Projected(model, x)
+    _, g, _, _ = projected.terms(theta, y)
+    t = theta.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(projected.cost(t, y).sum(), t)
+    assert torch.allclose(g, auto, rtol=1e-7)
+
+
+def test_variable_projection_reaches_the_full_problems_minimum() -> None:
+    """The built-in start goes through variable projection; a given start goes through Levenberg-Marquardt on all
+    parameters: the same answers (the 2-parameter decay, well determined)."""
+    y, _, _ = decays(200, 19, noise=8.0)
+    projected = fit_map(y, TE, "t2")
+    full = fit_map(y, TE, "t2", start={"S0": 1000.0, "T2": 80.0})
+    assert projected.success and full.success
+    assert torch.allclose(projected.maps["T2"], full.maps["T2"], rtol=1e-8)
+    assert torch.allclose(projected.maps["S0"], full.maps["S0"], rtol=1e-8)
+    assert torch.allclose(projected.stderr["T2"], full.stderr["T2"], rtol=1e-6)

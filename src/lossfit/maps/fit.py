@@ -23,7 +23,7 @@ from lossfit.engine.result import Status
 from lossfit.engine.solvers.voxelwise import VoxelFit, cholesky_solve, gradient_cosine, levenberg_marquardt
 from lossfit.losses import ROBUST
 from lossfit.maps.models import MapModel, resolve
-from lossfit.maps.objective import LeastSquares, Objective, Rician
+from lossfit.maps.objective import LeastSquares, Objective, Projected, Rician
 from lossfit.maps.result import NOT_FITTED, MapResult
 from lossfit.registration.image import Image
 from lossfit.registration.series import Series
@@ -363,7 +363,7 @@ def _solve(
             fit = _fit_polarity(spec, objective, x, data, lower, upper, {**first, "floor": zero})
         else:
             start = p0[:, block] if p0 is not None else spec.start(x, data[0])  # type: ignore[misc]
-            fit = levenberg_marquardt(objective.terms, start, data, lower=lower, upper=upper, floor=zero, **first)
+            fit = _fit_block(spec, objective, x, start, data, lower, upper, {**first, "floor": zero}, p0 is None)
         params[:, block], cost[block], status[block], steps[block] = fit.params, fit.cost, fit.status, fit.steps
         if progress is not None:
             progress(int(block[-1]) + 1, v)
@@ -375,6 +375,51 @@ def _solve(
         params[:, block], cost[block], status[block] = fit.params, fit.cost, fit.status
         steps[block] += fit.steps
     return VoxelFit(params, cost, status, steps)
+
+
+def _fit_block(
+    spec: MapModel,
+    objective: Objective,
+    x: torch.Tensor,
+    start: torch.Tensor,
+    data: tuple[torch.Tensor, ...],
+    lower: torch.Tensor | None,
+    upper: torch.Tensor | None,
+    options: dict[str, Any],
+    closed_form: bool,
+) -> VoxelFit:
+    """One block: by variable projection where the model is separable, the loss plain least squares and the start
+    the model's own (the linear parameters solved in closed form at every step, the iterations on the others
+    alone); every voxel that this does not bring to a converged answer inside the bounds is solved again in full
+    from its start. Otherwise Levenberg-Marquardt on all parameters."""
+    separable = spec.separable
+    if separable is None or not closed_form or not isinstance(objective, LeastSquares) or objective.loss != "linear":
+        return levenberg_marquardt(objective.terms, start, data, lower=lower, upper=upper, **options)
+    projected = Projected(spec, x)
+    nonlinear = list(separable.nonlinear)
+    bound = (None if lower is None else lower[nonlinear], None if upper is None else upper[nonlinear])
+    reduced = levenberg_marquardt(projected.terms, start[nonlinear], data, lower=bound[0], upper=bound[1], **options)
+    params = projected.full(reduced.params, data[0])
+    success = torch.tensor([Status(int(c)).success for c in range(max(Status) + 1)])
+    # Still running at the step budget: continued later with the other slow voxels (from where they are).
+    running = reduced.status == int(Status.MAX_STEPS)
+    good = (success[reduced.status.long()] | running) & torch.isfinite(params).all(dim=0)
+    if lower is not None:
+        good &= (params >= lower[:, None]).all(dim=0)
+    if upper is not None:
+        good &= (params <= upper[:, None]).all(dim=0)
+    cost = projected.cost(reduced.params, data[0])
+    fit = VoxelFit(params, cost, reduced.status, reduced.steps)
+    redo = torch.nonzero(~good).reshape(-1)
+    if redo.numel() == 0:
+        return fit
+    again = levenberg_marquardt(
+        objective.terms, start[:, redo], tuple(t[..., redo] for t in data), lower=lower, upper=upper,
+        **{**options, "floor": None if options.get("floor") is None else options["floor"][redo]},
+    )  # fmt: skip
+    fit.params[:, redo], fit.cost[redo], fit.status[redo] = again.params, again.cost, again.status
+    fit.steps[redo] += again.steps
+    return fit
 
 
 def zero_floor(objective: Objective, y: torch.Tensor) -> torch.Tensor | None:
@@ -409,7 +454,7 @@ def _fit_polarity(
     best: VoxelFit | None = None
     for signed in polarity_patterns(data[0]):
         start = spec.start(x, signed)
-        fit = levenberg_marquardt(objective.terms, start, (signed, *data[1:]), lower=lower, upper=upper, **options)
+        fit = _fit_block(spec, objective, x, start, (signed, *data[1:]), lower, upper, options, True)
         if best is None:
             best = fit
             continue

@@ -32,6 +32,20 @@ IVIM_HIGH_B = 200.0
 
 
 @dataclass(frozen=True)
+class Separable:
+    """A model whose signal is linear in some parameters: ``signal = sum_l c_l phi_l(x; theta)``.
+
+    ``basis(x, theta)`` gives the ``l`` functions ``phi_l (m, V)`` (None for the constant 1) and, per nonlinear
+    parameter ``theta_k``, the derivatives ``d phi_l / d theta_k`` (None where zero); ``nonlinear`` and ``linear``
+    are the positions of ``theta`` and ``c`` in the model's parameter vector. Variable projection (Golub and Pereyra
+    1973) then solves for ``c`` in closed form at every ``theta`` and iterates on ``theta`` alone."""
+
+    nonlinear: tuple[int, ...]
+    linear: tuple[int, ...]
+    basis: Callable[[torch.Tensor, torch.Tensor], tuple[list[torch.Tensor | None], list[list[torch.Tensor | None]]]]
+
+
+@dataclass(frozen=True)
 class MapModel:
     """A signal model: its parameter names, the signal, the signal with its Jacobian columns (None: forward-mode
     autodiff), a start per voxel from the data (None: the caller gives one), bounds, and what ``x`` must be."""
@@ -46,6 +60,7 @@ class MapModel:
     increasing_x: bool = False
     description: str = ""
     polarity: bool = False  # magnitude inversion recovery: fitted twice around the signal's null (see fit_map)
+    separable: Separable | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def evaluate(self, x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, Columns]:
@@ -115,6 +130,12 @@ def _finite_decay(decay: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(decay), decay, torch.full_like(decay, 10 * span)).clamp(span * 1e-3, span * 1e3)
 
 
+def _decay_basis(x: torch.Tensor, theta: torch.Tensor) -> tuple[list[Any], list[list[Any]]]:
+    inv = 1 / theta[0:1]
+    e = torch.exp(-x * inv)
+    return [e], [[e * (x * (inv * inv))]]
+
+
 # -- decay with a constant offset: S0 exp(-x / T) + C ----------------------------------------------------------------
 
 
@@ -136,6 +157,12 @@ def _offset_start(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     offset = (tail.amin(dim=0) - (tail[0] - tail[-1]).clamp_min(0)).clamp_min(0)
     s0, decay = log_linear(x, y - offset)
     return torch.stack([s0, _finite_decay(decay, x), offset])
+
+
+def _offset_basis(x: torch.Tensor, theta: torch.Tensor) -> tuple[list[Any], list[list[Any]]]:
+    inv = 1 / theta[0:1]
+    e = torch.exp(-x * inv)
+    return [e, None], [[e * (x * (inv * inv)), None]]
 
 
 # -- inversion recovery (magnitude): |A - B exp(-x / T1)| ------------------------------------------------------------
@@ -171,6 +198,12 @@ def _recovery_start(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, 2 * a, t1])
 
 
+def _recovery_basis(x: torch.Tensor, theta: torch.Tensor) -> tuple[list[Any], list[list[Any]]]:
+    inv = 1 / theta[0:1]
+    e = torch.exp(-x * inv)
+    return [None, -e], [[None, -e * (x * (inv * inv))]]
+
+
 # -- IVIM: S0 (f exp(-b D*) + (1 - f) exp(-b D)) ---------------------------------------------------------------------
 
 
@@ -202,15 +235,18 @@ BUILT_IN: dict[str, MapModel] = {
     "t2": MapModel(
         "t2", ("S0", "T2"), _decay, _decay_eval, _decay_start, (0.0, 0.0), (math.inf, math.inf),
         description="mono-exponential decay S0 exp(-TE / T2) (T2 or T2*)",
+        separable=Separable((1,), (0,), _decay_basis),
     ),
     "t2-offset": MapModel(
         "t2-offset", ("S0", "T2", "C"), _offset, _offset_eval, _offset_start, (0.0, 0.0, -math.inf),
         (math.inf, math.inf, math.inf), description="decay with a constant offset S0 exp(-TE / T2) + C",
+        separable=Separable((1,), (0, 2), _offset_basis),
     ),
     "t1-ir": MapModel(
         "t1-ir", ("A", "B", "T1"), _recovery, _recovery_eval, _recovery_start, (0.0, 0.0, 0.0),
         (math.inf, math.inf, math.inf), increasing_x=True, polarity=True,
         description="inversion recovery |A - B exp(-TI / T1)| on magnitude data (polarity restored)",
+        separable=Separable((2,), (0, 1), _recovery_basis),
     ),
     "ivim": MapModel(
         "ivim", ("S0", "f", "D", "Dstar"), _ivim, _ivim_eval, _ivim_start, (0.0, 0.0, 0.0, IVIM_SPLIT),

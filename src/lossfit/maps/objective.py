@@ -8,10 +8,12 @@ length of the equivalent residual that MINPACK's gradient test divides by (``||r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from lossfit.engine import robust
+from lossfit.engine.solvers.voxelwise import cholesky_solve
 from lossfit.losses import ROBUST, Rho
 from lossfit.maps.models import MapModel
 
@@ -111,3 +113,79 @@ class Rician:
 
 
 Objective = LeastSquares | Rician
+
+
+@dataclass(frozen=True)
+class Projected:
+    """Least squares with the linear parameters projected out (variable projection, Golub and Pereyra 1973): for
+    the nonlinear parameters ``theta (q, V)`` the linear ones solve ``(Phi^T Phi) c = Phi^T y`` per voxel, the
+    residual is ``Phi c - y`` and its Jacobian Kaufman's (1975) ``P_perp (dPhi/dtheta) c``. The minimiser over
+    ``theta`` with ``c(theta)`` is the full problem's; a voxel whose ``Phi^T Phi`` is not positive definite (its
+    basis functions collinear) gets an infinite cost (a step there is rejected)."""
+
+    model: MapModel
+    x: torch.Tensor
+
+    def linear(self, theta: torch.Tensor, y: torch.Tensor) -> tuple[list[Any], list[list[Any]], torch.Tensor, Any]:
+        """The basis, its derivatives, the linear coefficients ``(l, V)`` and the Gram matrix's factorisation
+        status per voxel."""
+        assert self.model.separable is not None
+        basis, derivatives = self.model.separable.basis(self.x, theta)
+        gram = torch.stack([torch.stack([_dot(a, b, y) for b in basis]) for a in basis])
+        c, ok = cholesky_solve(gram, torch.stack([_dot(a, y, y) for a in basis]))
+        return basis, derivatives, c, (gram, ok)
+
+    def _residual(self, basis: list[Any], c: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r = -y
+        for phi, coefficient in zip(basis, c, strict=True):
+            r = r + (coefficient if phi is None else phi * coefficient)
+        return r
+
+    def cost(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        basis, _, c, (_, ok) = self.linear(theta, y)
+        r = self._residual(basis, c, y)
+        return torch.where(ok, 0.5 * (r * r).sum(0), torch.inf)
+
+    def terms(self, theta: torch.Tensor, y: torch.Tensor) -> Terms:
+        basis, derivatives, c, (gram, ok) = self.linear(theta, y)
+        r = self._residual(basis, c, y)
+        columns = []
+        for per_basis in derivatives:
+            d = None
+            for dphi, coefficient in zip(per_basis, c, strict=True):
+                if dphi is not None:
+                    d = dphi * coefficient if d is None else d + dphi * coefficient
+            assert d is not None
+            w, _ = cholesky_solve(gram, torch.stack([_dot(a, d, y) for a in basis]))
+            for phi, weight in zip(basis, w, strict=True):
+                d = d - (weight if phi is None else phi * weight)
+            columns.append(d)
+        g, h = _normal(columns, r)
+        r2 = (r * r).sum(0)
+        cost = torch.where(ok, 0.5 * r2, torch.inf)
+        return cost, g, h, r2
+
+    def full(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The model's whole parameter vector ``(k, V)`` at ``theta``, with its linear coefficients."""
+        assert self.model.separable is not None
+        spec = self.model.separable
+        _, _, c, _ = self.linear(theta, y)
+        k = len(spec.nonlinear) + len(spec.linear)
+        rows: list[torch.Tensor] = [c[0]] * k
+        for j, position in enumerate(spec.nonlinear):
+            rows[position] = theta[j]
+        for j, position in enumerate(spec.linear):
+            rows[position] = c[j]
+        return torch.stack(rows)
+
+
+def _dot(a: torch.Tensor | None, b: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``sum_m a b`` per voxel (``like`` is ``(m, V)``), where None is the constant 1."""
+    if a is None and b is None:
+        return torch.full(like.shape[1:], float(like.shape[0]), dtype=like.dtype, device=like.device)
+    if a is None:
+        assert b is not None
+        return b.sum(0)
+    if b is None:
+        return a.sum(0)
+    return (a * b).sum(0)
