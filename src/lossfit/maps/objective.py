@@ -136,9 +136,14 @@ class Projected:
         return basis, derivatives, c, (gram, ok)
 
     def _residual(self, basis: list[Any], c: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        r = -y
+        """``Phi c - y``: the constant terms first, then one fused multiply-add per basis function."""
+        r = -y  # a new tensor: the updates below are in place
         for phi, coefficient in zip(basis, c, strict=True):
-            r = r + (coefficient if phi is None else phi * coefficient)
+            if phi is None:
+                r += coefficient
+        for phi, coefficient in zip(basis, c, strict=True):
+            if phi is not None:
+                r.addcmul_(phi, coefficient)
         return r
 
     def cost(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -158,7 +163,7 @@ class Projected:
             assert d is not None
             w, _ = cholesky_solve(gram, torch.stack([_dot(a, d, y) for a in basis]))
             for phi, weight in zip(basis, w, strict=True):
-                d = d - (weight if phi is None else phi * weight)
+                d = d - weight if phi is None else d.addcmul_(phi, weight, value=-1)
             columns.append(d)
         g, h = _normal(columns, r)
         r2 = (r * r).sum(0)
