@@ -3,10 +3,8 @@ not) and zarr, outputs that other tools read with the input's geometry, and noth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import distributed
 import nibabel as nib
 import numpy as np
 import pytest
@@ -18,16 +16,6 @@ from lossfit.maps import NOT_FITTED, fit_map, fit_map_chunked
 from lossfit.registration.series import load_series
 
 TE = [10.0, 20, 30, 40, 50, 60, 70, 80]
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[object]:
-    """One two-worker local cluster (processes, one thread each) for the module."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    dask_client = distributed.Client(cluster)
-    yield dask_client
-    dask_client.close()
-    cluster.close()
 
 
 def t2_volume(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:

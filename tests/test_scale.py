@@ -7,7 +7,6 @@ import csv
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,16 +32,6 @@ WARPS = [(4.0, (2.0, -1.5)), (-3.0, (-1.0, 2.5)), (6.0, (3.0, 1.0)), (-5.0, (0.5
 
 def _matrix(out: Path, ident: str) -> torch.Tensor:
     return torch.tensor(json.loads((out / ident / "transform.json").read_text())["matrix"], dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[object]:
-    """One two-worker local cluster (processes, one thread each) for the module: starting one takes seconds."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    dask_client = distributed.Client(cluster)
-    yield dask_client
-    dask_client.close()
-    cluster.close()
 
 
 @pytest.fixture(scope="module")
