@@ -311,6 +311,9 @@ BAD = [
     ("start names", lambda: fit_map(torch.ones(3, 8), TE, "a*exp(-x/b)", start={"a": 1}), ValueError, "missing: b"),
     ("bounds size", lambda: fit_map(torch.ones(3, 8), TE, "t2", bounds=([0], [1])), ValueError, "`bounds`"),
     ("series type", lambda: fit_map([[1.0] * 8], TE, "t2"), TypeError, "`series`"),
+    ("max_steps", lambda: fit_map(ONES, TE, "t2", max_steps=0), ValueError, "`max_steps`"),
+    ("ftol", lambda: fit_map(ONES, TE, "t2", ftol=-1.0), ValueError, "`ftol`"),
+    ("dtype", lambda: fit_map(ONES, TE, "t2", dtype=torch.int32), TypeError, "`dtype`"),
 ]  # fmt: skip
 
 
@@ -400,3 +403,11 @@ def test_variable_projection_reaches_the_full_problems_minimum() -> None:
     assert torch.allclose(projected.maps["T2"], full.maps["T2"], rtol=1e-8)
     assert torch.allclose(projected.maps["S0"], full.maps["S0"], rtol=1e-8)
     assert torch.allclose(projected.stderr["T2"], full.stderr["T2"], rtol=1e-6)
+
+
+def test_gaussian_noise_is_least_squares_with_its_standard_errors() -> None:
+    y, _, _ = decays(30, 20, noise=10.0)
+    plain = fit_map(y, TE, "t2")
+    named = fit_map(y, TE, "t2", noise="gaussian")
+    assert torch.equal(plain.maps["T2"], named.maps["T2"])
+    assert torch.allclose(plain.stderr["T2"], named.stderr["T2"])

@@ -96,6 +96,7 @@ def fit_map(
         TypeError, ValueError: bad input, naming the argument (before any fitting).
     """
     started = time.perf_counter()
+    _check_options(dtype, max_steps, ftol, xtol, gtol)
     flat, spatial, grid = _signals(series)  # (m, N): voxels last, as the solver works
     acq = _acquisition(x, flat.shape[0], dtype)
     spec = resolve(model, variable)
@@ -116,7 +117,7 @@ def fit_map(
     if p0 is not None:
         finite &= torch.isfinite(p0).all(dim=0)
     fit = _solve(spec, objective, acq[:, None], y, p0, len(names), extra, lower, upper, finite, options, progress)
-    stderr, status, rms = _finish(spec, objective, acq[:, None], y, fit, extra, lower, upper, noise is not None)
+    stderr, status, rms = _finish(spec, objective, acq[:, None], y, fit, extra, lower, upper, noise == "rician")
     return MapResult.assemble(
         model=spec.name,
         parameters=names,
@@ -135,6 +136,16 @@ def fit_map(
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------------
+
+
+def _check_options(dtype: Any, max_steps: Any, ftol: Any, xtol: Any, gtol: Any) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"`dtype` must be a floating torch dtype; got {dtype!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a whole number >= 1; got {max_steps!r}")
+    for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}")
 
 
 def _signals(series: Any) -> tuple[torch.Tensor, tuple[int, ...], Image | None]:
