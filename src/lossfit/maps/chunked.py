@@ -112,13 +112,17 @@ def _fit_slab(
     """One task: fit a slab ``(m, z, ny, nx)``; returns its maps as float32/int16 arrays ``(z, ny, nx)``."""
     from lossfit.maps.fit import fit_map
 
-    torch.set_num_threads(1)
     signals = torch.from_numpy(np.ascontiguousarray(np.moveaxis(block, 0, -1)))
     selected = None if mask is None else torch.from_numpy(mask)
     if selected is not None and not bool(selected.any()):
         shape = block.shape[1:]
         return {"empty": True, "shape": shape}
-    result = fit_map(signals, x, model, mask=selected, **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one task per worker thread; restored for a worker that shares its process
+    try:
+        result = fit_map(signals, x, model, mask=selected, **options)
+    finally:
+        torch.set_num_threads(threads)
     out: dict[str, Any] = {"empty": False, "counts": result.counts, "steps": result.steps, "at_bound": result.at_bound}
     for name in result.parameters:
         out[name] = np.asarray(result.maps[name], dtype=np.float32)
