@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,7 +61,6 @@ class MapModel:
     description: str = ""
     polarity: bool = False  # magnitude inversion recovery: fitted twice around the signal's null (see fit_map)
     separable: Separable | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def evaluate(self, x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, Columns]:
         """The signal ``(V, m)`` and its Jacobian columns at ``p``: written out for the built-ins, by forward mode
