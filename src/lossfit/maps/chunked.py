@@ -1,6 +1,6 @@
 """Parameter maps of series larger than memory: slabs of slices fitted as Dask tasks, outputs written slab by slab.
 
-:func:`fit_map_chunked` reads a 4-D NIfTI file (memory-mapped where uncompressed) or a zarr array lazily as a
+:func:`fit_map_chunked` reads a 4-D NIfTI file (a slab's bytes at a time) or a zarr array lazily as a
 ``dask.array`` cut into slabs of whole slices; each slab is one task on a ``distributed.Client`` (a local cluster
 started for the call by default, or any scheduler by its address), which reads its slab, fits it with
 :func:`lossfit.maps.fit_map` and sends back only the maps. The caller writes each slab into the output files as it
@@ -39,8 +39,8 @@ OUT_FORMATS = ("nifti", "zarr")
 class NiftiSlabs:
     """A 4-D NIfTI file as an array ``(m, nz, ny, nx)`` that reads only what is indexed (picklable: it holds the path).
 
-    nibabel memory-maps an uncompressed file and decompresses a ``.nii.gz`` up to the slab asked for; scaling
-    (scl_slope/inter) is applied as nibabel applies it."""
+    An uncompressed file is read at the slab's offset (no memory map), a ``.nii.gz`` decompressed up to the slab
+    asked for; scaling (scl_slope/inter) is applied as nibabel applies it."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         from lossfit.registration.io import open_nifti
@@ -151,7 +151,7 @@ def fit_map_chunked(
     """Fit ``model`` at every voxel of a series that need not fit in memory, slab by slab on a Dask client.
 
     Args:
-        source: a 4-D NIfTI path (``.nii`` is memory-mapped; ``.nii.gz`` is read slab by slab), a zarr array or
+        source: a 4-D NIfTI path (``.nii`` or ``.nii.gz``, read slab by slab), a zarr array or
             path to one ``(m, nz, ny, nx)`` (an OME-Zarr image's level ``"0"``; ``attrs`` ``spacing``/``origin``
             in mm where present), or an in-memory Series.
         x, model, variable: as for :func:`~lossfit.maps.fit_map` (``start`` None or constants only).
