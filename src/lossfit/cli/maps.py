@@ -220,12 +220,9 @@ def _per_label(result: Any, labels: Any) -> list[dict[str, Any]]:
 
 
 def _converged(status: Any) -> Any:
-    import torch
+    from lossfit.maps.result import converged
 
-    from lossfit.engine.result import Status
-
-    success = torch.tensor([Status(c).success for c in range(max(Status) + 1)])
-    return success[status.data.long()]
+    return converged(status.data)
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -24,7 +24,7 @@ from lossfit.engine.solvers.voxelwise import VoxelFit, cholesky_solve, gradient_
 from lossfit.losses import ROBUST
 from lossfit.maps.models import MapModel, resolve
 from lossfit.maps.objective import LeastSquares, Objective, Projected, Rician
-from lossfit.maps.result import NOT_FITTED, MapResult
+from lossfit.maps.result import NOT_FITTED, MapResult, converged
 from lossfit.registration.image import Image
 from lossfit.registration.series import Series
 
@@ -411,10 +411,9 @@ def _fit_block(
     bound = (None if lower is None else lower[nonlinear], None if upper is None else upper[nonlinear])
     reduced = levenberg_marquardt(projected.terms, start[nonlinear], data, lower=bound[0], upper=bound[1], **options)
     params = projected.full(reduced.params, data[0])
-    success = torch.tensor([Status(int(c)).success for c in range(max(Status) + 1)])
     # Still running at the step budget: continued later with the other slow voxels (from where they are).
     running = reduced.status == int(Status.MAX_STEPS)
-    good = (success[reduced.status.long()] | running) & torch.isfinite(params).all(dim=0)
+    good = (converged(reduced.status) | running) & torch.isfinite(params).all(dim=0)
     if lower is not None:
         good &= (params >= lower[:, None]).all(dim=0)
     if upper is not None:
@@ -502,21 +501,20 @@ def _finish(
     stderr = torch.full((k, v), math.nan, dtype=y.dtype)
     rms = torch.full((v,), math.nan, dtype=y.dtype)
     status = fit.status.clone()
-    success = torch.tensor([Status(int(c)).success for c in range(max(Status) + 1)])
     rows = torch.nonzero(torch.isfinite(fit.params).all(dim=0)).reshape(-1)
     for block in rows.split(BLOCK):
         p, yb = fit.params[:, block], y[:, block]
         data = (_signed(spec, x, p, yb), *(t[..., block] for t in extra))
         cost, g, h, r2 = objective.terms(p, *data)
         cosine = gradient_cosine(p, g, h, r2, lower, upper)
-        converged = success[status[block].long()]
+        done = converged(status[block])
         floor = zero_floor(objective, data[0])
-        exact = torch.zeros_like(converged) if floor is None else cost <= floor
+        exact = torch.zeros_like(done) if floor is None else cost <= floor
         newton, solvable = cholesky_solve(h, g)
         decrease = 0.5 * (g * newton).sum(0)  # what a full Gauss-Newton step would gain, by the quadratic model
         signal = (data[0] * data[0]).sum(0) / ((extra[0][block] ** 2) if extra else 1.0)
         negligible = solvable & (decrease <= 0.5 * VERIFY_FIT**2 * signal)
-        suspect = converged & ~exact & (cosine > VERIFY_GTOL) & ~negligible
+        suspect = done & ~exact & (cosine > VERIFY_GTOL) & ~negligible
         variances = _inverse_diagonal(h)
         singular = ~torch.isfinite(variances).all(dim=0) | (variances <= 0).any(dim=0)
         if likelihood:
@@ -525,7 +523,7 @@ def _finish(
             scale = 2 * cost / (m - k) if m > k else torch.full_like(cost, math.inf)
         stderr[:, block] = torch.where(singular, math.inf, (variances * scale).clamp_min(0).sqrt())
         new = torch.where(suspect, int(Status.SUSPECT_GRADIENT), status[block])
-        new = torch.where(converged & ~suspect & singular, int(Status.SINGULAR), new)
+        new = torch.where(done & ~suspect & singular, int(Status.SINGULAR), new)
         status[block] = new.to(torch.int8)
         value = spec.signal(x, p)
         residual = (value.abs() if spec.polarity else value) - yb

@@ -22,6 +22,12 @@ NOT_FITTED = 0
 Map = Image | torch.Tensor
 
 
+def converged(codes: torch.Tensor) -> torch.Tensor:
+    """Per voxel, whether its Status code (a tensor of codes, any shape) is a verified success."""
+    table = torch.tensor([Status(c).success for c in range(max(Status) + 1)], device=codes.device)
+    return table[codes.long()]
+
+
 @dataclass(frozen=True)
 class MapResult:
     """Parameter maps and what is known of each voxel's fit.
