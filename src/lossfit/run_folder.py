@@ -29,6 +29,9 @@ from lossfit.io import DISK_FULL, first_line
 # folder) and a motion correction's (``corrected`` with any suffix, ``transforms/`` with one file per volume).
 OWN_NAMES = (
     "transform.tfm",
+    "affine.tfm",
+    "warp.nii.gz",
+    "inverse_warp.nii.gz",
     "transform.json",
     "registration.png",
     "report.html",

@@ -48,7 +48,11 @@ def register(
     fixed: Annotated[Path, typer.Argument(help="the fixed image: NIfTI, DICOM file or series folder, PNG/TIFF/JPEG")],
     moving: Annotated[Path, typer.Argument(help="the moving image, brought onto the fixed one")],
     transform: Annotated[
-        str, typer.Option(help="translation, rigid, similarity, affine or projective (2-D)")
+        str,
+        typer.Option(
+            help="translation, rigid, similarity, affine, projective (2-D); or deformable (affine, then a "
+            "diffeomorphic field), svf, field or bspline"
+        ),
     ] = "affine",
     metric: Annotated[str, typer.Option(help="mse, ncc, lncc or mi (mutual information, multi-modal)")] = "mse",
     init: Annotated[str, typer.Option(help="geometry, mass, moments or none")] = "geometry",
@@ -138,7 +142,9 @@ def register(
     if interpolation is not Interpolation.linear or fill != 0.0:
         from lossfit.registration import resample
 
-        warped = resample(result.moving, result.fixed, result.matrix, interpolation=interpolation.value, default=fill)
+        field = getattr(result, "displacement", None)
+        how: dict[str, Any] = {"matrix": result.matrix} if field is None else {"displacement": field}
+        warped = resample(result.moving, result.fixed, interpolation=interpolation.value, default=fill, **how)
         warped = within_range(warped, f"warped{suffix}", moving_image.data, fill, interpolation.value)
     summary = registration_summary(result, {"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask,
                                              "moving_mask": moving_mask, "initial": initial})  # fmt: skip
@@ -162,6 +168,11 @@ def register(
     else:
         typer.echo(result.summary())
         assert result.matrix is not None
+        if getattr(result, "displacement", None) is not None:
+            e = getattr(result, "evaluation", {})
+            jacobian = f"{e['jacobian_min']:.3f}..{e['jacobian_max']:.3f}"
+            folded = f"{100 * e['folded_fraction']:.3g}%"
+            typer.echo(f"field: Jacobian determinant {jacobian}, folded {folded} of voxels; the affine stage:")
         typer.echo("matrix (fixed world -> moving world, LPS mm):")
         for row in result.matrix.tolist():
             typer.echo("  " + "  ".join(f"{v: .6f}" for v in row))

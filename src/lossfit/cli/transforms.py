@@ -27,7 +27,8 @@ def apply(
         list[Path],
         typer.Argument(
             metavar="TRANSFORM... IMAGE",
-            help="transform files (.tfm/.txt/.mat/.json; a chain applies as antsApplyTransforms -t applies it: "
+            help="transform files (.tfm/.txt/.mat/.json, or displacement fields .nii.gz/.nii/.mha such as a "
+            "deformable registration's warp.nii.gz; a chain applies as antsApplyTransforms -t applies it: "
             "the first takes the reference point first), then the image to move",
         ),
     ],
@@ -47,23 +48,31 @@ def apply(
 ) -> None:
     """Resample IMAGE onto the --reference grid through a chain of transforms (reference world to image world, as
     a registration's transform.tfm maps the fixed image to the moving one)."""
-    from lossfit.registration.apply import apply_transform, chain_matrix
+    import torch
+
+    from lossfit.registration.apply import FIELD_SUFFIXES, apply_transform, chain_matrix, read_chain
     from lossfit.registration.io import save_dicom_series, save_image
 
     if len(items) < 2:
         fail("give at least one TRANSFORM and then the IMAGE to move")
     *transform_paths, image_path = items
     for t in transform_paths:
-        if not t.name.lower().endswith(TRANSFORM_SUFFIXES):
-            fail(f"{t}: a transform must end in {', '.join(TRANSFORM_SUFFIXES)} (the IMAGE comes last)")
+        if not t.name.lower().endswith(TRANSFORM_SUFFIXES + FIELD_SUFFIXES):
+            fail(
+                f"{t}: a transform must end in {', '.join(TRANSFORM_SUFFIXES + FIELD_SUFFIXES)} (the IMAGE comes last)"
+            )
     check_not_inputs([*transform_paths, image_path, reference], [(out, "--out")])
     check_output_file(out, "--out", overwrite)
-    matrix = chain_matrix(transform_paths, inverse=inverse)  # every transform read (and inverted) before the images
+    chain = read_chain(transform_paths)  # every transform read before the images
+    has_field = any(not isinstance(m, torch.Tensor) for m in chain)
+    if has_field and inverse:
+        fail("--inverse with a displacement field: apply the registration's inverse field (inverse_warp.nii.gz)")
+    matrix = None if has_field else chain_matrix(chain, inverse=inverse)  # type: ignore[arg-type]
     image = load_input(image_path, "--image", series=image_series)
     grid = load_input(reference, "--reference", series=reference_series)
     series_out = out.name.lower().endswith(".dcm") and grid.ndim == 3 and grid.shape[0] > 1
     check_image_output(grid, out.name, image.data, fill)
-    moved = apply_transform(image, matrix, grid, interpolation=interpolation.value, fill=fill)
+    moved = apply_transform(image, chain if has_field else matrix, grid, interpolation=interpolation.value, fill=fill)  # type: ignore[arg-type]
     moved = within_range(moved, out.name, image.data, fill, interpolation.value)
     if series_out:
         import shutil
@@ -86,8 +95,8 @@ def apply(
             "output": str(out),
             "transforms": [str(t) for t in transform_paths],
             "inverse": inverse,
-            "matrix": matrix.tolist(),
-            "convention": "matrix maps the reference's world points (LPS, mm) to the image's",
+            "matrix": None if matrix is None else matrix.tolist(),
+            "convention": "the chain maps the reference's world points (LPS, mm) to the image's",
             "interpolation": interpolation.value,
             "fill": fill,
             "geometry": geometry_summary(moved),

@@ -32,6 +32,7 @@ class Status(enum.IntEnum):
     CHECK_MISMATCH = 16
     POOR_MATCH = 17
     INACCURATE = 18
+    FOLDED = 19
 
     @property
     def success(self) -> bool:
@@ -97,6 +98,11 @@ _MESSAGES = {
     Status.INACCURATE: (
         "the answer's residual is more than ten times what torch.linalg's direct factorisation reaches on the same "
         "problem (see reference): it is not as accurate as the matrix allows; try solver='auto'"
+    ),
+    Status.FOLDED: (
+        "the deformation folds: its Jacobian determinant is zero or negative at some voxels (see "
+        "checks['folded_fraction']), so it is not a one-to-one map; raise the regularisation or use "
+        "transform='svf' (diffeomorphic)"
     ),
     Status.RANK_DEFICIENT: (
         "the matrix is numerically rank deficient, so no exact answer exists; the result is the minimum-norm "

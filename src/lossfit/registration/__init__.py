@@ -1,8 +1,19 @@
-"""Image registration in world coordinates: images with geometry, resampling, metrics, ``register``, transform
-files (read, write, invert, apply)."""
+"""Image registration in world coordinates: images with geometry, resampling, metrics, ``register`` (affine and
+deformable), transform files and displacement fields (read, write, invert, apply), evaluation."""
 
 from lossfit.registration.apply import apply_transform
-from lossfit.registration.evaluate import displacement, target_registration_error
+from lossfit.registration.deformable import DeformableRegistration
+from lossfit.registration.evaluate import (
+    dice,
+    displacement,
+    end_point_error,
+    folded_fraction,
+    inverse_consistency,
+    jacobian_determinant,
+    target_registration_error,
+    warp_labels,
+)
+from lossfit.registration.fields_io import read_displacement_field, write_composite_h5, write_displacement_field
 from lossfit.registration.image import Image
 from lossfit.registration.io import load_image, save_dicom_series, save_image
 from lossfit.registration.register import register
@@ -18,13 +29,20 @@ from lossfit.registration.transform_files import (
 )
 
 __all__ = [
+    "DeformableRegistration",
     "Image",
     "Level",
     "Registration",
     "apply_transform",
+    "dice",
     "displacement",
+    "end_point_error",
+    "folded_fraction",
+    "inverse_consistency",
     "invert_transform",
+    "jacobian_determinant",
     "load_image",
+    "read_displacement_field",
     "read_itk_transform",
     "read_transform",
     "read_transforms",
@@ -33,6 +51,9 @@ __all__ = [
     "save_dicom_series",
     "save_image",
     "target_registration_error",
+    "warp_labels",
+    "write_composite_h5",
+    "write_displacement_field",
     "write_itk_transform",
     "write_transform",
 ]

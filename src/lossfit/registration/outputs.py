@@ -86,9 +86,11 @@ def write_registration(
     summary: dict[str, Any],
     report_page: Callable[[Any], None] | None,
 ) -> None:
-    """Write the run folder as a whole (see :mod:`lossfit.run_folder`): transform.tfm (affine family) and
-    transform.json first, then the warped moving image (``warped/``, a DICOM series folder, for a 3-D DICOM
-    output), registration.png (checkerboards and differences before and after), and report.html when
+    """Write the run folder as a whole (see :mod:`lossfit.run_folder`): transform.tfm (affine family) or, for a
+    deformable mapping, warp.nii.gz (the whole mapping as an ITK displacement field on the fixed grid: SimpleITK's
+    DisplacementFieldTransform, ANTs' warp), inverse_warp.nii.gz (on the moving grid) and affine.tfm (the affine
+    stage alone), and transform.json first, then the warped moving image (``warped/``, a DICOM series folder, for a
+    3-D DICOM output), registration.png (checkerboards and differences before and after), and report.html when
     ``report_page`` is given (--report names the same folder)."""
     from lossfit.io import atomic_write_text
     from lossfit.plotting import plot_registration, save_figure
@@ -110,7 +112,14 @@ def write_registration(
         page.save(path)
 
     with RunFolder(out) as run:
-        if result.transform != "projective":
+        if getattr(result, "displacement", None) is not None:  # a deformable mapping: ITK displacement fields
+            from lossfit.registration.transform_files import write_itk_transform
+
+            run.write("warp.nii.gz", result.save_transform)
+            if result.inverse_displacement is not None:
+                run.write("inverse_warp.nii.gz", result.save_inverse_transform)
+            run.write("affine.tfm", lambda p: write_itk_transform(p, result.matrix))
+        elif result.transform != "projective":
             run.write("transform.tfm", result.save_transform)
         run.write("transform.json", lambda p: atomic_write_text(p, json.dumps(summary, indent=2) + "\n"))
         run.write(warped_name, lambda p: (save_dicom_series if warped_name == "warped" else save_image)(warped, p))

@@ -17,13 +17,13 @@ from lossfit.registration.resample import gaussian_smooth
 _FLOAT = torch.float64
 
 
-def shrink_factors(shape: Sequence[int], levels: int | Sequence[int] | None) -> list[int]:
-    """Shrink factors, coarse to fine: by default up to (4, 2, 1) while the coarsest level keeps 16 voxels per
-    axis; a count of levels gives powers of two; a sequence is checked and returned."""
+def shrink_factors(shape: Sequence[int], levels: int | Sequence[int] | None, coarsest: int = 16) -> list[int]:
+    """Shrink factors, coarse to fine: by default up to (4, 2, 1) while the coarsest level keeps ``coarsest`` voxels
+    per axis; a count of levels gives powers of two; a sequence is checked and returned."""
     if levels is None:
         smallest = min(shape)
         count = 1
-        while count < 3 and smallest // 2**count >= 16:
+        while count < 3 and smallest // 2**count >= coarsest:
             count += 1
         return [2**k for k in reversed(range(count))]
     if isinstance(levels, bool) or not isinstance(levels, (int, Sequence)):

@@ -36,6 +36,7 @@ from lossfit.registration import checks as C
 from lossfit.registration import metrics as M
 from lossfit.registration import pyramid as P
 from lossfit.registration import world as W
+from lossfit.registration.deformable.driver import DEFORMABLE, register_deformable
 from lossfit.registration.image import Image
 from lossfit.registration.level import LevelProblem
 from lossfit.registration.resample import resample, world_to_normalized
@@ -83,12 +84,17 @@ def register(
     solver: str = "auto",
     bins: int = 32,
     window: int = 9,
-    ftol: float = 1e-7,
+    ftol: float | None = None,
     xtol: float = 1e-5,
     gtol: float = 1e-8,
-    max_steps: int = 200,
+    max_steps: int | None = None,
     seed: int = 0,
     progress: Any = None,
+    affine: str = "affine",
+    fluid: float | None = None,
+    diffusion: float | None = None,
+    control_spacing: float | None = None,
+    bending: float | None = None,
 ) -> Registration:
     """Register ``moving`` to ``fixed``: find the world transform ``T`` with ``moving(T x) ~ fixed(x)``.
 
@@ -99,7 +105,13 @@ def register(
         fixed, moving: :class:`Image` objects of the same dimension (2-D or 3-D), or two lists of them (a batch of
             pairs, same shape within each list, each pair stopping on its own). When every image is a one-slice
             volume in the x-y plane (as 2-D NIfTI files load), they are registered as 2-D images (3x3 matrix).
-        transform: ``"translation"``, ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"projective"`` (2-D).
+        transform: ``"translation"``, ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"projective"`` (2-D); or a
+            deformable mapping (:mod:`lossfit.registration.deformable`): ``"deformable"`` (the recommended recipe:
+            an affine stage, then a diffeomorphic stationary velocity field), ``"svf"`` (a stationary velocity
+            field, integrated by scaling and squaring: diffeomorphic, its inverse exact), ``"field"`` (a dense
+            displacement field) or ``"bspline"`` (a cubic B-spline free-form deformation). A deformable result is a
+            :class:`~lossfit.registration.deformable.DeformableRegistration` with the whole mapping as a
+            ``displacement`` field on the fixed grid.
         metric: ``"mse"`` (same modality), ``"ncc"`` (linear intensity change), ``"lncc"`` (local correlation,
             on boxes of ``window`` voxels around sampled centres; whole grids when small) or ``"mi"`` (mutual
             information: different modalities).
@@ -121,7 +133,15 @@ def register(
             voxels where they are non-zero count. A mask that selects no voxel is an error.
         solver: ``"auto"`` (Levenberg-Marquardt for mse, L-BFGS otherwise) or any engine solver name.
         bins: histogram bins for ``mi``; ``window``: box size (voxels) for ``lncc``.
-        ftol, xtol, gtol, max_steps: stopping at each level (engine semantics, on scaled parameters).
+        ftol, xtol, gtol, max_steps: stopping at each level (engine semantics, on scaled parameters; defaults 1e-7
+            and 200). Deformable: each level stops when its metric has improved by less than ``ftol`` (default
+            5e-3, relative) over 10 iterations, or after ``max_steps`` (default 100) iterations.
+        affine: deformable only: the stage found first, ``"affine"`` (default), ``"rigid"``, ``"similarity"``,
+            ``"translation"`` or ``"none"`` (the images are already aligned); ignored when ``initial`` is given.
+        fluid, diffusion: ``"svf"`` and ``"field"``: the Gaussian smoothing of each step and of the field, in voxels
+            of each pyramid level (isotropic in mm: per axis the width follows the spacing); defaults 0 and 1.
+        control_spacing, bending: ``"bspline"``: the control-point spacing at the finest level (mm; default 4
+            voxels, halving with the pyramid) and the bending-energy weight (default 0.01).
         seed: seeds the sample choice (same inputs and seed give the same result on CPU).
         progress: called as ``progress(level_index, level_count)`` before each level (for progress bars).
 
@@ -140,6 +160,18 @@ def register(
     batch = isinstance(fixed, (list, tuple))
     fixed_list, moving_list = _pairs(fixed, moving)
     d = fixed_list[0].ndim
+    if transform in DEFORMABLE:
+        return register_deformable(
+            fixed, moving, transform, metric, pairs=(fixed_list, moving_list),
+            masks=(_mask_on(fixed_mask, fixed_list[0], "fixed_mask"),
+                   _mask_on(moving_mask, moving_list[0], "moving_mask")),
+            levels=levels, affine=affine, initial=initial, fixed_mask=fixed_mask, moving_mask=moving_mask,
+            fluid=fluid, diffusion=diffusion, control_spacing=control_spacing, bending=bending,
+            max_steps=100 if max_steps is None else max_steps, ftol=5e-3 if ftol is None else ftol,
+            bins=bins, window=window, seed=seed, progress=progress,
+        )  # fmt: skip
+    ftol = 1e-7 if ftol is None else ftol
+    max_steps = 200 if max_steps is None else max_steps
     _check_options(transform, metric, init, sampling, loss, smoothing, samples, d)
     factors = P.shrink_factors(fixed_list[0].shape, levels)
     masks = (_mask_on(fixed_mask, fixed_list[0], "fixed_mask"), _mask_on(moving_mask, moving_list[0], "moving_mask"))
@@ -467,7 +499,7 @@ def _check_options(
         if value not in allowed:
             raise ValueError(f"`{name}` must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
 
-    one_of("transform", transform, TRANSFORMS)
+    one_of("transform", transform, TRANSFORMS + DEFORMABLE)
     if transform == "projective" and d != 2:
         raise ValueError("`transform='projective'` is for 2-D images")
     one_of("metric", metric, M.METRICS)
