@@ -60,7 +60,7 @@ def test_register_writes_the_warped_image_transform_and_picture(tmp_path: Path, 
     ("args", "words"),
     [
         (["missing.nii.gz", "{moving}"], "missing.nii.gz"),
-        (["{fixed}", "{moving}", "--transform", "bspline"], "`transform` must be one of"),
+        (["{fixed}", "{moving}", "--transform", "spline"], "`transform` must be one of"),
         (["{fixed}", "{moving}", "--metric", "ssd"], "`metric` must be one of"),
         (["{fixed}", "{volume}"], "is a single slice (shape (1, 128, 128)) but the other is a volume"),
         (["{fixed}", "{constant}"], "constant"),
