@@ -171,7 +171,7 @@ def test_apply_and_invert_refuse_bad_input_in_one_line_before_writing(tmp_path: 
         (["apply", str(tmp_path / "t.tfm"), str(labels), *base, "--out", str(labels)], "is an input"),
         (["apply", str(labels), *base, "--out", str(tmp_path / "o.nii.gz")], "at least one TRANSFORM"),
         (["apply", str(labels), str(labels), *base, "--out", str(tmp_path / "o.nii.gz")], "not a vector displacement"),
-        (["apply", str(tmp_path / "t.csv"), str(labels), *base, "--out", str(tmp_path / "o.nii.gz")], "must end in .tfm"),
+        (["apply", str(tmp_path / "t.csv"), str(labels), *base, "--out", str(tmp_path / "o.nii")], "must end in .tfm"),
         (["apply", str(tmp_path / "bspline.tfm"), str(labels), *base, "--out", str(tmp_path / "o.nii.gz")], "BSpline"),
         (["apply", str(tmp_path / "t.tfm"), str(labels), *base, "--out", str(tmp_path / "o.png")], "must be 2-D"),
         (["invert", str(tmp_path / "t.tfm"), "--out", str(tmp_path / "o.nii.gz")], "--out must end in"),
