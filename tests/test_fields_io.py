@@ -284,6 +284,7 @@ def test_ants_syn_warp(ants: Any, sitk: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize("shape", [(6, 7, 8), (9, 10)])
 def test_composite_h5_maps_like_simpleitk(sitk: Any, tmp_path: Path, shape: tuple) -> None:
     import h5py  # noqa: F401  (a dev dependency: the test fails, not skips, without it)
+
     gen = torch.Generator().manual_seed(6)
     grid = _grid(gen, shape)
     u = _smooth_field(gen, grid)
