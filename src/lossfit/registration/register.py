@@ -135,7 +135,8 @@ def register(
         bins: histogram bins for ``mi``; ``window``: box size (voxels) for ``lncc``.
         ftol, xtol, gtol, max_steps: stopping at each level (engine semantics, on scaled parameters; defaults 1e-7
             and 200). Deformable: each level stops when its metric has improved by less than ``ftol`` (default
-            5e-3, relative) over 10 iterations, or after ``max_steps`` (default 100) iterations.
+            5e-3) of all the level has gained, over 10 iterations, or after ``max_steps`` (default 100 for mean
+            squares, 200 for the other metrics, whose gradient steps are shorter) iterations.
         affine: deformable only: the stage found first, ``"affine"`` (default), ``"rigid"``, ``"similarity"``,
             ``"translation"`` or ``"none"`` (the images are already aligned); ignored when ``initial`` is given.
         fluid, diffusion: ``"svf"`` and ``"field"``: the Gaussian smoothing of each step and of the field, in voxels
@@ -167,7 +168,8 @@ def register(
                    _mask_on(moving_mask, moving_list[0], "moving_mask")),
             levels=levels, affine=affine, initial=initial, fixed_mask=fixed_mask, moving_mask=moving_mask,
             fluid=fluid, diffusion=diffusion, control_spacing=control_spacing, bending=bending,
-            max_steps=100 if max_steps is None else max_steps, ftol=5e-3 if ftol is None else ftol,
+            max_steps=(100 if metric == "mse" else 200) if max_steps is None else max_steps,
+            ftol=5e-3 if ftol is None else ftol,
             bins=bins, window=window, seed=seed, progress=progress,
         )  # fmt: skip
     ftol = 1e-7 if ftol is None else ftol

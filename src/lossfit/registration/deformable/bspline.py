@@ -30,7 +30,7 @@ from lossfit.registration.deformable import regularizers as R
 from lossfit.registration.deformable.fields import Grid, resample_field
 from lossfit.registration.deformable.level import LevelPair
 
-XTOL = 1e-2  # the engine's step rule on control displacements in mm: steps under 0.1 um stop a level
+CHUNK = 20  # L-BFGS steps per round (see solve_level)
 FOLD_WEIGHT = 100.0  # the weight of the fold barrier (see regularizers.folding), besides the bending energy
 
 
@@ -158,15 +158,36 @@ def solve_level(
         start_metric = level.value(lattice.field(coefficients)).to(dtype).cpu()
         identity = level.value(torch.zeros_like(lattice.field(coefficients))).to(dtype)
     problem = _Objective(level, lattice, weight, identity.clamp_min(1e-30).to(level.fixed.device))
-    outcome = run(cast(Problem, problem), resolve("lbfgs", {}), coefficients.reshape(b, -1).to(dtype),
-                  Stopping(ftol, XTOL, 1e-12, max_steps, None), record=True)  # fmt: skip
-    coefficients = outcome.x.reshape(b, d, *lattice.shape).to(level.fixed.dtype)
+    # L-BFGS in rounds of CHUNK steps through the engine's driver (its own rules with tolerances too tight to end a
+    # round early); the level has converged when a round gains less than ``ftol`` of all the level has gained.
+    x = coefficients.reshape(b, -1).to(dtype)
+    rows = torch.arange(b)
+    first = problem.value(x, rows).cpu()
+    losses, steps = [first], torch.zeros(b, dtype=torch.long)
+    converged = torch.zeros(b, dtype=torch.bool)
+    running = torch.ones(b, dtype=torch.bool)
+    while bool(running.any()) and int(steps.max()) < max_steps:
+        live = running.nonzero().squeeze(1)
+        sub = problem
+        if live.numel() < b:
+            sub = _Objective(level.take(live), lattice, weight, problem.reference[live])
+        budget = Stopping(1e-12, 1e-12, 1e-14, min(CHUNK, max_steps - int(steps.max())), None)
+        outcome = run(cast(Problem, sub), resolve("lbfgs", {}), x[live], budget, record=True)
+        before = losses[-1][live]
+        x[live] = outcome.x
+        now = losses[-1].clone()
+        now[live] = outcome.f.to(dtype).cpu()
+        losses.append(now)
+        steps[live] += outcome.steps.cpu()
+        done = (before - now[live]) <= ftol * (first[live] - now[live]).clamp_min(0) + 1e-12 * now[live].abs()
+        converged[live[done]] = True
+        running[live[done]] = False
+    coefficients = x.reshape(b, d, *lattice.shape).to(level.fixed.dtype)
     dense = lattice.field(coefficients)
     with torch.no_grad():
         best = level.value(dense).to(dtype).cpu()
-    history = [] if outcome.history is None else [row.to(dtype).cpu() for row in outcome.history.loss]
-    converged = torch.tensor([s in (1, 2, 3) for s in outcome.status.tolist()])
-    return SplineOutcome(dense.detach(), level.grid, start_metric, best, outcome.steps.cpu(), converged, history)
+    history = losses
+    return SplineOutcome(dense.detach(), level.grid, start_metric, best, steps, converged, history)
 
 
 __all__ = ["Lattice", "SplineOutcome", "basis", "solve_level"]

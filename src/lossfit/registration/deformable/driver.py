@@ -43,7 +43,7 @@ from lossfit.registration.deformable.greedy import (
     solve_level,
     squaring_grid,
 )
-from lossfit.registration.deformable.level import LevelPair, metric_value
+from lossfit.registration.deformable.level import MARGIN, LevelPair, metric_value
 from lossfit.registration.deformable.result import DeformableRegistration
 from lossfit.registration.evaluate import jacobian_determinant
 from lossfit.registration.image import Image
@@ -302,7 +302,10 @@ def _check(
         return float(value[0])
 
     # The voxels that count: those the affine stage maps inside the moving image (and the masks), as the solver's.
-    start_image, start_valid = resample(moving64, fixed, matrix, mask=True)  # type: ignore[misc]
+    start_image, _ = resample(moving64, fixed, matrix, mask=True)  # type: ignore[misc]
+    affine_only = _through_affine(Grid.of_image(fixed, _FLOAT), torch.zeros(1, fixed.ndim, *fixed.shape,
+                                  dtype=_FLOAT), matrix.unsqueeze(0))  # fmt: skip
+    start_valid = _inside_margin(fixed, moving, channels_last(affine_only)[0])
     weight = counted(start_valid)
     metric_start = measure(start_image, weight)
     answer_image, answer_valid = resample(moving64, fixed, displacement=total, mask=True)  # type: ignore[misc]
@@ -310,8 +313,6 @@ def _check(
     overlap_start, overlap = float(weight.double().mean()), float((weight & answer_valid).double().mean())
     # Points that the affine stage puts on the moving image's border within rounding may count in one path and not
     # in the other: the solver's objective must lie between the metric without them and with them.
-    affine_only = _through_affine(Grid.of_image(fixed, _FLOAT), torch.zeros(1, fixed.ndim, *fixed.shape,
-                                  dtype=_FLOAT), matrix.unsqueeze(0))  # fmt: skip
     edge = _on_border(fixed, moving, channels_last(affine_only)[0])
     bounds = [metric_answer]
     if bool(edge.any()):
@@ -335,13 +336,17 @@ def _check(
     return check, answer_image.to(fixed.dtype)
 
 
-def _on_border(fixed: Image, moving: Image, total: torch.Tensor) -> torch.Tensor:
-    """The fixed voxels whose mapped point lies within ``_EDGE`` voxels of the moving grid's border."""
+def _inside_margin(fixed: Image, moving: Image, total: torch.Tensor, slack: float = 0.0) -> torch.Tensor:
+    """The fixed voxels mapped at least ``MARGIN - slack`` voxels inside the moving grid (the solver's rule)."""
     index = moving.world_to_index(fixed.world_grid(_FLOAT) + total.to(_FLOAT))
     size = torch.tensor(moving.size, dtype=_FLOAT)
-    near = ((index.abs() <= _EDGE) | ((index - (size - 1)).abs() <= _EDGE)).any(-1)
-    inside = ((index >= -_EDGE) & (index <= size - 1 + _EDGE)).all(-1)
-    return near & inside
+    low = MARGIN - slack
+    return ((index >= low) & (index <= size - 1 - low)).all(-1)
+
+
+def _on_border(fixed: Image, moving: Image, total: torch.Tensor) -> torch.Tensor:
+    """The fixed voxels mapped within ``_EDGE`` voxels of the border of the counted region (either side)."""
+    return _inside_margin(fixed, moving, total, _EDGE) & ~_inside_margin(fixed, moving, total, -_EDGE)
 
 
 def _verdict(check: dict[str, Any]) -> Status | None:

@@ -16,8 +16,8 @@ the field is then ``exp(v)``, by scaling and squaring, a diffeomorphism whose in
 displacement — and the sum is smoothed by ``diffusion`` (mm; the "diffusion" regulariser). The Gaussians are
 isotropic in the world: per axis they span ``sigma / spacing`` voxels, so anisotropic grids are smoothed alike in mm.
 
-Every pair keeps the best field it has seen and stops on its own: when its metric has not improved by ``ftol``
-(relative) over the last ``window`` iterations, or after ``max_steps``.
+Every pair keeps the best field it has seen and stops on its own: when its last ``window`` iterations have improved
+the metric by less than ``ftol`` of all that the level has gained so far, or after ``max_steps``.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def solve_level(level: LevelPair, start: torch.Tensor, options: GreedyOptions) -
         past.append(best.clone())
         if len(past) > _WINDOW:
             old = past[-1 - _WINDOW]
-            done = running & (old - best <= options.ftol * best.abs())
+            done = running & (old - best <= options.ftol * (first - best).clamp_min(0) + 1e-12 * best.abs())
             converged |= done
             running &= ~done
         if iteration == options.max_steps or not bool(running.any()):

@@ -4,7 +4,8 @@ The fixed level is a grid of its own (the fixed image smoothed and subsampled, :
 the moving level keeps the moving image's grid (smoothed and subsampled the same way). A displacement ``u`` on the
 fixed level's grid (channel-first, world mm; :mod:`.fields`) maps the fixed world point ``x`` to the moving world
 point ``A (x + u(x))``, with ``A`` the affine stage's matrix. Every metric is a mean over one set of voxels fixed for
-the level: those inside the fixed mask that the affine stage alone maps inside the moving image (and its mask). A
+the level: those inside the fixed mask that the affine stage alone maps inside the moving image, ``MARGIN`` voxels
+from its border (and onto its mask). A
 point that the field pushes beyond the moving image counts with the value 0 there (as ITK's resampling fills), so a
 field cannot drop a voxel from the metric by pushing it out of view.
 """
@@ -25,6 +26,7 @@ from lossfit.registration.resample import world_to_normalized
 
 GRADIENT_FLOOR = 1e-2  # of the mean squared fixed gradient: the demons step's damping floor (see .greedy)
 _INSIDE = 1 + 1e-6
+MARGIN = 1.5  # voxels of the moving level: fixed voxels mapped closer than this to its border do not count
 Ranges = tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]  # normalised coordinates of the first and last voxel centres are -1 and 1
@@ -88,7 +90,8 @@ class LevelPair:
             grid, shrink, f_data, world_gradient(grid, f_data), mask, torch.cat(channels, 1),
             moving_mask is not None, to_moving, metric, bins, window,
         )  # fmt: skip
-        values, inside = out.warp(torch.zeros(len(fixed), d, *grid.shape, dtype=dtype, device=device))
+        values, _ = out.warp(torch.zeros(len(fixed), d, *grid.shape, dtype=dtype, device=device))
+        inside = out.inside_margin()
         out.fixed_mask = inside if mask is None else inside & mask  # the voxels that count, for this level
         w = out.fixed_mask.to(dtype)
         squared = (out.fixed_gradient**2).sum(1)
@@ -133,6 +136,22 @@ class LevelPair:
         if self.has_mask:
             inside = inside & (out[:, -1].detach() > 0.5)
         return out[:, 0], inside
+
+    def inside_margin(self) -> torch.Tensor:
+        """The fixed voxels that the affine stage alone maps at least ``MARGIN`` voxels inside the moving level's
+        grid (and onto its mask): near its border, its zero surround would pull the field."""
+        d = self.grid.ndim
+        m = self.to_moving
+        normalized = matvec(m[:, :d, :d], self.grid.world.to(m.dtype).expand(self.batch, *self.grid.world.shape[1:]),
+                            m[:, :d, d])  # fmt: skip
+        sizes = self.moving.shape[2:][::-1]  # index order (i, j[, k])
+        limit = torch.tensor([1 - 2 * MARGIN / max(n - 1, 1) for n in sizes], dtype=m.dtype, device=m.device)
+        inside = (normalized.abs() <= limit.reshape(1, d, *([1] * d))).all(dim=1)
+        if self.has_mask:
+            looked = F.grid_sample(self.moving[:, -1:].to(m.dtype), normalized.movedim(1, -1), mode="bilinear",
+                                   padding_mode="zeros", align_corners=True)  # fmt: skip
+            inside = inside & (looked[:, 0] > 0.5)
+        return inside
 
     def weight(self, inside: torch.Tensor) -> torch.Tensor:
         """The voxels that count (the level's set, whatever ``inside`` says), as a float weight ``(B, *shape)``."""
