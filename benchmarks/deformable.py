@@ -29,8 +29,8 @@ estimated map folds (``det(I + du/dx) <= 0``, derivatives by central differences
 wall time of the registration call alone (median of ``--repeat``; the conversion of its answer to a dense field is
 not timed); the peak resident memory above the level before the call (psutil, polled every 50 ms from another
 process). Before its first timed call in each dimension, every tool registers a small synthetic pair once, untimed
-(torch's first call in a process costs about a second). The last column divides by the time of the fastest peer (any tool but lossfit) whose
-mean error is under half the error before registration.
+(torch's first call in a process costs about a second). The last column divides by the time of the fastest peer
+(any tool but lossfit) whose mean error is under half the error before registration.
 
 Tools (their answers become dense fields on the fixed grid with SimpleITK's ``TransformToDisplacementFieldFilter``):
 
