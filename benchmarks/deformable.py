@@ -40,14 +40,18 @@ Tools (their answers become dense fields on the fixed grid with SimpleITK's ``Tr
   onto the next level as its start). Demons compare the images voxel by voxel on one grid: the moving image is first
   resampled onto the fixed grid (through the rigid stage's answer where the case has a rigid misalignment).
 - ``bspline``: SimpleITK ``ImageRegistrationMethod`` with ``BSplineTransformInitializer`` (a cubic mesh refined
-  1/2/4 times to about 15 mm between control points at the finest level), mean squares on 20% (2-D: 50%) random
-  samples, LBFGSB (100 iterations per level, gradient tolerance 1e-5), shrink 4/2/1, smoothing 2/1/0 voxels; the
-  rigid stage as its moving initial transform where the case has a rigid misalignment.
+  1/2/4 times to about 10 mm (2-D) / 20 mm (3-D) between control points at the finest level), mean squares on random
+  samples (2-D: 50% at every level; 3-D: 10/3/1%), LBFGS2 (50 / 30 iterations per level), shrink 4/2/1, smoothing
+  2/1/0 voxels; the rigid stage as its moving initial transform where the case has a rigid misalignment. (LBFGSB
+  cannot follow the mesh refinement, and with a fixed 15 mm mesh it took over 15 minutes on ``mni2mm``: each sample
+  costs in proportion to the number of control points.)
 - the rigid stage (SimpleITK, for ``demons``, ``symdemons``, ``bspline`` on ``mni2mm_rigid``; timed with them):
   ``Euler3DTransform`` centred by geometry, mean squares on 10% random samples, RegularStepGradientDescent (step 2 to
   1e-4, 200 iterations) with physical-shift scales, shrink 4/2/1, smoothing 2/1/0 voxels.
 - ``ants-syn`` / ``ants-syncc``: ANTsPy ``ants.registration(type_of_transform="SyN" | "SyNCC")`` with its defaults
-  (both include an affine stage; SyN: Mattes, 40/20/0 iterations; SyNCC: rigid + affine + SyN with CC radius 4),
+  (both include an affine stage; SyN: Mattes, 40/20/0 iterations; SyNCC: rigid + affine + SyN with CC radius 4
+  and up to 2100/1200/1200/20 iterations, which did not finish in 15 minutes on ``mni2mm``: skipped on 3-D cases
+  unless ``--slow``),
   ``random_seed`` set through ``ants.config``, intensities shifted so that the minimum is 0 (its centre-of-mass
   start weighs voxels by intensity). ``fwdtransforms`` = [warp, affine]: the total map is
   ``x -> A(x + w(x))``, read with SimpleITK as a composite transform.
@@ -69,7 +73,8 @@ Tools (their answers become dense fields on the fixed grid with SimpleITK's ``Tr
 
 Run: ``python benchmarks/deformable.py [--cases ct2d,mni2mm,mni2mm_rigid,mni_grids]
 [--tools demons,symdemons,bspline,ants-syn,ants-syncc,torchreg,fireants,lossfit] [--threads 2] [--repeat 1]
-[--seed 0] [--json PATH]``.
+[--seed 0] [--json PATH] [--slow]``. A full run of the peers takes about 15-20 minutes on 2 busy cores (FireANTs on the
+CPU and torchreg take minutes per 3-D case).
 """
 
 from __future__ import annotations
