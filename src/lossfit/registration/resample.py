@@ -170,9 +170,8 @@ def resample(
         mode = "bilinear" if interpolation == "linear" else "nearest"
         out = F.grid_sample(volume, grid.to(dtype), mode=mode, padding_mode=padding, align_corners=True)
         values = out.reshape(reference.shape)
-    if padding == "border" and interpolation != "bspline":
-        pass
-    elif default != 0.0 or interpolation == "bspline":  # the spline's mirror padding is not zero outside
+    border = padding == "border" and interpolation != "bspline"  # beyond the image: its border values, kept
+    if not border and (default != 0.0 or interpolation == "bspline"):  # the spline's mirror padding is not zero
         values = torch.where(valid, values, torch.full_like(values, default))
     result = reference.with_data(values)
     return (result, valid) if mask else result
