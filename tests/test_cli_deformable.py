@@ -36,12 +36,14 @@ def test_register_deformable_writes_fields_that_simpleitk_and_apply_use_alike(tm
     fixed, moving, pair = pair_files
     out = tmp_path / "run"
     result = runner.invoke(app, ["register", str(fixed), str(moving), "--transform", "deformable", "--out", str(out),
-                                 "--json"])  # fmt: skip
+                                 "--report", str(out), "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["status"] == "converged_ftol" and summary["evaluation"]["folded_fraction"] == 0
     names = sorted(p.name for p in out.iterdir())
-    assert {"warp.nii.gz", "inverse_warp.nii.gz", "affine.tfm", "transform.json", "registration.png"} <= set(names)
+    assert {"warp.nii.gz", "inverse_warp.nii.gz", "affine.tfm", "transform.json", "registration.png",
+            "deformation.png", "report.html"} <= set(names)  # fmt: skip
+    assert "The field beyond the affine stage: its Jacobian determinant" in (out / "report.html").read_text()
     # the written field, read back, recovers the known warp
     field = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warp.nii.gz")))
     error = np.linalg.norm(field - pair.truth.numpy(), axis=-1)[pair.mask.numpy()].mean()

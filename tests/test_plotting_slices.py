@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from lossfit.plotting import _pyplot, _unit, checkerboard, plot_registration, world_slices
+from lossfit.plotting import _pyplot, _unit, checkerboard, plot_deformation, plot_registration, world_slices
 from lossfit.registration import Image
 
 SHAPE = (5, 6, 7)  # (nz, ny, nx): every axis a different length, one of them even
@@ -174,3 +175,77 @@ def test_plot_registration_rejects_images_off_the_fixed_grid() -> None:
     fixed = Image(torch.zeros(4, 5, 6))
     with pytest.raises(ValueError, match="`warped` must be on the fixed grid"):
         plot_registration(fixed, fixed, Image(torch.zeros(4, 5, 7)))
+
+
+def _panels(figure, head: str) -> list:  # type: ignore[no-untyped-def,type-arg]
+    return [ax for ax in figure.axes if ax.get_title().startswith(head)]
+
+
+def _affine_field(image: Image) -> torch.Tensor:
+    """A field given by world points alone: the same world mapping whatever order the voxels are stored in."""
+    x = image.world_grid(torch.float64)
+    linear = torch.tensor([[0.04, -0.03, 0.01], [0.02, 0.05, -0.02], [0.0, 0.03, -0.04]], dtype=torch.float64)
+    return (x - torch.tensor(image.center)) @ linear.T + torch.tensor([0.7, -0.4, 1.1], dtype=torch.float64)
+
+
+def test_deformed_grid_moves_lines_by_the_field_in_display_pixels() -> None:
+    """A shift of 3 mm along x (towards the patient's left) moves the axial panel's vertical lines 3 / sx pixels to
+    the right of the screen (the patient's left is on the right, radiological) and leaves the rows where they were."""
+    image = volume(4, spacing=SPACING)
+    shift = torch.zeros(*SHAPE, 3, dtype=torch.float64)
+    shift[..., 0] = 3.0
+    plt = _pyplot()
+    figure = plot_deformation(image, shift)
+    try:
+        axial = _panels(figure, "deformed grid")[0]
+        horizontal = axial.lines[0]  # the first row's line
+        cols = torch.arange(SHAPE[2], dtype=torch.float64)
+        assert torch.allclose(torch.as_tensor(horizontal.get_xdata()), cols + 3.0 / SPACING[0])
+        assert torch.allclose(torch.as_tensor(horizontal.get_ydata()), torch.zeros(SHAPE[2], dtype=torch.float64))
+    finally:
+        plt.close(figure)
+
+
+@pytest.mark.parametrize(("axes", "flips"), [((0, 1, 2), (True, True, True)), ((1, 2, 0), (False, True, False)),
+                                             ((2, 0, 1), (True, False, True))])  # fmt: skip
+def test_deformation_figure_is_the_same_for_every_storage_order(
+    axes: tuple[int, int, int], flips: tuple[bool, bool, bool]
+) -> None:
+    image = volume(5, spacing=SPACING)
+    other = restored(image, axes, flips)
+    plt = _pyplot()
+    ours, theirs = plot_deformation(image, _affine_field(image)), plot_deformation(other, _affine_field(other))
+    try:
+        for head in ("deformed grid", "Jacobian determinant"):
+            for a, b in zip(_panels(ours, head), _panels(theirs, head), strict=True):
+                assert a.get_title() == b.get_title()
+                for la, lb in zip(a.lines, b.lines, strict=True):
+                    assert np.allclose(la.get_xydata(), lb.get_xydata(), atol=1e-9)
+                assert np.allclose(a.images[0].get_array(), b.images[0].get_array(), atol=1e-9)
+    finally:
+        plt.close(ours)
+        plt.close(theirs)
+
+
+def test_jacobian_panel_shows_the_determinant_and_marks_folds() -> None:
+    """``u = 0.1 x`` stretches by 1.1 along both axes (determinant 1.21 everywhere);
+    ``u = (-2 x, 0)`` mirrors x (determinant -1): the fold is drawn black on top."""
+    image = Image(torch.rand(12, 16, generator=torch.Generator().manual_seed(6)), spacing=(0.7, 1.4))
+    x = image.world_grid(torch.float64)
+    plt = _pyplot()
+    mirror = torch.stack([-2.0 * x[..., 0], torch.zeros_like(x[..., 1])], dim=-1)
+    figure, folded = plot_deformation(image, 0.1 * x), plot_deformation(image, mirror)
+    try:
+        (panel,) = _panels(figure, "Jacobian determinant")
+        assert np.allclose(panel.images[0].get_array(), 1.21, atol=1e-9)  # 2-D: 1.1 ** 2
+        assert len(panel.images) == 1
+        (panel,) = _panels(folded, "Jacobian determinant")
+        assert len(panel.images) == 2 and np.all(panel.images[1].get_array() == 1)
+    finally:
+        plt.close(figure)
+        plt.close(folded)
+
+
+def test_plot_deformation_rejects_a_field_off_the_grid() -> None:
+    with pytest.raises(ValueError, match=r"`displacement` must be of shape \(4, 5, 6, 3\)"):
+        plot_deformation(Image(torch.zeros(4, 5, 6)), torch.zeros(4, 5, 6, 2))

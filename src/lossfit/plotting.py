@@ -319,6 +319,82 @@ def plot_registration(fixed: Any, moving_before: Any, warped: Any, title: str = 
     return fig
 
 
+def plot_deformation(fixed: Any, displacement: torch.Tensor, title: str = "", lines: int = 24) -> Any:
+    """The deformation of a field ``u`` on ``fixed``'s grid (``phi(x) = x + u(x)``, world mm): per slice (three
+    orthogonal slices for 3-D, laid out as :func:`world_slices` describes), the Jacobian determinant map and the
+    deformed grid.
+
+    - Jacobian determinant: ``det(I + du/dx)`` (:func:`lossfit.registration.evaluate.jacobian_determinant`) on a
+      diverging scale centred at 1 (blue compresses, red expands, from 0 to 2); folded voxels (``det <= 0``) black.
+    - Deformed grid: about ``lines`` lines along each axis of the slice, at the in-plane positions ``phi`` moves
+      their points to, over the fixed image; displacements out of the plane are not shown. The lines are drawn in
+      the slice's voxels, so an oblique grid's are bent as its own axes are.
+
+    Args:
+        fixed: the :class:`~lossfit.registration.Image` the field lives on.
+        displacement: ``(*fixed.shape, d)`` world displacements in mm (for a registration's field part alone, see
+            :meth:`~lossfit.registration.deformable.DeformableRegistration.local_displacement`).
+
+    Raises:
+        TypeError: ``fixed`` is not an ``Image``.
+        ValueError: ``displacement`` is not of shape ``(*fixed.shape, d)``.
+    """
+    from lossfit.registration.evaluate import jacobian_determinant
+
+    cuts = _cuts(fixed)
+    d = fixed.ndim
+    expected = (*fixed.data.shape, d)
+    if tuple(displacement.shape) != expected:
+        raise ValueError(f"`displacement` must be of shape {expected} (the fixed grid, then d); got "
+                         f"{tuple(displacement.shape)}")  # fmt: skip
+    u = displacement.detach().to("cpu", torch.float64)
+    det = jacobian_determinant(u, fixed)
+    # World displacements in voxels of each index axis: M^-1 u, with M = direction @ diag(spacing).
+    linear = torch.tensor(np.array(fixed.direction) * np.array(fixed.spacing)[None, :], dtype=torch.float64)
+    voxels = torch.linalg.solve(linear, u.reshape(-1, d).T).T.reshape(u.shape)
+    plt = _pyplot()
+    from matplotlib.colors import TwoSlopeNorm
+
+    fig, axes = plt.subplots(len(cuts), 2, figsize=(8.5, 3.8 * len(cuts)), squeeze=False)
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=2.0)
+    for r, cut in enumerate(cuts):
+        jac = _take(det, cut)
+        ax = axes[r][0]
+        shown = ax.imshow(jac.clamp(0, 2).numpy(), cmap="RdBu_r", norm=norm, origin="upper", aspect=cut.aspect)
+        folded = (jac <= 0).double()
+        if bool(folded.any()):
+            ax.imshow(np.ma.masked_equal(folded.numpy(), 0), cmap="gray_r", vmin=0, vmax=1, origin="upper",
+                      aspect=cut.aspect)  # fmt: skip
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        ax.set_title(f"Jacobian determinant{' (' + cut.name + ')' if cut.name else ''}", fontsize=9)
+        ax = axes[r][1]
+        ax.imshow(_unit(_take(fixed.data, cut)).numpy(), cmap="gray", vmin=0, vmax=2, origin="upper",
+                  aspect=cut.aspect)  # fmt: skip
+        row_axis, col_axis = d - 1 - cut.dims[-2], d - 1 - cut.dims[-1]
+        rows = _take(voxels[..., row_axis], cut) * (-1.0 if 0 in cut.flips else 1.0)
+        cols = _take(voxels[..., col_axis], cut) * (-1.0 if 1 in cut.flips else 1.0)
+        height, width = rows.shape
+        every = max(1, round(max(height, width) / lines))
+        ii, jj = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                                indexing="ij")  # fmt: skip
+        y, x = (ii + rows).numpy(), (jj + cols).numpy()
+        for i in range(0, height, every):
+            ax.plot(x[i, :], y[i, :], color="tab:orange", linewidth=0.7)
+        for j in range(0, width, every):
+            ax.plot(x[:, j], y[:, j], color="tab:orange", linewidth=0.7)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        ax.set_title(f"deformed grid{' (' + cut.name + ')' if cut.name else ''}", fontsize=9)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(cut.edges, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_motion(result: Any, title: str = "") -> Any:
     """The motion of a series (a :class:`~lossfit.registration.motion.MotionCorrection`): rotations (degrees) and
     translations (mm) per volume, and the framewise displacement (mm), one panel each."""

@@ -34,6 +34,7 @@ OWN_NAMES = (
     "inverse_warp.nii.gz",
     "transform.json",
     "registration.png",
+    "deformation.png",
     "report.html",
     "warped",
     "corrected",

@@ -90,12 +90,14 @@ def write_registration(
     deformable mapping, warp.nii.gz (the whole mapping as an ITK displacement field on the fixed grid: SimpleITK's
     DisplacementFieldTransform, ANTs' warp), inverse_warp.nii.gz (on the moving grid) and affine.tfm (the affine
     stage alone), and transform.json first, then the warped moving image (``warped/``, a DICOM series folder, for a
-    3-D DICOM output), registration.png (checkerboards and differences before and after), and report.html when
-    ``report_page`` is given (--report names the same folder)."""
+    3-D DICOM output), registration.png (checkerboards and differences before and after), deformation.png for a
+    deformable mapping (the field's Jacobian determinant map and deformed grid), and report.html when ``report_page``
+    is given (--report names the same folder)."""
     from lossfit.io import atomic_write_text
     from lossfit.plotting import plot_registration, save_figure
     from lossfit.registration import resample
     from lossfit.registration.io import save_dicom_series, save_image
+    from lossfit.report.sections import deformation_figure
     from lossfit.run_folder import RunFolder
 
     def picture(path: Path) -> None:
@@ -124,5 +126,7 @@ def write_registration(
         run.write("transform.json", lambda p: atomic_write_text(p, json.dumps(summary, indent=2) + "\n"))
         run.write(warped_name, lambda p: (save_dicom_series if warped_name == "warped" else save_image)(warped, p))
         run.write("registration.png", picture)
+        if getattr(result, "displacement", None) is not None:
+            run.write("deformation.png", lambda p: save_figure(deformation_figure(result), str(p)))
         if report_page is not None:
             run.write("report.html", write_page)

@@ -97,7 +97,8 @@ def registration_section(
 ) -> Section:
     """A registration's section: status, summary, the matrix and its convention (beside the true one when known),
     the error against the truth, the transform parameters, the pyramid levels, the loss per step of each level
-    (log scale) and the before/after checkerboards and differences (three orthogonal slices for 3-D).
+    (log scale) and the before/after checkerboards and differences (three orthogonal slices for 3-D); for a
+    deformable mapping, the field's Jacobian determinant map and deformed grid too.
 
     ``before`` is the moving image resampled onto the fixed grid without a transform; ``figure`` (a matplotlib
     figure or PNG bytes) replaces the before/after figure drawn here.
@@ -136,9 +137,24 @@ def registration_section(
         figure,
         caption="Before and after: checkerboards of the fixed and moving images, and their absolute differences",
     )
+    if getattr(result, "displacement", None) is not None:
+        section.figure(
+            deformation_figure(result),
+            caption="The field beyond the affine stage: its Jacobian determinant (1: no change of volume; blue "
+            "compresses, red expands, black folds) and the fixed grid's lines where the field moves them",
+        )
     if command:
         section.code(command)
     return section
+
+
+def deformation_figure(result: Any, pair: int = 0) -> Any:
+    """The Jacobian determinant map and the deformed grid of a deformable registration's field part (its affine
+    stage left out), on pair ``pair``'s fixed grid (:func:`lossfit.plotting.plot_deformation`)."""
+    from lossfit.plotting import plot_deformation
+
+    fixed = result.fixed[pair] if isinstance(result.fixed, list) else result.fixed
+    return plot_deformation(fixed, result.local_displacement(pair), f"{result.transform} / {result.metric}")
 
 
 _CHECKS = {
@@ -150,14 +166,24 @@ _CHECKS = {
     "objective": "the solver's objective at the answer (its samples)",
     "objective_independent": "the same, recomputed through the moving image's own geometry",
     "determinant": "determinant of the linear part",
+    "folded_fraction": "folded fraction of the field (Jacobian determinant <= 0)",
 }
 
 
 def check_rows(checks: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``check, value`` for a registration's independent check, in words, with the verdict last."""
-    rows: list[dict[str, Any]] = [{"check": text, "value": float(checks[key])} for key, text in _CHECKS.items()]
-    low, high = checks["singular_values"]
-    rows.append({"check": "smallest and largest singular value of the linear part", "value": f"{low:.4g}, {high:.4g}"})
+    """``check, value`` for a registration's independent check (affine or deformable: the entries it has), in
+    words, with the verdict last."""
+    rows: list[dict[str, Any]] = [
+        {"check": text, "value": float(checks[key])} for key, text in _CHECKS.items() if key in checks
+    ]
+    if "objective_independent_range" in checks:
+        low, high = checks["objective_independent_range"]
+        rows.append({"check": "the range the objective must lie in (border voxels counted or not)",
+                     "value": f"{low:.6g}, {high:.6g}"})  # fmt: skip
+    if "singular_values" in checks:
+        low, high = checks["singular_values"]
+        rows.append({"check": "smallest and largest singular value of the linear part",
+                     "value": f"{low:.4g}, {high:.4g}"})  # fmt: skip
     rows.append({"check": "verdict", "value": "passed" if checks["passed"] else f"failed: {checks['failed']}"})
     return rows
 

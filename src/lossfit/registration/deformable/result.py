@@ -62,6 +62,20 @@ class DeformableRegistration(Registration):
             evaluation=self.evaluation[index],
         )
 
+    def local_displacement(self, pair: int = 0) -> torch.Tensor:
+        """The field part ``u`` of the mapping alone, without the affine stage: ``(*fixed.shape, d)`` float64 world
+        displacements (LPS mm) on the fixed grid, with ``phi(x) = A (x + u(x))`` (``A`` = :attr:`matrix`). Its
+        Jacobian determinant is the local volume change beyond the affine one (what :attr:`evaluation` reports)."""
+        fixed = self.fixed[pair] if isinstance(self.fixed, list) else self.fixed
+        total = self._field(pair).to(torch.float64)
+        matrix = self._matrix(pair).to(torch.float64)
+        d = fixed.ndim
+        x = fixed.world_grid(torch.float64).to(total.device)
+        linear, shift = matrix[:d, :d].to(total.device), matrix[:d, d].to(total.device)
+        # A^-1 (x + D(x)) - x, solved rather than inverted.
+        y = torch.linalg.solve(linear, (x + total - shift).reshape(-1, d).T).T.reshape(x.shape)
+        return y - x
+
     def warp(self, image: Image, interpolation: str = "linear", pair: int = 0) -> Image:
         """``image``, living in the moving image's world space, resampled onto the fixed grid through the field."""
         fixed = self.fixed[pair] if isinstance(self.fixed, list) else self.fixed
