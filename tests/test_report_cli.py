@@ -21,7 +21,15 @@ from lossfit.cli import app
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PNG = "data:image/png;base64,"
-DEMO_PICTURES = ("seed003.png", "seed003-solvers.png", "align.png", "curve.png", "registration.png")
+DEMO_PICTURES = (
+    "seed003.png",
+    "seed003-solvers.png",
+    "align.png",
+    "curve.png",
+    "registration.png",
+    "deformable.png",
+    "deformation.png",
+)
 
 
 def run(*args: str) -> Result:
@@ -201,8 +209,11 @@ def test_demo_report_json_and_pictures(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # progress and details go to stderr
     assert summary["success"] is True
-    assert set(summary["parts"]) == {"seed003", "align", "curve", "registration"}
+    assert set(summary["parts"]) == {"seed003", "align", "curve", "registration", "deformable"}
     assert summary["parts"]["registration"]["mean_error_mm"] < 0.5
+    deformable = summary["parts"]["deformable"]
+    assert deformable["mean_error_mm"] < 0.15 * deformable["initial_error_mm"]
+    assert deformable["mean_error_mm"] < 0.5 * deformable["affine_error_mm"] and deformable["folded_fraction"] == 0
     assert summary["parts"]["align"]["points_classified_right"] >= 55
     assert set(summary["parts"]["curve"]["ci95"]) == {"a", "b"}
     assert summary["files"]["report"] == str(tmp_path / "rep" / "report.html")
@@ -211,7 +222,8 @@ def test_demo_report_json_and_pictures(tmp_path: Path) -> None:
         assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
         assert str(picture) in summary["files"].values()
     assert "registration of CT_small.dcm" in result.stderr and "classified right" in result.stderr
-    text = read_report(tmp_path / "rep", images=8)
+    assert "deformable registration of CT_small.dcm" in result.stderr
+    text = read_report(tmp_path / "rep", images=11)
     assert headings(text)[1:] == [
         "Summary",
         "Seed 003 as published",
@@ -219,6 +231,7 @@ def test_demo_report_json_and_pictures(tmp_path: Path) -> None:
         "Point alignment with 40% outliers",
         "Curve fit with uncertainties",
         "CT registration from a known warp",
+        "CT deformable registration from a known smooth warp",
     ]
     assert "Matrix: fixed world -> moving world (homogeneous, LPS, mm)" in captions(text)
     assert "<td>true</td>" in text and "<td>recovered</td>" in text
