@@ -447,6 +447,7 @@ def _deformable_part(out: Path, console: Console, report: Report) -> Part:
 
     from lossfit.plotting import plot_registration
     from lossfit.registration import Image, load_image, register, resample
+    from lossfit.registration.deformable import DeformableRegistration
     from lossfit.report.sections import deformation_figure
 
     moving = load_image(str(pydicom.data.get_testdata_file("CT_small.dcm")))
@@ -484,6 +485,7 @@ def _deformable_part(out: Path, console: Console, report: Report) -> Part:
             bar.update(task, total=count, completed=level, description=f"registering: level {level + 1}")
 
         result = register(fixed, moving, "deformable", "mse", progress=progress)
+    assert isinstance(result, DeformableRegistration) and result.matrix is not None
     body = fixed.data > fixed.data.min() + 0.1 * (fixed.data.max() - fixed.data.min())
     initial = truth.norm(dim=-1)[body]
     epe = (result.displacement.to(torch.float64) - truth).norm(dim=-1)[body]
