@@ -41,9 +41,17 @@ def test_register_deformable_writes_fields_that_simpleitk_and_apply_use_alike(tm
     summary = json.loads(result.output)
     assert summary["status"] == "converged_ftol" and summary["evaluation"]["folded_fraction"] == 0
     names = sorted(p.name for p in out.iterdir())
-    assert {"warp.nii.gz", "inverse_warp.nii.gz", "affine.tfm", "transform.json", "registration.png",
+    assert {"warp.nii.gz", "transform.h5", "inverse_warp.nii.gz", "affine.tfm", "transform.json", "registration.png",
             "deformation.png", "report.html"} <= set(names)  # fmt: skip
     assert "The field beyond the affine stage: its Jacobian determinant" in (out / "report.html").read_text()
+    # the composite (affine stage + field part) maps points as the whole field does
+    composite = sitk.ReadTransform(str(out / "transform.h5"))
+    whole = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(out / "warp.nii.gz")),
+                                                      sitk.sitkVectorFloat64))  # fmt: skip
+    reference = to_sitk(pair.fixed)
+    for index in [(10, 12), (40, 70), (64, 64), (100, 30)]:
+        point = reference.TransformContinuousIndexToPhysicalPoint(index)
+        assert np.allclose(composite.TransformPoint(point), whole.TransformPoint(point), atol=1e-4)
     # the written field, read back, recovers the known warp
     field = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warp.nii.gz")))
     error = np.linalg.norm(field - pair.truth.numpy(), axis=-1)[pair.mask.numpy()].mean()

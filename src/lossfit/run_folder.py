@@ -32,6 +32,7 @@ OWN_NAMES = (
     "affine.tfm",
     "warp.nii.gz",
     "inverse_warp.nii.gz",
+    "transform.h5",
     "transform.json",
     "registration.png",
     "deformation.png",

@@ -202,7 +202,7 @@ def write_composite_h5(path: str | os.PathLike[str], matrix: Any, displacement: 
     try:
         import h5py
     except ImportError:
-        raise ImportError('write_composite_h5 needs h5py: pip install "lossfit[itk]" (or h5py)') from None
+        raise ImportError("write_composite_h5 needs h5py (a dependency of lossfit): pip install h5py") from None
     text = h5py.string_dtype("ascii")
     size = [float(n) for n in grid.size]
     field_fixed = np.concatenate([size, grid.origin, grid.spacing, np.ravel(grid.direction)])

@@ -88,9 +88,10 @@ def write_registration(
 ) -> None:
     """Write the run folder as a whole (see :mod:`lossfit.run_folder`): transform.tfm (affine family) or, for a
     deformable mapping, warp.nii.gz (the whole mapping as an ITK displacement field on the fixed grid: SimpleITK's
-    DisplacementFieldTransform, ANTs' warp), inverse_warp.nii.gz (on the moving grid) and affine.tfm (the affine
-    stage alone), and transform.json first, then the warped moving image (``warped/``, a DICOM series folder, for a
-    3-D DICOM output), registration.png (checkerboards and differences before and after), deformation.png for a
+    DisplacementFieldTransform, ANTs' warp), transform.h5 (the same as an ITK composite of the affine stage and
+    the field part, one file for SimpleITK.ReadTransform), inverse_warp.nii.gz (on the moving grid) and affine.tfm
+    (the affine stage alone), and transform.json first, then the warped moving image (``warped/``, a DICOM series
+    folder, for a 3-D DICOM output), registration.png (checkerboards and differences before and after), deformation.png for a
     deformable mapping (the field's Jacobian determinant map and deformed grid), and report.html when ``report_page``
     is given (--report names the same folder)."""
     from lossfit.io import atomic_write_text
@@ -118,6 +119,7 @@ def write_registration(
             from lossfit.registration.transform_files import write_itk_transform
 
             run.write("warp.nii.gz", result.save_transform)
+            run.write("transform.h5", result.save_transform)
             if result.inverse_displacement is not None:
                 run.write("inverse_warp.nii.gz", result.save_inverse_transform)
             run.write("affine.tfm", lambda p: write_itk_transform(p, result.matrix))

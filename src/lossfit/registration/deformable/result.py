@@ -84,12 +84,21 @@ class DeformableRegistration(Registration):
         return out
 
     def save_transform(self, path: Any, pair: int = 0) -> None:
-        """Write the whole mapping as an ITK displacement field (``.nii``/``.nii.gz``): physical LPS displacements
-        on the fixed grid, which SimpleITK reads as a ``DisplacementFieldTransform`` and ANTs as a warp."""
-        from lossfit.registration.fields_io import write_displacement_field
+        """Write the whole mapping, in the format the suffix names:
+
+        - ``.nii``, ``.nii.gz``, ``.mha``: one ITK displacement field (physical LPS displacements on the fixed
+          grid, affine stage included), which SimpleITK reads as a ``DisplacementFieldTransform`` and ANTs as a
+          warp;
+        - ``.h5``, ``.hdf5``: an ITK ``CompositeTransform`` of the affine stage and the field part
+          (:meth:`local_displacement`), which ``SimpleITK.ReadTransform`` reads as one transform.
+        """
+        from lossfit.registration.fields_io import H5_SUFFIXES, write_composite_h5, write_displacement_field
 
         fixed = self.fixed[pair] if isinstance(self.fixed, list) else self.fixed
-        write_displacement_field(path, self._field(pair), fixed)
+        if str(path).lower().endswith(H5_SUFFIXES):
+            write_composite_h5(path, self._matrix(pair), self.local_displacement(pair), fixed)
+        else:
+            write_displacement_field(path, self._field(pair), fixed)
 
     def save_inverse_transform(self, path: Any, pair: int = 0) -> None:
         """Write the inverse mapping (moving world -> fixed world) as a displacement field on the moving grid."""
