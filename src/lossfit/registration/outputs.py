@@ -91,9 +91,9 @@ def write_registration(
     DisplacementFieldTransform, ANTs' warp), transform.h5 (the same as an ITK composite of the affine stage and
     the field part, one file for SimpleITK.ReadTransform), inverse_warp.nii.gz (on the moving grid) and affine.tfm
     (the affine stage alone), and transform.json first, then the warped moving image (``warped/``, a DICOM series
-    folder, for a 3-D DICOM output), registration.png (checkerboards and differences before and after), deformation.png for a
-    deformable mapping (the field's Jacobian determinant map and deformed grid), and report.html when ``report_page``
-    is given (--report names the same folder)."""
+    folder, for a 3-D DICOM output), registration.png (checkerboards and differences before and after),
+    deformation.png for a deformable mapping (the field's Jacobian determinant map and deformed grid), and
+    report.html when ``report_page`` is given (--report names the same folder)."""
     from lossfit.io import atomic_write_text
     from lossfit.plotting import plot_registration, save_figure
     from lossfit.registration import resample
