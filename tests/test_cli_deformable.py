@@ -72,6 +72,18 @@ def test_register_deformable_writes_fields_that_simpleitk_and_apply_use_alike(tm
     assert float(np.median(np.abs(by_itk - ours)[inner])) < 1e-4 * float(ours.max())
 
 
+def test_register_symmetric_recovers_the_warp(tmp_path: Path, pair_files) -> None:  # type: ignore[no-untyped-def]
+    fixed, moving, pair = pair_files
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["register", str(fixed), str(moving), "--transform", "deformable", "--symmetric",
+                                 "--out", str(out), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["status"] == "converged_ftol"
+    field = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warp.nii.gz")))
+    error = np.linalg.norm(field - pair.truth.numpy(), axis=-1)[pair.mask.numpy()].mean()
+    assert error < 0.4 * pair.initial
+
+
 def test_apply_takes_an_ants_style_chain_of_field_then_affine(tmp_path: Path, pair_files) -> None:  # type: ignore[no-untyped-def]
     """-t warp -t affine as ANTs writes its outputs: the field first, then the matrix."""
     fixed, moving, pair = pair_files
@@ -99,6 +111,8 @@ def test_apply_takes_an_ants_style_chain_of_field_then_affine(tmp_path: Path, pa
     ("extra", "words"),
     [
         (["--transform", "warp"], "transform"),
+        (["--transform", "rigid", "--symmetric"], "symmetric"),
+        (["--transform", "bspline", "--symmetric"], "symmetric"),
     ],
 )
 def test_register_deformable_bad_options_are_one_line(tmp_path: Path, pair_files, extra: list[str], words: str) -> None:  # type: ignore[no-untyped-def]

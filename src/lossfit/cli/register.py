@@ -72,6 +72,10 @@ def register(
     fixed_volume: Annotated[int | None, typer.Option(help="which volume (from 0) of a 4-D NIfTI file")] = None,
     moving_volume: Annotated[int | None, typer.Option(help="which volume (from 0) of a 4-D NIfTI file")] = None,
     seed: Annotated[int, typer.Option(help="seeds the choice of samples")] = 0,
+    symmetric: Annotated[
+        bool,
+        typer.Option("--symmetric", help="deformable/svf: pull both images half-way (SyN-style; about 2x the time)"),
+    ] = False,
     out: Annotated[
         Path | None, typer.Option(help="folder for the warped image, transform (.tfm, .json), picture")
     ] = None,
@@ -136,6 +140,7 @@ def register(
             progress=progress,
             fixed_mask=fixed_mask_image,
             moving_mask=moving_mask_image,
+            symmetric=symmetric,
         )
     warped = result.warped
     name = warped_name(suffix, warped)

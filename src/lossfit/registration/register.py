@@ -95,6 +95,7 @@ def register(
     diffusion: float | None = None,
     control_spacing: float | None = None,
     bending: float | None = None,
+    symmetric: bool = False,
 ) -> Registration:
     """Register ``moving`` to ``fixed``: find the world transform ``T`` with ``moving(T x) ~ fixed(x)``.
 
@@ -143,6 +144,9 @@ def register(
             of each pyramid level (isotropic in mm: per axis the width follows the spacing); defaults 0 and 1.
         control_spacing, bending: ``"bspline"``: the control-point spacing at the finest level (mm; default 4
             voxels, halving with the pyramid) and the bending-energy weight (default 0.01).
+        symmetric: ``"svf"`` and ``"deformable"``: pull both images half-way (the fixed one through ``exp(-v/2)``,
+            the moving one through ``A exp(v/2)``) and compare them there, SyN-style, so that neither image is the
+            reference; the mapping is still ``A exp(v)``. About twice the work per iteration.
         seed: seeds the sample choice (same inputs and seed give the same result on CPU).
         progress: called as ``progress(level_index, level_count)`` before each level (for progress bars).
 
@@ -161,13 +165,16 @@ def register(
     batch = isinstance(fixed, (list, tuple))
     fixed_list, moving_list = _pairs(fixed, moving)
     d = fixed_list[0].ndim
+    if symmetric is not False and transform not in DEFORMABLE:
+        raise ValueError(f"`symmetric` needs a velocity field (transform 'svf' or 'deformable'); got transform "
+                         f"{transform!r}")  # fmt: skip
     if transform in DEFORMABLE:
         return register_deformable(
             fixed, moving, transform, metric, pairs=(fixed_list, moving_list),
             masks=(_mask_on(fixed_mask, fixed_list[0], "fixed_mask"),
                    _mask_on(moving_mask, moving_list[0], "moving_mask")),
             levels=levels, affine=affine, initial=initial, fixed_mask=fixed_mask, moving_mask=moving_mask,
-            fluid=fluid, diffusion=diffusion, control_spacing=control_spacing, bending=bending,
+            fluid=fluid, diffusion=diffusion, control_spacing=control_spacing, bending=bending, symmetric=symmetric,
             max_steps=(100 if metric == "mse" else 200) if max_steps is None else max_steps,
             ftol=5e-3 if ftol is None else ftol,
             bins=bins, window=window, seed=seed, progress=progress,

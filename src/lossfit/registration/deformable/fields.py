@@ -111,6 +111,11 @@ def sample_field(field: torch.Tensor, normalized: torch.Tensor, padding: str = "
     return F.grid_sample(field, normalized, mode="bilinear", padding_mode=padding, align_corners=True)
 
 
+def warp_on(grid: Grid, data: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Data ``(B, C, *shape)`` on ``grid`` sampled at ``x + u(x)`` (linear; the nearest border value beyond it)."""
+    return sample_field(data, _step(grid, u))
+
+
 def compose(grid: Grid, outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """The displacement of ``x -> y + outer(y)`` with ``y = x + inner(x)``: ``inner + outer o (id + inner)``.
 
@@ -214,5 +219,6 @@ __all__ = [
     "resample_field",
     "sample_field",
     "smooth",
+    "warp_on",
     "world_gradient",
 ]

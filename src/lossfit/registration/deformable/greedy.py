@@ -16,6 +16,12 @@ the field is then ``exp(v)``, by scaling and squaring, a diffeomorphism whose in
 displacement — and the sum is smoothed by ``diffusion`` (mm; the "diffusion" regulariser). The Gaussians are
 isotropic in the world: per axis they span ``sigma / spacing`` voxels, so anisotropic grids are smoothed alike in mm.
 
+**Symmetric** (``"svf"`` only, SyN-style): both images are pulled half-way, the fixed one through ``exp(-v/2)`` and
+the moving one through ``A exp(v/2)``, and the metric compares them there; the residual, the gradients (of the two
+half-way images) and the step are those above, since a step ``delta`` of ``v`` moves the two sample points by
+``-delta/2`` and ``+delta/2``. Neither image is the reference: the result depends less on which is called fixed.
+The whole mapping is ``A exp(v/2) o exp(v/2) = A exp(v)``.
+
 Every pair keeps the best field it has seen and stops on its own: when its last ``window`` iterations have improved
 the metric by less than ``ftol`` of all that the level has gained so far, or after ``max_steps``.
 """
@@ -44,6 +50,7 @@ class GreedyOptions:
     max_steps: int
     ftol: float
     step_voxels: float = 0.25  # the longest step of a gradient metric, in voxels
+    symmetric: bool = False  # "svf" only: both images pulled half-way (see the module docstring)
 
 
 @dataclasses.dataclass
@@ -85,7 +92,7 @@ def solve_level(level: LevelPair, start: torch.Tensor, options: GreedyOptions) -
     step_mm = options.step_voxels * min(spacing)
     coarse = squaring_grid(level.grid, options.model)
     for iteration in range(options.max_steps + 1):
-        value, step = _step(level, field, options.model, norm2, step_mm, coarse)
+        value, step = _step(level, field, options, norm2, step_mm, coarse)
         value = value.detach().to(torch.float64).cpu()
         history.append(value)
         if iteration == 0:
@@ -111,18 +118,25 @@ def solve_level(level: LevelPair, start: torch.Tensor, options: GreedyOptions) -
 
 
 def _step(
-    level: LevelPair, field: torch.Tensor, model: str, norm2: float, step_mm: float, coarse: Grid | None
+    level: LevelPair, field: torch.Tensor, options: GreedyOptions, norm2: float, step_mm: float, coarse: Grid | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The metric of ``field`` and the step to add to it, ``(B, d, *shape)``."""
+    model, symmetric = options.model, options.symmetric
     if level.metric == "mse":
         with torch.no_grad():
-            u = displacement_of(level.grid, field, model, coarse)
+            if symmetric:
+                u = displacement_of(level.grid, 0.5 * field, model, coarse)
+                fixed = level.warp_fixed(displacement_of(level.grid, -0.5 * field, model, coarse))
+                fixed_gradient = world_gradient(level.grid, fixed)
+            else:
+                u = displacement_of(level.grid, field, model, coarse)
+                fixed, fixed_gradient = level.fixed, level.fixed_gradient
             warped, inside = level.warp(u)
             w = level.weight(inside)
-            r = (level.fixed - warped) * w
+            r = (fixed - warped) * w
             count = w.flatten(1).sum(-1).clamp_min(1.0)
             value = (r * r).flatten(1).sum(-1) / count
-            j = 0.5 * (level.fixed_gradient + world_gradient(level.grid, warped))
+            j = 0.5 * (fixed_gradient + world_gradient(level.grid, warped))
             assert level.gradient_floor is not None  # set by LevelPair.build
             floor = level.gradient_floor.reshape(-1, *([1] * (r.dim() - 1)))
             denom = (j * j).sum(1) + r * r / norm2 + floor
@@ -130,7 +144,11 @@ def _step(
             return value, j * scale.unsqueeze(1)
     with torch.enable_grad():
         v = field.detach().requires_grad_(True)
-        value = level.value(displacement_of(level.grid, v, model, coarse))
+        if symmetric:
+            half = displacement_of(level.grid, 0.5 * v, model, coarse)
+            value = level.value(half, displacement_of(level.grid, -0.5 * v, model, coarse))
+        else:
+            value = level.value(displacement_of(level.grid, v, model, coarse))
         (grad,) = torch.autograd.grad(value.sum(), v)
     # The step's scale from a high quantile of the gradient's length, not its largest value (a few voxels at edges
     # would otherwise freeze the rest): no voxel steps further than ``step_mm``.

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from lossfit.registration import metrics as M
 from lossfit.registration import pyramid as P
-from lossfit.registration.deformable.fields import Grid, matvec, world_gradient
+from lossfit.registration.deformable.fields import Grid, matvec, warp_on, world_gradient
 from lossfit.registration.image import Image
 from lossfit.registration.resample import world_to_normalized
 
@@ -158,11 +158,18 @@ class LevelPair:
         assert self.fixed_mask is not None  # set by build
         return self.fixed_mask.to(self.fixed.dtype)
 
-    def value(self, u: torch.Tensor) -> torch.Tensor:
-        """The metric of the field ``u`` (lower is better), ``(B,)``; differentiable in ``u``."""
+    def warp_fixed(self, u: torch.Tensor) -> torch.Tensor:
+        """The fixed level at ``x + u(x)`` on its own grid, ``(B, *shape)`` (the symmetric model's half-way image;
+        the nearest border value beyond the grid)."""
+        return warp_on(self.grid, self.fixed.unsqueeze(1).to(u.dtype), u)[:, 0]
+
+    def value(self, u: torch.Tensor, fixed_u: torch.Tensor | None = None) -> torch.Tensor:
+        """The metric of the field ``u`` (lower is better), ``(B,)``; differentiable in ``u``. With ``fixed_u`` the
+        fixed image is pulled through that field too (the symmetric model: both images meet half-way)."""
         warped, inside = self.warp(u)
         w = self.weight(inside)
-        return metric_value(self.metric, self.fixed, warped, w, self.bins, self.window, self.ranges)
+        fixed = self.fixed if fixed_u is None else self.warp_fixed(fixed_u)
+        return metric_value(self.metric, fixed, warped, w, self.bins, self.window, self.ranges)
 
 
 def metric_value(
