@@ -69,10 +69,10 @@ Tools (their answers become dense fields on the fixed grid with SimpleITK's ``Tr
   ``lossfit.registration.Image`` (converted with ``tests/registration_pairs.py::from_sitk``); ``result.displacement``
   is a tensor of the contract's shape on the fixed grid, the total map fixed world -> moving world. Where that API
   is not there yet (ImportError, TypeError, AttributeError, or "deformable" refused as a transform), the row says
-  "lossfit: not available".
+  "lossfit: not available". ``lossfit-sym``: the same with ``symmetric=True`` (both images pulled half-way).
 
 Run: ``python benchmarks/deformable.py [--cases ct2d,mni2mm,mni2mm_rigid,mni_grids]
-[--tools demons,symdemons,bspline,ants-syn,ants-syncc,torchreg,fireants,lossfit] [--threads 2] [--repeat 1]
+[--tools demons,symdemons,bspline,ants-syn,ants-syncc,torchreg,fireants,lossfit,lossfit-sym] [--threads 2] [--repeat 1]
 [--seed 0] [--json PATH] [--slow]``. A full run of the peers takes about 15-20 minutes on 2 busy cores (FireANTs on the
 CPU and torchreg take minutes per 3-D case).
 """
@@ -100,7 +100,7 @@ import numpy as np
 import SimpleITK as sitk
 
 CASES = ("ct2d", "mni2mm", "mni2mm_rigid", "mni_grids")
-TOOLS = ("demons", "symdemons", "bspline", "ants-syn", "ants-syncc", "torchreg", "fireants", "lossfit")
+TOOLS = ("demons", "symdemons", "bspline", "ants-syn", "ants-syncc", "torchreg", "fireants", "lossfit", "lossfit-sym")
 SLOW = False  # --slow: also ANTs SyNCC on 3-D cases
 NAMES = {
     "demons": "SimpleITK diffeomorphic demons",
@@ -111,6 +111,7 @@ NAMES = {
     "torchreg": "torchreg SyN",
     "fireants": "FireANTs (CPU)",
     "lossfit": "lossfit",
+    "lossfit-sym": "lossfit, symmetric",
 }
 
 
@@ -636,8 +637,10 @@ def fireants_run(case: Case, seed: int) -> Run:
     return Run(settings, prepare, to_field)
 
 
-def lossfit_run(case: Case, seed: int) -> Run:
+def lossfit_run(case: Case, seed: int, symmetric: bool = False) -> Run:
     settings = 'register(fixed, moving, transform="deformable"), defaults'
+    if symmetric:
+        settings = 'register(fixed, moving, transform="deformable", symmetric=True)'
 
     def prepare() -> Callable[[], Any]:
         import torch
@@ -654,6 +657,8 @@ def lossfit_run(case: Case, seed: int) -> Run:
 
         def call() -> Any:
             try:
+                if symmetric:
+                    return register(fixed, moving, transform="deformable", symmetric=True)
                 return register(fixed, moving, transform="deformable")
             except (TypeError, AttributeError) as exc:
                 raise NotAvailable(f"lossfit: not available ({type(exc).__name__}: {exc})") from exc
@@ -687,6 +692,7 @@ RUNS: dict[str, Callable[[Case, int], Run]] = {
     "torchreg": torchreg_run,
     "fireants": fireants_run,
     "lossfit": lossfit_run,
+    "lossfit-sym": lambda case, seed: lossfit_run(case, seed, symmetric=True),
 }
 
 
@@ -830,7 +836,7 @@ def table(case: Case, rows: list[Row], initial: float) -> tuple[list[str], str |
     registered = {
         r.name: r.seconds
         for r in rows
-        if r.tool != "lossfit" and r.seconds is not None and r.mean is not None and r.mean < 0.5 * initial
+        if not r.tool.startswith("lossfit") and r.seconds is not None and r.mean is not None and r.mean < 0.5 * initial
     }
     fastest = min(registered, key=registered.__getitem__) if registered else None
     px = case.pixel
