@@ -96,6 +96,8 @@ def register(
     control_spacing: float | None = None,
     bending: float | None = None,
     symmetric: bool = False,
+    regularizer: str | None = None,
+    folding: float | None = None,
 ) -> Registration:
     """Register ``moving`` to ``fixed``: find the world transform ``T`` with ``moving(T x) ~ fixed(x)``.
 
@@ -143,7 +145,11 @@ def register(
         fluid, diffusion: ``"svf"`` and ``"field"``: the Gaussian smoothing of each step and of the field, in voxels
             of each pyramid level (isotropic in mm: per axis the width follows the spacing); defaults 0 and 1.
         control_spacing, bending: ``"bspline"``: the control-point spacing at the finest level (mm; default 4
-            voxels, halving with the pyramid) and the bending-energy weight (default 0.01).
+            voxels, halving with the pyramid) and the regulariser's weight (default 0.01).
+        regularizer, folding: ``"bspline"``: the energy weighted by ``bending``, ``"bending"`` (default; thin-plate,
+            mm^-2), ``"diffusion"`` (squared first derivatives) or ``"elastic"`` (linear elasticity), all in world
+            units; and the weight of the barrier against Jacobian determinants below 0.2 (default 100; 0 turns it
+            off, and a run that folds is then reported as ``FOLDED``).
         symmetric: ``"svf"`` and ``"deformable"``: pull both images half-way (the fixed one through ``exp(-v/2)``,
             the moving one through ``A exp(v/2)``) and compare them there, SyN-style, so that neither image is the
             reference; the mapping is still ``A exp(v)``. About twice the work per iteration.
@@ -175,6 +181,7 @@ def register(
                    _mask_on(moving_mask, moving_list[0], "moving_mask")),
             levels=levels, affine=affine, initial=initial, fixed_mask=fixed_mask, moving_mask=moving_mask,
             fluid=fluid, diffusion=diffusion, control_spacing=control_spacing, bending=bending, symmetric=symmetric,
+            regularizer=regularizer, folding=folding,
             max_steps=(100 if metric == "mse" else 200) if max_steps is None else max_steps,
             ftol=5e-3 if ftol is None else ftol,
             bins=bins, window=window, seed=seed, progress=progress,

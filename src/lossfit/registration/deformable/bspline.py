@@ -7,12 +7,13 @@ Convention:
     grid: one beyond each end, so that every voxel has its four. Each control point holds a world displacement
     (LPS mm); the field at voxel ``i`` is ``sum_k B3((i - p_k) / h) c_k`` along each axis (a tensor product).
 
-A level minimises ``metric(u) / metric(0) + weight * bending(u) + folding(u)`` (the metric relative to its value at
-the level's start, so that ``weight`` does not depend on the images' intensities; ``folding`` is a barrier against a
-Jacobian determinant below 0.2, :func:`.regularizers.folding`) over the control points with the engine's
-L-BFGS (:func:`lossfit.engine.loop.run`), each pair stopping on its own. A level starts from the previous level's
-field, fitted onto the new lattice by least squares (multi-level refinement: the lattice spacing halves with the
-pyramid's voxels).
+A level minimises ``metric(u) / metric(0) + weight * energy(u) + folding * barrier(u)`` (the metric relative to its
+value at the level's start, so that ``weight`` does not depend on the images' intensities; ``energy`` the bending
+energy by default, or the diffusion or elastic energy, :mod:`.regularizers`; ``barrier`` a penalty on a Jacobian
+determinant below 0.2, :func:`.regularizers.folding`, on by default; see :class:`Penalty`) over the control points
+with the engine's L-BFGS (:func:`lossfit.engine.loop.run`), each pair stopping on its own. A level starts from the
+previous level's field, fitted onto the new lattice by least squares (multi-level refinement: the lattice spacing
+halves with the pyramid's voxels).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from lossfit.registration.deformable.fields import Grid, resample_field
 from lossfit.registration.deformable.level import LevelPair
 
 CHUNK = 20  # L-BFGS steps per round (see solve_level)
-FOLD_WEIGHT = 100.0  # the weight of the fold barrier (see regularizers.folding), besides the bending energy
+FOLD_WEIGHT = 100.0  # the default weight of the fold barrier (see regularizers.folding), besides the energy
 
 
 def _cubic(t: torch.Tensor) -> torch.Tensor:
@@ -88,6 +89,16 @@ class Lattice:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Penalty:
+    """What a B-spline level adds to the metric: ``weight`` times the ``regularizer``'s energy (one of
+    :data:`.regularizers.REGULARIZERS`, in world units) and ``folding`` times the fold barrier."""
+
+    regularizer: str = "bending"
+    weight: float = 0.01
+    folding: float = FOLD_WEIGHT
+
+
 class _Objective:
     """The level's loss over flat control displacements ``x (B, n)`` (the engine's scalar problem protocol)."""
 
@@ -96,8 +107,9 @@ class _Objective:
     keep_final = False
     jac = None
 
-    def __init__(self, level: LevelPair, lattice: Lattice, weight: float, reference: torch.Tensor) -> None:
-        self.level, self.lattice, self.weight = level, lattice, weight
+    def __init__(self, level: LevelPair, lattice: Lattice, penalty: Penalty, reference: torch.Tensor) -> None:
+        self.level, self.lattice, self.penalty = level, lattice, penalty
+        self.weight = penalty.weight
         self.reference = reference  # (B,): the metric at the level's start
         self.evals = 0
         self.count = level.grid.ndim * math.prod(lattice.shape)
@@ -107,8 +119,11 @@ class _Objective:
         u = self.lattice.field(x.reshape(x.shape[0], self.level.grid.ndim, *self.lattice.shape).to(level.fixed.dtype))
         self.evals += 1
         metric = level.value(u)
-        penalty = R.bending(level.grid, u) if self.weight > 0 else torch.zeros_like(metric)
-        return metric, penalty + FOLD_WEIGHT * R.folding(level.grid, u)
+        energy = getattr(R, self.penalty.regularizer)
+        penalty = energy(level.grid, u) if self.weight > 0 else torch.zeros_like(metric)
+        if self.penalty.folding > 0:
+            penalty = penalty + self.penalty.folding * R.folding(level.grid, u)
+        return metric, penalty
 
     def loss(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         metric, penalty = self._parts(x, rows)
@@ -142,7 +157,7 @@ def solve_level(
     field: torch.Tensor | None,
     previous: Grid | None,
     spacing_mm: float,
-    weight: float,
+    penalty: Penalty,
     max_steps: int,
     ftol: float,
 ) -> SplineOutcome:
@@ -157,7 +172,7 @@ def solve_level(
     with torch.no_grad():
         start_metric = level.value(lattice.field(coefficients)).to(dtype).cpu()
         identity = level.value(torch.zeros_like(lattice.field(coefficients))).to(dtype)
-    problem = _Objective(level, lattice, weight, identity.clamp_min(1e-30).to(level.fixed.device))
+    problem = _Objective(level, lattice, penalty, identity.clamp_min(1e-30).to(level.fixed.device))
     # L-BFGS in rounds of CHUNK steps through the engine's driver (its own rules with tolerances too tight to end a
     # round early); the level has converged when a round gains less than ``ftol`` of all the level has gained.
     x = coefficients.reshape(b, -1).to(dtype)
@@ -170,7 +185,7 @@ def solve_level(
         live = running.nonzero().squeeze(1)
         sub = problem
         if live.numel() < b:
-            sub = _Objective(level.take(live), lattice, weight, problem.reference[live])
+            sub = _Objective(level.take(live), lattice, penalty, problem.reference[live])
         budget = Stopping(1e-12, 1e-12, 1e-14, min(CHUNK, max_steps - int(steps.max())), None)
         outcome = run(cast(Problem, sub), resolve("lbfgs", {}), x[live], budget, record=True)
         before = losses[-1][live]

@@ -27,6 +27,7 @@ from lossfit.engine.result import SolverInfo, Status, build_result
 from lossfit.registration import checks as C
 from lossfit.registration import pyramid as P
 from lossfit.registration.deformable import bspline as B
+from lossfit.registration.deformable import regularizers as R
 from lossfit.registration.deformable.fields import (
     Grid,
     channels_last,
@@ -79,6 +80,8 @@ def register_deformable(
     control_spacing: float | None,
     bending: float | None,
     symmetric: bool,
+    regularizer: str | None,
+    folding: float | None,
     max_steps: int,
     ftol: float,
     bins: int,
@@ -96,6 +99,7 @@ def register_deformable(
     d = fixed_list[0].ndim
     model = "svf" if transform == "deformable" else transform
     _check_options(affine, metric, fluid, diffusion, control_spacing, bending, max_steps, ftol)
+    _check_spline_options(model, regularizer, folding)
     if not isinstance(symmetric, bool):
         raise TypeError(f"`symmetric` must be True or False; got {symmetric!r}")
     if symmetric and model != "svf":
@@ -145,9 +149,12 @@ def register_deformable(
         voxel = math.prod(level.grid.spacing) ** (1 / d)
         if model == "bspline":
             spacing_mm = (control_spacing if control_spacing is not None else CONTROL_SPACING * voxel / shrink) * shrink
-            outcome = B.solve_level(
-                level, field, previous, spacing_mm, BENDING if bending is None else bending, max_steps, ftol
+            penalty = B.Penalty(
+                regularizer or "bending",
+                BENDING if bending is None else float(bending),
+                B.FOLD_WEIGHT if folding is None else float(folding),
             )
+            outcome = B.solve_level(level, field, previous, spacing_mm, penalty, max_steps, ftol)
         else:
             start = _start_field(level, field, previous)
             options = GreedyOptions(
@@ -400,6 +407,21 @@ def _pair_status(level: Status, check: dict[str, Any], stage: Status | None) -> 
     if check["failed"]:
         return Status[check["failed"].upper()]
     return level
+
+
+def _check_spline_options(model: str, regularizer: str | None, folding: float | None) -> None:
+    for name, value in (("regularizer", regularizer), ("folding", folding)):
+        if value is not None and model != "bspline":
+            raise ValueError(
+                f"`{name}` applies to transform 'bspline' (the dense models are regularised by their Gaussians, "
+                f"`fluid` and `diffusion`); got transform {model!r}"
+            )
+    if regularizer is not None and regularizer not in R.REGULARIZERS:
+        raise ValueError(f"`regularizer` must be one of {', '.join(map(repr, R.REGULARIZERS))}; got {regularizer!r}")
+    if folding is not None and (
+        isinstance(folding, bool) or not isinstance(folding, (int, float)) or not math.isfinite(folding) or folding < 0
+    ):
+        raise ValueError(f"`folding` must be a finite number >= 0 (the fold barrier's weight; 0: off); got {folding!r}")
 
 
 def _check_options(
