@@ -87,17 +87,18 @@ def channels_first(field: torch.Tensor) -> torch.Tensor:
 def matvec(m: torch.Tensor, u: torch.Tensor, offset: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
     """``m u (+ offset)`` at every voxel of a channel-first field ``u (B, d, *shape)``, for ``m`` ``(d, d)`` or one
     per pair ``(B, d, d)`` (``offset``: ``(d,)`` or ``(B, d)``); channel-first, or channel-last with ``last`` (a
-    view). A grouped 1x1 convolution: several times faster on the CPU than ``einsum`` or a product per entry."""
+    view). One batched matrix product over the flattened voxels: on the CPU several times faster than ``einsum``,
+    and than a grouped 1x1 convolution, which with two threads ran 20x slower than with one (torch 2.13)."""
     b, d = u.shape[:2]
-    spatial = u.dim() - 2
     m = m.to(u.device, u.dtype)
-    weight = (m if m.dim() == 3 else m.expand(b, d, d)).reshape(b * d, d, *([1] * spatial))
-    bias = None
-    if offset is not None:
+    weight = m if m.dim() == 3 else m.expand(b, d, d)
+    flat = u.reshape(b, d, -1)
+    if offset is None:
+        out = torch.bmm(weight, flat)
+    else:
         o = offset.to(u.device, u.dtype)
-        bias = (o if o.dim() == 2 else o.expand(b, d)).reshape(b * d)
-    conv = F.conv2d if spatial == 2 else F.conv3d
-    out = conv(u.reshape(1, b * d, *u.shape[2:]), weight, bias, groups=b).reshape(u.shape)
+        out = torch.baddbmm((o if o.dim() == 2 else o.expand(b, d)).unsqueeze(-1), weight, flat)
+    out = out.reshape(u.shape)
     return out.movedim(1, -1) if last else out
 
 
@@ -148,7 +149,7 @@ def exponential(
     if coarse is not None:
         d = grid.ndim
         sub = velocity[(slice(None), slice(None), *([slice(None, None, 2)] * d))]
-        return resample_field(exponential(coarse, sub, max_step_voxels), coarse, grid)
+        return upsample_twice(exponential(coarse, sub, max_step_voxels), grid.shape)
     # The number of squarings must not depend on the other pairs of a batch (a batch equals its pairs one by one):
     # enough for any velocity up to an eighth of the grid, more only for a larger one.
     largest = float(velocity.detach().abs().amax())
@@ -178,6 +179,22 @@ def world_gradient(grid: Grid, data: torch.Tensor) -> torch.Tensor:
     by_index = torch.gradient(data, dim=tuple(range(1, d + 1)))  # data axes (z, y, x)
     g_index = torch.stack(list(reversed(by_index)), dim=1)  # index order (i, j, k)
     return matvec(torch.linalg.inv(grid.affine[:d, :d]).T, g_index)
+
+
+def upsample_twice(field: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A channel-first field on :func:`coarser`'s grid back on the fine grid of data shape ``shape``: fine voxel
+    ``i`` is coarse ``i / 2``, interpolated linearly; beyond the last coarse voxel (an even count) its value. The
+    same as :func:`resample_field` from the coarse grid, by ``F.interpolate`` (3-4x faster than ``grid_sample``)."""
+    d = len(shape)
+    pad: list[int] = []
+    for n in reversed(shape):  # F.pad lists the last axis first
+        pad += [0, 1 if n % 2 == 0 else 0]
+    if any(pad):
+        field = F.pad(field, pad, mode="replicate")
+    size = tuple(2 * n - 1 for n in field.shape[2:])
+    mode = "bilinear" if d == 2 else "trilinear"
+    out = F.interpolate(field, size=size, mode=mode, align_corners=True)
+    return out[(slice(None), slice(None), *(slice(0, n) for n in shape))]
 
 
 def resample_field(field: torch.Tensor, source: Grid, target: Grid) -> torch.Tensor:
@@ -219,6 +236,7 @@ __all__ = [
     "resample_field",
     "sample_field",
     "smooth",
+    "upsample_twice",
     "warp_on",
     "world_gradient",
 ]
