@@ -6,10 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-portable lint typecheck pytest browser bench clean
 
-$(STAMP): pyproject.toml Makefile
+# constraints.txt pins every package (and version) to what the tests were run with, for CPython 3.11 (see the
+# README); on another Python the ranges of pyproject.toml apply.
+LOCK = $(shell $(PYTHON) -c 'import sys; print("-c constraints.txt" if sys.version_info[:2] == (3, 11) else "")')
+
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $(LOCK) "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -40,7 +44,7 @@ browser:
 		echo "note: chromium is not installed and could not be; the browser test will fail (apt-get install chromium)"
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m pip install --quiet $(LOCK) -e ".[bench]"
 	$(BIN)/python benchmarks/matrix_inverse.py
 	$(BIN)/python benchmarks/curve_batch.py
 	$(BIN)/python benchmarks/points.py

@@ -38,6 +38,15 @@ TIMEOUT = 60.0
 PLOT_BLUE = np.array([31, 119, 180])  # matplotlib's first line colour, "tab:blue"
 
 
+def test_the_browser_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """Chromium is Debian's package, outside the lock file: the run says which one it used."""
+    done = subprocess.run([chromium(), "--version"], capture_output=True, text=True, timeout=TIMEOUT)
+    version = done.stdout.strip()
+    with capsys.disabled():
+        print(f"\n[browser test] {version}")
+    assert done.returncode == 0 and "chrom" in version.lower(), done.stderr[-500:]
+
+
 def chromium() -> str:
     """The browser's path: $CHROMIUM, else the first of BROWSERS on PATH; a clear failure when there is none."""
     found = os.environ.get("CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
