@@ -149,6 +149,18 @@ def test_other_operations(folder: Path, op: str) -> None:
         assert np.abs(np.load(folder / out) - np.linalg.pinv(spd)).max() <= 1e-10
 
 
+def test_a_matrix_answer_is_printed_as_rows(folder: Path) -> None:
+    result = run("matrix", "inverse", "m.csv")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("params:"))
+    n = M.shape[0]
+    assert lines[head] == f"params:  a {n} x {n} matrix, by rows:"
+    rows = [[float(v) for v in line.strip().strip("[]").split()] for line in lines[head + 1 : head + 1 + n]]
+    assert np.allclose(np.array(rows), np.linalg.inv(M), rtol=1e-6, atol=1e-9)
+    assert "p[0]=" not in result.output
+
+
 def test_plot_is_written(folder: Path) -> None:
     result = run("matrix", "inverse", "m.npy", "--plot", "conv.png")
     assert result.exit_code == 0, result.output

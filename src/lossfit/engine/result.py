@@ -215,12 +215,26 @@ class FitResult:
             f"steps:   {self.num_steps}   evaluations: {self.num_evals}   time: {self.time:.4g} s",
             f"solver:  {self.solver.name}" + (f" ({self.solver.reason})" if self.solver.reason else ""),
         ]
-        table = self._params_table()
+        rows = self._matrix_rows()
+        table = "" if rows else self._params_table()
+        if rows:
+            lines.append(f"params:  a {' x '.join(map(str, self.params.shape))} matrix, by rows:")
+            lines += ["  " + row for row in rows]
         if table:
             lines.append("params:  " + table)
         if self.reference:
             lines.append("reference: " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.reference.items()))
         return "\n".join(lines)
+
+    def _matrix_rows(self, limit: int = 12) -> list[str]:
+        """A single problem's matrix parameter (one 2-D tensor of at most ``limit`` rows and columns) as aligned
+        rows of numbers, else []."""
+        p = self.params
+        if len(self.statuses) != 1 or not isinstance(p, torch.Tensor) or p.dim() != 2 or max(p.shape) > limit:
+            return []
+        cells = [[f"{v:.8g}" for v in row] for row in p.detach().cpu().tolist()]
+        width = max(len(c) for row in cells for c in row)
+        return ["[ " + "  ".join(c.rjust(width) for c in row) + " ]" for row in cells]
 
     def _params_table(self, limit: int = 20) -> str:
         """``name=value +- stderr`` for up to ``limit`` parameter values of a single problem, else ''."""
