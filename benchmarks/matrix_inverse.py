@@ -1,10 +1,11 @@
-"""Seed 003's method vs lossfit's default vs torch.linalg.inv, side by side in one process (float64).
+"""A blog post's gradient-descent inverse vs lossfit's default vs torch.linalg.inv, side by side, one process (float64).
 
 For each matrix: the steps and the time each method needs to bring the relative residual ``||X M - I||_F / ||I||_F``
 below 1e-6 and 1e-12, and the residual it ends with.
 
-- seed 003: its own loop as published (``X @ M`` against ``I`` by MSE, ``X -= lr * grad; grad *= momentum`` with
-  lr 0.9 and momentum 0.9, random start after ``manual_seed(314)``, 10,000 steps), timed per step;
+- the post ("pytorch – matrix inverse with pytorch optimizer"): its own loop as published (``X @ M`` against ``I``
+  by MSE, ``X -= lr * grad; grad *= momentum`` with lr 0.9 and momentum 0.9, random start after
+  ``manual_seed(314)``, 10,000 steps), timed per step;
 - lossfit: ``lossfit.matrices.inverse(M)`` with its defaults; the time to a target is the solver's own clock from its
   history, and "call" is the whole call's wall time, the check against torch.linalg included (median of repeats);
 - torch.linalg.inv: wall time (median of repeats) and its residual.
@@ -22,7 +23,7 @@ import time
 import torch
 
 import lossfit
-from lossfit.experiments import seed003_matrices
+from lossfit.experiments import inverse_matrices
 
 TARGETS = (1e-6, 1e-12)
 
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("--seed-steps", type=int, default=10_000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cases = {name: m for name, m in seed003_matrices(torch.float64).items()}
+    cases = {name: m for name, m in inverse_matrices(torch.float64).items()}
     for n in (64, 256):
         for cond in (10.0, 1e4):
             cases[f"n={n}, cond={cond:g}"] = conditioned(n, cond)
@@ -130,7 +131,7 @@ def main() -> None:
                 f"{seed_total:.2f} s)"
             )
         print(
-            f"| {name} | seed 003 (SGD 0.9/0.9) | {fmt_reach(seed_reach[1e-6])} | {fmt_reach(seed_reach[1e-12])} "
+            f"| {name} | the post's SGD (0.9/0.9) | {fmt_reach(seed_reach[1e-6])} | {fmt_reach(seed_reach[1e-12])} "
             f"| {seed_res:.2e} | {seed_total * 1e3:.4g} ms ({args.seed_steps} steps) | |"
         )
         print(

@@ -252,7 +252,7 @@ def test_the_demo_report_opens_in_the_browser_and_shows_its_plots(tmp_path: Path
 
     assert console_errors(page, tmp_path / "profile") == []
     image = screenshot(page, tmp_path / "shot.png", tmp_path / "profile-shot", size=(1200, 12_000))
-    top = image[:2000]  # what a reader sees first: the summary and seed 003's plot
+    top = image[:2000]  # what a reader sees first: the summary and the inverse-by-SGD plot
     assert_shows_plots(top)
     # Further down, the CT slices of the before/after figure: a block of grey pixels that text cannot make.
     assert grey_block(image[2000:]) > 0.6, "the registration's before/after images are not visible"

@@ -308,11 +308,11 @@ def test_non_symmetric_for_eigh(folder: Path) -> None:
     assert not (folder / "out.npz").exists()
 
 
-# -- seed 003 ---------------------------------------------------------------------------------------------------------
+# -- the inverse-solvers comparison ------------------------------------------------------------------------------------
 
 
-def test_seed003_json(folder: Path) -> None:
-    result = run("seed003", "--compare", "gd,auto", "--steps", "2000", "--json")
+def test_inverse_solvers_json(folder: Path) -> None:
+    result = run("inverse-solvers", "--compare", "gd,auto", "--steps", "2000", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 4
@@ -327,11 +327,17 @@ def test_seed003_json(folder: Path) -> None:
         assert r["steps"] <= 2000
 
 
-def test_seed003_plot(folder: Path) -> None:
-    result = run("seed003", "--compare", "gd,auto", "--steps", "2000", "--plot", "p.png")
+def test_the_old_command_name_still_runs_but_is_not_listed(folder: Path) -> None:
+    assert run("seed003", "--compare", "auto", "--steps", "50").exit_code == 0
+    listing = run("--help").output
+    assert "inverse-solvers" in listing and "seed003" not in listing
+
+
+def test_inverse_solvers_plot(folder: Path) -> None:
+    result = run("inverse-solvers", "--compare", "gd,auto", "--steps", "2000", "--plot", "p.png")
     assert result.exit_code == 0, result.output
     assert (folder / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Seed 003" in result.stdout
+    assert "X M = I by optimisation" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -345,9 +351,9 @@ def test_seed003_plot(folder: Path) -> None:
     ],
     ids=["unknown", "one-unknown", "empty", "zero-steps", "plot-suffix"],
 )
-def test_seed003_bad_options(folder: Path, args: tuple[str, str]) -> None:
+def test_inverse_solvers_bad_options(folder: Path, args: tuple[str, str]) -> None:
     before = files(folder)
-    result = run("seed003", *args)
+    result = run("inverse-solvers", *args)
     assert_bad_input(result)
     assert files(folder) == before
 

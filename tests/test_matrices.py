@@ -20,7 +20,7 @@ import lossfit
 from lossfit import Status
 from lossfit import matrices as lm
 from lossfit.engine.constraints import SPD, Bounds, Orthogonal, Positive, Symmetric
-from lossfit.experiments import SEED, seed003, seed003_matrices
+from lossfit.experiments import SEED, compare_inverse_solvers, inverse_matrices
 
 F64 = torch.float64
 EPS = torch.finfo(F64).eps
@@ -699,7 +699,7 @@ def test_engine_solvers_take_one_matrix_at_a_time_for_spectral_functions() -> No
 
 
 def seed_matrix() -> torch.Tensor:
-    return seed003_matrices(F64)["random 4x4"]
+    return inverse_matrices(F64)["random 4x4"]
 
 
 def relative_residual_history(result: lossfit.FitResult, n: int) -> torch.Tensor:
@@ -708,7 +708,7 @@ def relative_residual_history(result: lossfit.FitResult, n: int) -> torch.Tensor
     return (n * result.history.loss).clamp_min(0).sqrt()
 
 
-def test_inverse_by_seed003_gradient_descent_reaches_1e_6() -> None:
+def test_inverse_by_the_posts_gradient_descent_reaches_1e_6() -> None:
     m = seed_matrix()
     result = lm.inverse(m, solver="gd", lr=0.9, momentum=0.9, init="random", seed=SEED)
     assert result.success, result.message
@@ -781,18 +781,18 @@ def test_polar_by_levenberg_marquardt(negative_determinant: bool) -> None:
     assert float(torch.linalg.eigvalsh(p).min()) >= -1e-10
 
 
-# -- seed 003 ---------------------------------------------------------------------------------------------------------
+# -- the post's experiment ---------------------------------------------------------------------------------------------
 
 
-def test_seed003_reproduces_the_issue_and_auto_is_far_faster() -> None:
-    runs = seed003(("gd",), 10_000, F64)
+def test_the_posts_experiment_is_reproduced_and_auto_is_far_faster() -> None:
+    runs = compare_inverse_solvers(("gd",), 10_000, F64)
     assert [r.matrix for r in runs] == ["random 4x4", "diag(1,2,3,4)"]
     for run in runs:
         steps = run.steps_to[1e-6]
         assert steps is not None and 200 <= steps <= 1000, (run.matrix, steps)
         assert float(run.relative_residual[steps]) <= 1e-6 < float(run.relative_residual[steps - 1])
         assert run.seconds_to[1e-6] is not None
-    fast = seed003(("auto",), 10_000, F64)
+    fast = compare_inverse_solvers(("auto",), 10_000, F64)
     for run in fast:
         steps = run.steps_to[1e-6]
         assert steps is not None and steps < 30, (run.matrix, steps)

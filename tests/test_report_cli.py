@@ -22,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 PNG = "data:image/png;base64,"
 DEMO_PICTURES = (
-    "seed003.png",
-    "seed003-solvers.png",
+    "inverse-sgd.png",
+    "inverse-solvers.png",
     "align.png",
     "curve.png",
     "registration.png",
@@ -169,17 +169,17 @@ def test_align_report(folder: Path) -> None:
     assert "Destination points and the source points mapped by the fit" in captions(text)
 
 
-def test_seed003_report_and_json(folder: Path) -> None:
-    result = run("seed003", "--compare", "gd,auto", "--steps", "300", "--report", "rep", "--json")
+def test_inverse_solvers_report_and_json(folder: Path) -> None:
+    result = run("inverse-solvers", "--compare", "gd,auto", "--steps", "300", "--report", "rep", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 4 and {"success", "message", "error_vs_torch", "status"} <= set(rows[0])
     text = read_report(folder / "rep", images=5)  # the comparison, then each run's loss curve
-    assert headings(text)[1] == "Seed 003: the solvers compared"
+    assert headings(text)[1] == "Matrix inverse by optimisation: the solvers compared"
     assert {"random 4x4, gd", "random 4x4, newton-schulz", "diag(1,2,3,4), gd"} <= set(headings(text))
     assert "Relative residual ||X M - I|| / ||I|| by solver" in captions(text)
     assert "Why each run stopped:" in text and "increase `max_steps`" in text
-    assert command_block(text) == "lossfit seed003 --compare gd,auto --steps 300 --json --report rep"
+    assert command_block(text) == "lossfit inverse-solvers --compare gd,auto --steps 300 --json --report rep"
 
 
 def test_register_report(folder: Path, images: tuple[Path, Path]) -> None:
@@ -209,7 +209,7 @@ def test_demo_report_json_and_pictures(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # progress and details go to stderr
     assert summary["success"] is True
-    assert set(summary["parts"]) == {"seed003", "align", "curve", "registration", "deformable"}
+    assert set(summary["parts"]) == {"inverse", "align", "curve", "registration", "deformable"}
     assert summary["parts"]["registration"]["mean_error_mm"] < 0.5
     deformable = summary["parts"]["deformable"]
     assert deformable["mean_error_mm"] < 0.15 * deformable["initial_error_mm"]
@@ -226,8 +226,8 @@ def test_demo_report_json_and_pictures(tmp_path: Path) -> None:
     text = read_report(tmp_path / "rep", images=11)
     assert headings(text)[1:] == [
         "Summary",
-        "Seed 003 as published",
-        "Seed 003: five solvers on the same loss",
+        "Matrix inverse by gradient descent, as published",
+        "Matrix inverse: five solvers on the same loss",
         "Point alignment with 40% outliers",
         "Curve fit with uncertainties",
         "CT registration from a known warp",
@@ -264,7 +264,7 @@ COMMANDS = {
     "matrix": ["matrix", "inverse", "m.csv", "--out", "x.npy"],
     "fit": ["fit", "decay.csv", "--model", "a*exp(-b*x)+c", "--start", "a=1,b=0.1,c=0", "--out", "p.npz"],
     "align": ["align", "src.csv", "dst.csv", "--out", "a.npy"],
-    "seed003": ["seed003", "--plot", "p.png"],
+    "inverse-solvers": ["inverse-solvers", "--plot", "p.png"],
     "register": ["register", "{fixed}", "{moving}", "--out", "out"],
     "demo": ["demo", "--out", "out"],
 }

@@ -1,9 +1,10 @@
 """``lossfit demo``: the demonstrations, on data made here or shipped with the installed packages (nothing is
 downloaded).
 
-Five parts, each written as pictures beside ``report.html``: seed 003's inverse experiment with a comparison of
-solvers, a point alignment with 40% outliers, a curve fit with uncertainties, pydicom's CT slice registered back
-from a known affine warp, and the same slice registered back from a known smooth (deformable) warp.
+Five parts, each written as pictures beside ``report.html``: a matrix inverse by gradient descent (as a blog post
+derives it) with a comparison of solvers, a point alignment with 40% outliers, a curve fit with uncertainties,
+pydicom's CT slice registered back from a known affine warp, and the same slice registered back from a known smooth
+(deformable) warp.
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ from rich.console import Console
 from rich.table import Table
 
 from lossfit import transforms
-from lossfit.experiments import plot_seed003, seed003
+from lossfit.experiments import compare_inverse_solvers, plot_inverse_solvers
 from lossfit.models import curve_fit
 from lossfit.plotting import _pyplot, save_figure
 from lossfit.points import align
 from lossfit.report import Report
-from lossfit.report.sections import fit_section, matrix_rows, registration_section, seed003_rows, seed003_section
+from lossfit.report.sections import (
+    fit_section,
+    inverse_solver_rows,
+    inverse_solvers_section,
+    matrix_rows,
+    registration_section,
+)
 
 PARTS = 5
 REPORT_NAME = "report.html"
@@ -36,7 +43,7 @@ class Demo:
     """What ``lossfit demo`` did.
 
     Attributes:
-        parts: each part's key figures (JSON-safe), by part name: ``seed003``, ``align``, ``curve``,
+        parts: each part's key figures (JSON-safe), by part name: ``inverse``, ``align``, ``curve``,
             ``registration``, ``deformable``.
         files: the files written, by name (the pictures and ``report``).
         success: True when every one of lossfit's own fits converged (the seed's method and the first-order
@@ -86,7 +93,7 @@ def run_demo(
     parts: dict[str, dict[str, Any]] = {}
     summary: list[dict[str, str]] = []
     for name, part in (
-        ("seed003", _seed003_part),
+        ("inverse", _inverse_part),
         ("align", _alignment_part),
         ("curve", _curve_part),
         ("registration", _registration_part),
@@ -125,19 +132,20 @@ def _working(console: Console, number: int, text: str) -> Iterator[None]:
 Part = tuple[dict[str, Any], dict[str, Path], dict[str, str]]
 
 
-def _seed003_part(out: Path, console: Console, report: Report) -> Part:
-    with _working(console, 1, "seed 003 as published: SGD, lr 0.9, momentum 0.9, 10,000 steps, float32"):
-        faithful = seed003(("gd",), 10_000, torch.float32)
-    files = {"seed003": out / "seed003.png", "solvers": out / "seed003-solvers.png"}
+def _inverse_part(out: Path, console: Console, report: Report) -> Part:
+    with _working(console, 1, "the inverse as published: SGD, lr 0.9, momentum 0.9, 10,000 steps, float32"):
+        faithful = compare_inverse_solvers(("gd",), 10_000, torch.float32)
+    files = {"inverse": out / "inverse-sgd.png", "solvers": out / "inverse-solvers.png"}
     save_figure(
-        plot_seed003(faithful, "Seed 003 reproduced: SGD (lr 0.9, momentum 0.9), float32"), str(files["seed003"])
+        plot_inverse_solvers(faithful, "The inverse by SGD as published (lr 0.9, momentum 0.9), float32"),
+        str(files["inverse"]),
     )
     with _working(console, 1, "the same inverses with five solvers, float64"):
-        compared = seed003(("gd", "adam", "lbfgs", "lm", "auto"), 10_000, torch.float64, targets=(1e-6, 1e-12))
-    save_figure(
-        plot_seed003(compared, "Seed 003 surpassed: the same loss, five solvers (float64)"), str(files["solvers"])
-    )
-    table = Table(title="X M = I by optimisation (seed 003's matrices, float64)")
+        compared = compare_inverse_solvers(
+            ("gd", "adam", "lbfgs", "lm", "auto"), 10_000, torch.float64, targets=(1e-6, 1e-12)
+        )
+    save_figure(plot_inverse_solvers(compared, "The same loss, five solvers (float64)"), str(files["solvers"]))
+    table = Table(title="X M = I by optimisation (the post's matrices, float64)")
     for column in ("matrix", "solver", "steps", "status", "steps to 1e-6", "ms to 1e-6", "final residual"):
         table.add_column(column)
     for run in compared:
@@ -152,21 +160,21 @@ def _seed003_part(out: Path, console: Console, report: Report) -> Part:
             f"{float(run.relative_residual[-1]):.2e}",
         )
     console.print(table)
-    seed003_section(
+    inverse_solvers_section(
         report,
-        "Seed 003 as published",
+        "Matrix inverse by gradient descent, as published",
         faithful,
         note=(
             "X M = I by minimising mean((X M - I)**2) with the seed's own method: SGD (lr 0.9, momentum 0.9) in "
             "float32 from its random start, at most 10,000 steps with every tolerance 0 (a run stops early only "
             "when its loss no longer changes at all)."
         ),
-        figure=files["seed003"].read_bytes(),
+        figure=files["inverse"].read_bytes(),
         caption="Relative residual per step and per millisecond (log scales)",
     )
-    seed003_section(
+    inverse_solvers_section(
         report,
-        "Seed 003: five solvers on the same loss",
+        "Matrix inverse: five solvers on the same loss",
         compared,
         note="The same two matrices in float64; gd is the seed's method, auto is lossfit's default (Newton-Schulz).",
         figure=files["solvers"].read_bytes(),
@@ -177,14 +185,14 @@ def _seed003_part(out: Path, console: Console, report: Report) -> Part:
     seed = [run for run in faithful if run.solver == "gd"]
     figures = {
         "success": all(run.result.success for run in default),
-        "published": seed003_rows(seed),
-        "solvers": seed003_rows(compared, (1e-6, 1e-12)),
+        "published": inverse_solver_rows(seed),
+        "solvers": inverse_solver_rows(compared, (1e-6, 1e-12)),
     }
     steps = ", ".join(
         f"{run.matrix}: {_steps(run)} (seed: {_steps(old)})" for run, old in zip(default, seed, strict=True)
     )
     row = {
-        "part": "seed 003: 4x4 inverse",
+        "part": "4x4 inverse by optimisation",
         "status": ", ".join(run.result.status.name.lower() for run in default),
         "key figures": f"steps to residual 1e-6 with lossfit's default, {steps}",
     }

@@ -1,6 +1,7 @@
-"""Seed 003's experiment, reproduced and compared: a 4x4 inverse derived by gradient descent.
+"""A 4x4 matrix inverse derived by gradient descent, as a blog post does it, reproduced and compared with other solvers.
 
-The seed minimises ``mean((X @ M - I)**2)`` with SGD (learning rate 0.9, momentum 0.9) for 10,000 steps, on a
+The post ("pytorch – matrix inverse with pytorch optimizer", part 2 of "Matrix operations with pytorch – optimizer")
+minimises ``mean((X @ M - I)**2)`` with SGD (learning rate 0.9, momentum 0.9) for 10,000 steps, on a
 random matrix (``torch.manual_seed(314); torch.rand(4, 4)``) and on ``diag(1, 2, 3, 4)``, starting from
 ``torch.rand`` after re-seeding with 314, and plots the loss on a log scale. Here the same runs are one call, and
 any other solver can run beside them on the same loss.
@@ -20,8 +21,8 @@ SEED = 314
 SEED_OPTIONS = {"lr": 0.9, "momentum": 0.9}
 
 
-def seed003_matrices(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The seed's two matrices: ``torch.rand(4, 4)`` after ``manual_seed(314)``, and ``diag(1, 2, 3, 4)``."""
+def inverse_matrices(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The post's two matrices: ``torch.rand(4, 4)`` after ``manual_seed(314)``, and ``diag(1, 2, 3, 4)``."""
     generator = torch.Generator().manual_seed(SEED)
     return {
         "random 4x4": torch.rand(4, 4, generator=generator).to(dtype),
@@ -41,15 +42,15 @@ class Run:
     seconds_to: dict[float, float | None]
 
 
-def seed003(
+def compare_inverse_solvers(
     solvers: tuple[str, ...] = ("gd",),
     steps: int = 10_000,
     dtype: torch.dtype = torch.float32,
     targets: tuple[float, ...] = (1e-6,),
 ) -> list[Run]:
-    """Run seed 003's inverse experiment for each solver on both matrices.
+    """Run the post's inverse experiment for each solver on both matrices.
 
-    ``"gd"`` is the seed's method exactly (SGD with learning rate 0.9 and momentum 0.9 from the seed's random start,
+    ``"gd"`` is the post's method exactly (SGD with learning rate 0.9 and momentum 0.9 from the post's random start,
     ``steps`` steps with no stopping test); other names run :func:`lossfit.matrices.inverse` with that solver's
     defaults (``"auto"`` is lossfit's default, Newton-Schulz), at most ``steps`` steps.
 
@@ -58,7 +59,7 @@ def seed003(
         step and the first step (and time) at which it fell below each of ``targets``.
     """
     runs = []
-    for name, m in seed003_matrices(dtype).items():
+    for name, m in inverse_matrices(dtype).items():
         for solver in solvers:
             options: dict[str, Any]
             if solver == "gd":
@@ -85,7 +86,7 @@ def _run(name: str, solver: str, result: FitResult, n: int, targets: tuple[float
     return Run(name, solver, result, residual, steps_to, seconds_to)
 
 
-def plot_seed003(runs: list[Run], title: str = "Seed 003: a 4x4 inverse by optimisation") -> Any:
+def plot_inverse_solvers(runs: list[Run], title: str = "A 4x4 inverse by optimisation") -> Any:
     """One figure with every run's relative residual against step and against time (log scales)."""
     from lossfit.plotting import _pyplot
 

@@ -1,4 +1,4 @@
-"""``lossfit seed003``: the solvers compared on the gradient-descent matrix inverse."""
+"""``lossfit inverse-solvers``: the solvers compared on the gradient-descent matrix inverse."""
 
 from __future__ import annotations
 
@@ -23,26 +23,26 @@ from lossfit.cli.common import (
 )
 
 
-@app.command(epilog=EPILOG)
+@app.command("inverse-solvers", epilog=EPILOG)
 @guarded
-def seed003(
+def inverse_solvers(
     ctx: typer.Context,
     compare: Annotated[str, typer.Option(help="comma-separated solvers, e.g. gd,adam,lbfgs,lm,auto")] = "gd",
-    steps: Annotated[int, typer.Option(help="steps for the iterative solvers (the seed used 10,000)")] = 10_000,
-    float64: Annotated[bool, typer.Option("--float64", help="compute in float64 (the seed used float32)")] = False,
+    steps: Annotated[int, typer.Option(help="steps for the iterative solvers (the post used 10,000)")] = 10_000,
+    float64: Annotated[bool, typer.Option("--float64", help="compute in float64 (the post used float32)")] = False,
     plot: Annotated[Path | None, typer.Option(help="save the convergence plot (.png/.svg/.pdf)")] = None,
     json_out: JsonOption = False,
     report: ReportOption = None,
 ) -> None:
-    """Seed 003's experiment: a 4x4 inverse by SGD (lr 0.9, momentum 0.9), beside other solvers.
+    """A 4x4 inverse by SGD (lr 0.9, momentum 0.9) as a blog post derives it, beside other solvers on the same loss.
 
-    It exits 0 when every run finished (the comparison is the result, and the seed's own method is expected to
+    It exits 0 when every run finished (the comparison is the result, and the post's own method is expected to
     stop at its step limit); 2 for bad options."""
     import torch
 
     from lossfit.engine.solvers import SOLVERS
-    from lossfit.experiments import plot_seed003
-    from lossfit.experiments import seed003 as run_seed003
+    from lossfit.experiments import compare_inverse_solvers as run_comparison
+    from lossfit.experiments import plot_inverse_solvers
 
     solvers = tuple(s.strip() for s in compare.split(",") if s.strip())
     known = {"auto", "newton-schulz", *SOLVERS}
@@ -54,34 +54,34 @@ def seed003(
     check_plot(plot)
     check_folder(report, "--report")
     dtype = torch.float64 if float64 else torch.float32
-    runs = run_seed003(solvers, steps, dtype, targets=(1e-6,))
+    runs = run_comparison(solvers, steps, dtype, targets=(1e-6,))
     if plot is not None:
         from lossfit.plotting import save_figure
 
-        save_figure(plot_seed003(runs), str(plot))
+        save_figure(plot_inverse_solvers(runs), str(plot))
     if report is not None:
         command = command_line(ctx)
 
         def build(page: Any) -> None:
-            from lossfit.report.sections import fit_section, seed003_section
+            from lossfit.report.sections import fit_section, inverse_solvers_section
 
             note = (
                 f"X M = I by minimising mean((X M - I)**2), {str(dtype).removeprefix('torch.')}, at most {steps} "
-                "steps; gd is the seed's own method (SGD, lr 0.9, momentum 0.9, every tolerance 0)"
+                "steps; gd is the post's own method (SGD, lr 0.9, momentum 0.9, every tolerance 0)"
             )
-            seed003_section(
+            inverse_solvers_section(
                 page,
-                "Seed 003: the solvers compared",
+                "Matrix inverse by optimisation: the solvers compared",
                 runs,
                 note=note,
-                figure=plot_seed003(runs),
+                figure=plot_inverse_solvers(runs),
                 caption="Relative residual per step and per millisecond (log scales)",
                 command=command,
             )
             for r in runs:
                 fit_section(page, f"{r.matrix}, {r.result.solver.name}", r.result, note=f"solver asked: {r.solver}")
 
-        write_report(report, "lossfit seed003", build)
+        write_report(report, "lossfit inverse-solvers", build)
     rows = [
         {
             "matrix": r.matrix,
@@ -100,4 +100,8 @@ def seed003(
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        print_table(rows, "Seed 003: X M = I by optimisation")
+        print_table(rows, "X M = I by optimisation")
+
+
+# The command's earlier name (after the source document), kept hidden so that existing scripts still run.
+app.command("seed003", hidden=True, epilog=EPILOG)(inverse_solvers)

@@ -167,7 +167,8 @@ def inverse(m: Any, *, solver: str = "auto", init: Any = "zeros", seed: int = 0,
     Args:
         m: a square matrix ``(n, n)``, or a batch ``(B, n, n)`` solved in one call.
         solver: ``"auto"`` or ``"newton-schulz"`` (see :func:`newton_schulz`), or any engine solver on the same
-            loss, e.g. ``"gd"`` with ``lr=0.9, momentum=0.9`` as in seed 003, or ``"gauss-newton"``.
+            loss, e.g. ``"gd"`` with ``lr=0.9, momentum=0.9`` as in the blog post the demo reproduces, or
+            ``"gauss-newton"``.
         init: ``"zeros"`` (default), ``"random"`` (uniform, seeded by ``seed``) or a tensor.
         **options: stopping rules and solver options passed to :func:`lossfit.least_squares`.
 

@@ -1,5 +1,5 @@
 """Report sections for the command line and the demo: a fit (with its data figure), a registration (matrix,
-pyramid levels, before/after images) and seed 003's solver comparison.
+pyramid levels, before/after images) and the solver comparison on the gradient-descent matrix inverse.
 
 Each function adds one section to a :class:`~lossfit.report.Report` and returns it; every string that reaches the
 page (titles, notes, file names, the command line) is escaped by the report.
@@ -227,9 +227,10 @@ def levels_figure(levels: Sequence[Any]) -> Any:
     return fig
 
 
-def seed003_rows(runs: Sequence[Any], targets: Sequence[float] = (1e-6,)) -> list[dict[str, Any]]:
-    """One row per run of :func:`lossfit.experiments.seed003`: what ran, how it ended and why, the steps and
-    milliseconds to each target relative residual, the final residual and the error against ``torch.linalg``."""
+def inverse_solver_rows(runs: Sequence[Any], targets: Sequence[float] = (1e-6,)) -> list[dict[str, Any]]:
+    """One row per run of :func:`lossfit.experiments.compare_inverse_solvers`: what ran, how it ended and why, the
+    steps and milliseconds to each target relative residual, the final residual and the error against
+    ``torch.linalg``."""
     rows = []
     for run in runs:
         row: dict[str, Any] = {
@@ -249,7 +250,7 @@ def seed003_rows(runs: Sequence[Any], targets: Sequence[float] = (1e-6,)) -> lis
     return rows
 
 
-def seed003_section(
+def inverse_solvers_section(
     report: Report,
     title: str,
     runs: Sequence[Any],
@@ -261,9 +262,10 @@ def seed003_section(
     badges: Sequence[str] = ("auto", "newton-schulz"),
     command: str | None = None,
 ) -> Section:
-    """Seed 003's comparison: a status badge for each run of a solver named in ``badges`` (lossfit's default),
-    the comparison table (status, steps and time to each target residual, final residual, error against
-    ``torch.linalg``), why each run stopped, and ``figure`` (the residual per step and per millisecond)."""
+    """The matrix inverse's solver comparison: a status badge for each run of a solver named in ``badges``
+    (lossfit's default), the comparison table (status, steps and time to each target residual, final residual,
+    error against ``torch.linalg``), why each run stopped, and ``figure`` (the residual per step and per
+    millisecond)."""
     section = report.section(title, note=note)
     for run in runs:
         if run.solver in badges:
@@ -274,7 +276,7 @@ def seed003_section(
             )
     rows = [
         {key: ("not reached" if value is None and key.startswith("steps to") else value) for key, value in row.items()}
-        for row in seed003_rows(runs, targets)
+        for row in inverse_solver_rows(runs, targets)
     ]
     section.table(rows, caption="Relative residual ||X M - I|| / ||I|| by solver")
     reasons = [f"{run.matrix}, {run.result.solver.name}: {results.message(run.result)}" for run in runs]

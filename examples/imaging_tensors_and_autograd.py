@@ -1,10 +1,10 @@
-"""Seed 002 with lossfit: tensors, modules, autograd and minibatches for computational imaging.
+"""Tensors, modules, autograd and minibatches for computational imaging.
 
-Each block of the seed is redone on a real CT slice (pydicom's CT_small.dcm, shipped with pydicom), and each claim
-is checked, not just printed:
+Each block of the tutorial this follows is redone on a real CT slice (pydicom's CT_small.dcm, shipped with
+pydicom), and each claim is checked, not just printed:
 
 1. a CT image as a tensor: shape (batch, channel, H, W), dtype, intensity range;
-2. autograd: the seed's d loss / d w = 30, by hand and by torch;
+2. autograd: the tutorial's d loss / d w = 30, by hand and by torch;
 3. Conv2d with padding: a 3x3 kernel derived from a loss (a known blur recovered from blurred CT patches), and why
    the padding convention is part of the model: fitting with the wrong padding biases the kernel;
 4. minibatches: the same fit through a DataLoader. The minibatch gradient is a noisy estimate of the full one: the
@@ -12,7 +12,7 @@ is checked, not just printed:
 5. one SGD step of torch.optim, reproduced by lossfit's `gd` solver;
 6. dtype: float32 against float64 for the same fit.
 
-Run: ``python examples/seed002_imaging.py``.
+Run: ``python examples/imaging_tensors_and_autograd.py``.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def main() -> None:
         errors[str(dtype)] = float((fit.params["weight"].reshape(3, 3).double() - true_kernel.double()).abs().max())
         print(f"  {dtype}: kernel error {errors[str(dtype)]:.2e} ({fit.status.name.lower()}{gradient or ''})")
     check(abs(errors["torch.float32"] - errors["torch.float64"]) < 1e-4, "float32 is enough at this noise level")
-    print("seed 002 done")
+    print("imaging example done")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Seed 001 with lossfit: how the loss (MSE, MAE, BCE, cross-entropy) shapes the fitted parameters.
+"""How the loss (MSE, MAE, BCE, cross-entropy) shapes the fitted parameters.
 
-Run: python examples/seed001_losses.py
+Run: python examples/losses_shape_the_fit.py
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     print("MSE line:", mse.summary().splitlines()[-1])
     assert torch.allclose(torch.cat([mse.params["weight"], mse.params["bias"].reshape(1)]), closed, atol=1e-10)
 
-    # The seed's lesson: with outliers, MAE and Huber recover the line that MSE misses.
+    # The lesson: with outliers, MAE and Huber recover the line that MSE misses.
     # (Outliers scattered over x; outliers concentrated at extreme x are leverage points, which no such loss resists.)
     dirty = y.clone()
     dirty[::5] += 8.0

@@ -1,9 +1,9 @@
-"""Seed 000 with lossfit: a transformation's parameter matrix derived from a loss.
+"""A transformation's parameter matrix (linear, affine, a small network) derived from a loss, with lossfit.
 
-The seed takes one SGD or Adam step (or 100 Adam epochs) and prints the parameters. Here each problem is solved to
-convergence, checked, and compared with the closed form where one exists.
+The write-up this follows takes one SGD or Adam step (or 100 Adam epochs) and prints the parameters. Here each
+problem is solved to convergence, checked, and compared with the closed form where one exists.
 
-Run: python examples/seed000_transforms.py
+Run: python examples/transforms_from_a_loss.py
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def main() -> None:
     print("affine map (homogeneous matrix):\n", affine.matrix)
     assert affine.success and torch.allclose(lossfit.transforms.apply(affine.matrix, data), targets, atol=1e-12)
 
-    # Example 3: a small network as the transformation (2 -> 5 -> 2 with ReLU in the seed; Tanh here, which is smooth
-    # and so lets a second-order solver converge). The module is not modified; its fitted values come back in params.
+    # Example 3: a small network as the transformation (2 -> 5 -> 2 with ReLU in the write-up; Tanh here, which is
+    # smooth and so lets a second-order solver converge). The module is not modified; its fitted values come back in
+    # params.
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
     network = lossfit.fit(net, data, targets)
