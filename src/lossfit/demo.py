@@ -46,7 +46,7 @@ class Demo:
         parts: each part's key figures (JSON-safe), by part name: ``inverse``, ``align``, ``curve``,
             ``registration``, ``deformable``.
         files: the files written, by name (the pictures and ``report``).
-        success: True when every one of lossfit's own fits converged (the seed's method and the first-order
+        success: True when every one of lossfit's own fits converged (the post's method and the first-order
             solvers in the comparison are expected to stop at their step limit).
         time: seconds for the whole demo.
     """
@@ -165,7 +165,7 @@ def _inverse_part(out: Path, console: Console, report: Report) -> Part:
         "Matrix inverse by gradient descent, as published",
         faithful,
         note=(
-            "X M = I by minimising mean((X M - I)**2) with the seed's own method: SGD (lr 0.9, momentum 0.9) in "
+            "X M = I by minimising mean((X M - I)**2) with the post's own method: SGD (lr 0.9, momentum 0.9) in "
             "float32 from its random start, at most 10,000 steps with every tolerance 0 (a run stops early only "
             "when its loss no longer changes at all)."
         ),
@@ -176,7 +176,7 @@ def _inverse_part(out: Path, console: Console, report: Report) -> Part:
         report,
         "Matrix inverse: five solvers on the same loss",
         compared,
-        note="The same two matrices in float64; gd is the seed's method, auto is lossfit's default (Newton-Schulz).",
+        note="The same two matrices in float64; gd is the post's method, auto is lossfit's default (Newton-Schulz).",
         figure=files["solvers"].read_bytes(),
         caption="Relative residual per step and per millisecond (log scales)",
         targets=(1e-6, 1e-12),
@@ -189,7 +189,7 @@ def _inverse_part(out: Path, console: Console, report: Report) -> Part:
         "solvers": inverse_solver_rows(compared, (1e-6, 1e-12)),
     }
     steps = ", ".join(
-        f"{run.matrix}: {_steps(run)} (seed: {_steps(old)})" for run, old in zip(default, seed, strict=True)
+        f"{run.matrix}: {_steps(run)} (the post's SGD: {_steps(old)})" for run, old in zip(default, seed, strict=True)
     )
     row = {
         "part": "4x4 inverse by optimisation",
