@@ -26,6 +26,8 @@ Metrics over the mask (the fixed image's object: Otsu threshold of the noise-fre
 points whose true image lies inside the moving grid): mean and 95th percentile of the end-point error
 ``|u_est(x) - u_true(x)|``; the same for ``u_est = 0`` (before registration); the fraction of mask voxels where the
 estimated map folds (``det(I + du/dx) <= 0``, derivatives by central differences through spacing and direction);
+for tools that return an inverse map (lossfit), the inverse consistency: the mean of ``|u(x) + w(x + u(x))|`` over
+the mask, ``w`` the inverse field on the moving grid interpolated by SimpleITK;
 wall time of the registration call alone (median of ``--repeat``; the conversion of its answer to a dense field is
 not timed); the peak resident memory above the level before the call (psutil, polled every 50 ms from another
 process). Before its first timed call in each dimension, every tool registers a small synthetic pair once, untimed
@@ -349,6 +351,9 @@ class Run:
     settings: str
     prepare: Callable[[], Callable[[], Any]]  # untimed set-up; returns the timed call
     field: Callable[[Any], np.ndarray]  # the call's answer as a displacement field (contract), untimed
+    # the inverse map as a displacement field on the moving grid (moving world -> fixed world), where the tool gives
+    # one; untimed
+    inverse: Callable[[Any], np.ndarray | None] = lambda result: None
 
 
 class NotAvailable(Exception):
@@ -680,7 +685,11 @@ def lossfit_run(case: Case, seed: int, symmetric: bool = False) -> Run:
             raise ValueError(f"displacement has shape {out.shape}, the contract wants {expected}")
         return out
 
-    return Run(settings, prepare, to_field)
+    def to_inverse(result: Any) -> np.ndarray | None:
+        w = getattr(result, "inverse_displacement", None)
+        return None if w is None else w.detach().cpu().double().numpy()
+
+    return Run(settings, prepare, to_field, to_inverse)
 
 
 RUNS: dict[str, Callable[[Case, int], Run]] = {
@@ -707,6 +716,7 @@ class Row:
     p95: float | None = None
     folded: float | None = None  # fraction of mask voxels with det <= 0
     min_det: float | None = None
+    inverse_consistency: float | None = None  # mean |phi^-1(phi(x)) - x| over the mask, mm (tools with an inverse)
     peak_mib: float | None = None
     note: str = ""
     times: list[float] = field(default_factory=list)
@@ -825,7 +835,27 @@ def measure(case: Case, tool: str, args: argparse.Namespace, warmed: set[str]) -
     det = grid_determinant(u, case.fixed)[case.mask]
     row.folded = float((det <= 0).mean())
     row.min_det = float(det.min())
+    with quiet():
+        w = run.inverse(result)
+    if w is not None:
+        row.inverse_consistency = inverse_consistency(case, u, w)
     return row
+
+
+def inverse_consistency(case: Case, u: np.ndarray, w: np.ndarray) -> float:
+    """Mean ``|u(x) + w(x + u(x))|`` over the mask points that ``x + u(x)`` keeps inside the moving grid, with ``w``
+    (on the moving grid) interpolated linearly by SimpleITK: how far the inverse's image of ``phi(x)`` is from ``x``."""
+    through = field_transform(u, case.fixed)
+    pulled = [
+        sitk.GetArrayFromImage(
+            sitk.Resample(sitk.VectorIndexSelectionCast(field_image(w, case.moving), c), case.fixed, through,
+                          sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+        )
+        for c in range(case.ndim)
+    ]  # fmt: skip
+    gap = np.linalg.norm(u + np.stack(pulled, axis=-1), axis=-1)
+    keep = case.mask & inside(case.moving, world_points(case.fixed) + u)
+    return float(gap[keep].mean())
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -845,12 +875,12 @@ def table(case: Case, rows: list[Row], initial: float) -> tuple[list[str], str |
     if px:
         head += " mean error (px) | p95 error (px) |"
         rule += "---|---|"
-    head += " folded (% of mask) | min det | peak RSS (MiB) | time / fastest peer |"
-    rule += "---|---|---|---|"
+    head += " folded (% of mask) | min det | inverse consistency (mm) | peak RSS (MiB) | time / fastest peer |"
+    rule += "---|---|---|---|---|"
     out = [head, rule]
     for r in rows:
         if r.seconds is None or r.mean is None:
-            empty = 6 if px else 4
+            empty = 7 if px else 5
             out.append(f"| {r.name} | {r.settings} | {r.note} |" + " |" * (empty + 2))
             continue
         ratio = ""
@@ -862,7 +892,8 @@ def table(case: Case, rows: list[Row], initial: float) -> tuple[list[str], str |
         if px:
             cells += [fmt(r.mean / px), fmt((r.p95 or 0) / px)]
         folded = r.folded if r.folded is not None else math.nan
-        cells += [f"{100 * folded:.3g}", fmt(r.min_det), f"{r.peak_mib:.0f}" if r.peak_mib is not None else "", ratio]
+        cells += [f"{100 * folded:.3g}", fmt(r.min_det), fmt(r.inverse_consistency),
+                  f"{r.peak_mib:.0f}" if r.peak_mib is not None else "", ratio]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
     return out, fastest
 
