@@ -55,3 +55,27 @@ def test_motion_corrects_a_4d_nifti_and_writes_the_run_folder(tmp_path: Path) ->
     one = runner.invoke(app, ["motion", str(tmp_path / "one.nii.gz"), "--out", str(tmp_path / "o")])
     assert one.exit_code == 2 and "holds one volume" in one.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_motion_writes_a_dicom_series_for_a_dicom_input(tmp_path: Path) -> None:
+    """A series read from a DICOM folder is written back as one (corrected/), with the input's study."""
+    from lossfit.registration.series import Series, load_series, save_series
+
+    volumes, truths = P.motion_series(seed=8, n=3)
+    series = Series(torch.stack([v.data for v in volumes]), volumes[0])
+    save_series(series, tmp_path / "bold")
+    source = load_series(tmp_path / "bold")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["motion", str(tmp_path / "bold"), "--reference", "0", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert (out / "corrected").is_dir() and not (out / "corrected.nii.gz").exists()
+    corrected = load_series(out / "corrected")
+    assert corrected.shape == source.shape
+    assert corrected.grid.header["dicom"]["StudyInstanceUID"] == source.grid.header["dicom"]["StudyInstanceUID"]
+    for i, truth in enumerate(truths):
+        m = P.sitk_matrix(sitk.ReadTransform(str(out / "transforms" / f"{i:04d}.tfm")))
+        assert displacement(torch.from_numpy(m), torch.from_numpy(truth), source.grid)["mean"] < 0.15
+    # the corrected volumes match the reference better than the input did
+    before = (source.data[1:] - source.data[0]).abs().mean()
+    after = (corrected.data[1:] - corrected.data[0]).abs().mean()
+    assert after < 0.7 * before

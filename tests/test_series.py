@@ -337,3 +337,53 @@ def test_a_dicom_folder_of_one_volume_is_a_series_of_one(tmp_path: Path) -> None
     s = load_series(tmp_path / "one")
     assert len(s) == 1 and torch.equal(s.volume(0).data, image.data)
     assert_same_geometry(s.grid, image)
+
+
+def _oblique_grid() -> Image:
+    c, s = math.cos(0.3), math.sin(0.3)
+    direction = ((c, -s, 0.0), (s, c, 0.0), (0.0, 0.0, 1.0))
+    return Image(torch.zeros(4, 5, 6), spacing=(0.8, 0.9, 2.5), origin=(-10.0, 20.0, 5.0), direction=direction)
+
+
+def test_save_series_writes_a_dicom_folder_that_reads_back(tmp_path: Path) -> None:
+    """A folder path (no suffix): one file per slice of every volume, grouped back into volumes by their
+    TemporalPositionIdentifier; whole numbers exactly, others to the shared int16 rescale's step."""
+    gen = torch.Generator().manual_seed(21)
+    grid = _oblique_grid()
+    whole = Series(torch.randint(-900, 900, (3, 4, 5, 6), generator=gen).float(), grid)
+    save_series(whole, tmp_path / "whole")
+    assert len(list((tmp_path / "whole").iterdir())) == 3 * 4
+    back = load_series(tmp_path / "whole")
+    assert back.shape == whole.shape and torch.equal(back.data, whole.data)
+    assert_same_geometry(back.grid, grid)
+    assert pydicom.dcmread(sorted((tmp_path / "whole").iterdir())[-1]).TemporalPositionIdentifier == 3
+
+    real = Series(torch.rand(2, 4, 5, 6, generator=gen, dtype=torch.float64) * 3.0 - 1.0, grid)
+    save_series(real, tmp_path / "real")
+    step = 4.0 / 65534  # the range over int16's
+    assert float((load_series(tmp_path / "real", dtype=torch.float64).data - real.data).abs().max()) <= step
+
+
+def test_a_dicom_series_keeps_the_inputs_study_when_written_again(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(22)
+    s = Series(torch.randint(0, 300, (2, 4, 5, 6), generator=gen).float(), _oblique_grid())
+    folder, _ = dicom_series_folder(tmp_path, s, keyword="TemporalPositionIdentifier")
+    source = load_series(folder)
+    save_series(source, tmp_path / "again")
+    again = load_series(tmp_path / "again")
+    assert torch.equal(again.data, source.data)
+    study = source.grid.header["dicom"]
+    assert again.grid.header["dicom"]["StudyInstanceUID"] == study["StudyInstanceUID"]
+
+
+def test_save_series_refuses_an_existing_folder_and_a_sheared_grid(tmp_path: Path) -> None:
+    s = Series(torch.zeros(2, 2, 2, 2), Image(torch.zeros(2, 2, 2)))
+    (tmp_path / "there").mkdir()
+    with pytest.raises(ValueError, match="exists; a DICOM series is written into a new folder"):
+        save_series(s, tmp_path / "there")
+    r = 1 / math.sqrt(1.09)
+    skew = ((1.0, 0.3 * r, 0.0), (0.0, r, 0.0), (0.0, 0.0, 1.0))  # unit columns, not orthogonal
+    sheared = Series(torch.zeros(2, 2, 2, 2), Image(torch.zeros(2, 2, 2), direction=skew))
+    with pytest.raises(ValueError, match="sheared"):
+        save_series(sheared, tmp_path / "sheared")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"]

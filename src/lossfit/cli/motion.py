@@ -26,9 +26,10 @@ TABLE_NAME = "motion.tsv"
 @app.command(epilog=EPILOG)
 @guarded
 def motion(
-    series: Annotated[Path, typer.Argument(help="the series: a 4-D NIfTI file")],
+    series: Annotated[Path, typer.Argument(help="the series: a 4-D NIfTI file or a folder of DICOM volumes")],
     out: Annotated[
-        Path, typer.Option(help="folder for corrected.nii.gz, transforms/, motion.tsv, .json, .png, report.html")
+        Path,
+        typer.Option(help="folder for corrected.nii.gz (corrected/ for DICOM), transforms/, motion.tsv, .json, .png"),
     ],
     reference: Annotated[str, typer.Option(help="mean, or the index of a volume (from 0)")] = "mean",
     transform: Annotated[str, typer.Option(help="rigid (head motion), translation, similarity or affine")] = "rigid",
@@ -93,7 +94,7 @@ def motion(
         "checks": [c for r in result.registrations for c in r.checks],
         "outputs": str(out),
     }
-    _write(out, result, corrected, rows, summary)
+    _write(out, result, corrected, rows, summary, dicom=series.is_dir())
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -105,9 +106,12 @@ def motion(
         raise typer.Exit(EXIT_NOT_CONVERGED)
 
 
-def _write(out: Path, result: Any, corrected: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """The run folder, as a whole: the transforms and the table first, then the corrected series, the plot and the
-    report (report.html: the summary, the plot and the table per volume)."""
+def _write(
+    out: Path, result: Any, corrected: Any, rows: list[dict[str, Any]], summary: dict[str, Any], *, dicom: bool
+) -> None:
+    """The run folder, as a whole: the transforms and the table first, then the corrected series in the input's
+    format (corrected.nii.gz, or corrected/ as a DICOM series with the input's study and patient tags), the plot and
+    the report (report.html: the summary, the plot and the table per volume)."""
     from lossfit.io import atomic_write_text
     from lossfit.plotting import plot_motion, save_figure
     from lossfit.registration.series import save_series
@@ -140,7 +144,7 @@ def _write(out: Path, result: Any, corrected: Any, rows: list[dict[str, Any]], s
         run.write("transforms", transforms)
         run.write(TABLE_NAME, table)
         run.write("motion.json", lambda p: atomic_write_text(p, json.dumps(summary, indent=2) + "\n"))
-        run.write("corrected.nii.gz", lambda p: save_series(corrected, p))
+        run.write("corrected" if dicom else "corrected.nii.gz", lambda p: save_series(corrected, p))
         run.write("motion.png", lambda p: save_figure(plot_motion(result, "motion"), str(p)))
         run.write("report.html", report)
 

@@ -508,9 +508,11 @@ def _dicom_slice(
     instance: int,
     thickness: float | None = None,
     study: Mapping[str, str] | None = None,
+    temporal: tuple[int, int] | None = None,
 ) -> bytes:
     """One Secondary Capture slice: int16 pixels with the rescale, the image-plane tags, the shared UIDs (study,
-    series, frame of reference) and the patient and study tags of ``study``."""
+    series, frame of reference) and the patient and study tags of ``study``; ``temporal`` (the volume's number from
+    1, the number of volumes) for a slice of a series of volumes."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         PYDICOM_IMPLEMENTATION_UID,
@@ -543,6 +545,9 @@ def _dicom_slice(
     ds.ImageOrientationPatient = [_ds(v) for v in orientation]
     if thickness is not None:
         ds.SliceThickness = _ds(thickness)
+    if temporal is not None:
+        ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions = temporal
+        ds.AcquisitionNumber = temporal[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
@@ -591,32 +596,45 @@ def save_dicom_series(image: Image, folder: str | os.PathLike[str]) -> None:
     with its ImagePositionPatient, the shared ImageOrientationPatient, PixelSpacing and SliceThickness, and one
     rescale for the whole volume. The folder is built beside its final place and renamed into it; it must not
     exist yet."""
+    if not isinstance(image, Image) or image.ndim != 3:
+        raise ValueError("`image` must be a 3-D Image to save as a DICOM series")
+    write_dicom_volumes(image, [image.numpy().astype(np.float64)], folder)
+
+
+def write_dicom_volumes(grid: Image, volumes: Sequence[np.ndarray], folder: str | os.PathLike[str]) -> None:
+    """Write volumes on ``grid``'s 3-D grid (each of its shape) as one DICOM series in a new ``folder``: one Secondary
+    Capture file per slice (``slice0001.dcm``, ... in volume then slice order), one rescale for all the volumes,
+    and for more than one volume the TemporalPositionIdentifier (1, 2, ...), NumberOfTemporalPositions and
+    AcquisitionNumber that group the slices into volumes again (:func:`lossfit.load_series`). The folder is built
+    beside its final place and renamed into it; it must not exist yet."""
     import shutil
     import tempfile
 
-    if not isinstance(image, Image) or image.ndim != 3:
-        raise ValueError("`image` must be a 3-D Image to save as a DICOM series")
     target = Path(folder)
     if target.exists():
         raise ValueError(f"`folder` {str(target)!r} exists; a DICOM series is written into a new folder")
     if not target.parent.exists():
         raise InputFileError(f"{target}: the folder {target.parent} does not exist")
-    m = np.array(image.direction)
+    m = np.array(grid.direction)
     _orthonormal(m)
-    values = image.numpy().astype(np.float64)
-    scaling = _dicom_scaling(values)
-    study = image.header.get("dicom", {})
+    scaling = _dicom_scaling(np.stack([np.asarray(v, dtype=np.float64) for v in volumes]))
+    study = grid.header.get("dicom", {})
     uids = _uids(study)
     orientation = [*m[:, 0], *m[:, 1]]
-    origin, step = np.array(image.origin), m[:, 2] * image.spacing[2]
-    spacing = (image.spacing[0], image.spacing[1])
+    origin, step = np.array(grid.origin), m[:, 2] * grid.spacing[2]
+    spacing = (grid.spacing[0], grid.spacing[1])
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        for k in range(values.shape[0]):
-            payload = _dicom_slice(
-                values[k], scaling, spacing, list(origin + k * step), orientation, uids, k + 1, image.spacing[2], study
-            )
-            (tmp / f"slice{k + 1:04d}.dcm").write_bytes(payload)
+        number = 0
+        for t, values in enumerate(volumes):
+            temporal = None if len(volumes) == 1 else (t + 1, len(volumes))
+            for k in range(values.shape[0]):
+                number += 1
+                payload = _dicom_slice(
+                    np.asarray(values[k], dtype=np.float64), scaling, spacing, list(origin + k * step), orientation,
+                    uids, number, grid.spacing[2], study, temporal,
+                )  # fmt: skip
+                (tmp / f"slice{number:04d}.dcm").write_bytes(payload)
         tmp.chmod(0o777 & ~_umask())
         tmp.rename(target)
     except BaseException:

@@ -297,15 +297,22 @@ def _group_volumes(items: list[tuple[Path, Any]]) -> list[list[tuple[Path, Any]]
 
 # --- writing --------------------------------------------------------------------------------------------------
 def save_series(series: Series, path: str | os.PathLike[str]) -> None:
-    """Write ``series`` as a 4-D NIfTI file (``.nii`` or ``.nii.gz``, case-insensitive), atomically.
+    """Write ``series`` as a 4-D NIfTI file (``.nii`` or ``.nii.gz``, case-insensitive) or, for a path without a
+    suffix, as a DICOM series in that new folder, atomically.
 
-    float32 data; the grid as :func:`~lossfit.registration.io.save_image` writes an image (LPS flipped to RAS, the
-    sform and qform with the codes of ``grid.header`` where the grid came from a NIfTI file, else 1); units mm and
-    seconds, ``tr`` in pixdim[4] (0 where ``tr`` is None). A series of one volume is still written 4-D.
+    - NIfTI: float32 data; the grid as :func:`~lossfit.registration.io.save_image` writes an image (LPS flipped to
+      RAS, the sform and qform with the codes of ``grid.header`` where the grid came from a NIfTI file, else 1);
+      units mm and seconds, ``tr`` in pixdim[4] (0 where ``tr`` is None). A series of one volume is still written
+      4-D.
+    - DICOM: one Secondary Capture file per slice of every volume (``slice0001.dcm`` ...), the study and patient
+      tags of ``grid.header["dicom"]`` kept (a series read from DICOM), one rescale for all volumes, and the
+      TemporalPositionIdentifier of each volume (1, 2, ...), by which :func:`load_series` reads them back. The
+      folder is built beside its final place and renamed into it; it must not exist yet.
 
     Raises:
         TypeError: ``series`` is not a Series.
-        ValueError: ``path`` does not end in ``.nii`` or ``.nii.gz``; raised before anything is written.
+        ValueError: ``path`` ends in another suffix, or names a folder that exists; a grid DICOM cannot hold (a
+            sheared direction); values DICOM cannot store (NaN); raised before anything is written.
 
     Example:
         >>> import tempfile
@@ -319,8 +326,14 @@ def save_series(series: Series, path: str | os.PathLike[str]) -> None:
         raise TypeError(f"`series` must be a Series; got {type(series).__name__}")
     target = Path(path)
     suffix = suffix_of(target)
+    if suffix == "":
+        from lossfit.registration.io import write_dicom_volumes
+
+        volumes = [series.data[t].detach().cpu().double().numpy() for t in range(len(series))]
+        write_dicom_volumes(series.grid, volumes, target)
+        return
     if suffix not in (".nii", ".nii.gz"):
-        raise ValueError(f"`path` must end in .nii or .nii.gz; got {str(target)!r}")
+        raise ValueError(f"`path` must end in .nii or .nii.gz, or have no suffix (a DICOM folder); got {str(target)!r}")
     payload = _series_bytes(series, gz=suffix == ".nii.gz")
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
         handle.write(payload)
