@@ -71,8 +71,11 @@ def overlap(
         index = index[keep]
     if index.shape[0] == 0:
         return 0.0
-    mapped = T.apply(matrix.to(torch.float64).cpu(), fixed.index_to_world(index))
-    at = moving.world_to_index(mapped)
+    # fixed index -> fixed world -> moving world -> moving index, as one homogeneous matrix (projective too)
+    through = torch.linalg.inv(moving.affine) @ matrix.to(torch.float64).cpu() @ fixed.affine
+    h = index @ through[:-1, :-1].T + through[:-1, -1]
+    w = index @ through[-1, :-1] + through[-1, -1]
+    at = h / w.unsqueeze(-1)
     size = torch.tensor(moving.size, dtype=torch.float64)
     tol = 1e-6
     inside = ((at >= -tol) & (at <= size - 1 + tol)).all(dim=-1) & torch.isfinite(at).all(dim=-1)
