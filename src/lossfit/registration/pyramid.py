@@ -42,13 +42,23 @@ def level_images(
     images: list[Image], shrink: int, dtype: torch.dtype, sigma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed (``sigma`` voxels of the input) and subsampled data ``(B, *shape)`` of same-shaped images, and the
-    level grids' index-to-world affines ``(B, d+1, d+1)``."""
-    data = torch.stack([im.data.to(dtype) for im in images]).unsqueeze(1)
-    if sigma > 0:  # smoothing computes only the kept voxels (a strided convolution per axis)
+    level grids' index-to-world affines ``(B, d+1, d+1)``. An image given several times (the reference of a
+    motion correction, one per volume) is smoothed once."""
+    position: dict[int, int] = {}  # id of an image -> its row among the distinct ones
+    distinct: list[Image] = []
+    for im in images:
+        if id(im) not in position:
+            position[id(im)] = len(distinct)
+            distinct.append(im)
+    unique = [position[id(im)] for im in images]
+    data = torch.stack([im.data.to(dtype) for im in distinct]).unsqueeze(1)
+    if sigma > 0:
         data = gaussian_smooth(data, (sigma,) * (data.dim() - 2), stride=shrink)
     elif shrink > 1:
         index = (slice(None), slice(None), *([slice(None, None, shrink)] * (data.dim() - 2)))
         data = data[index]
+    if len(distinct) < len(images):
+        data = data[torch.tensor(unique)]
     affines = []
     for im in images:
         a = im.affine.clone()
