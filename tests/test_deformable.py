@@ -403,6 +403,10 @@ def test_verdict_refuses_folds_worse_answers_mismatches_and_lost_overlap() -> No
         ({"transform": "bspline", "regularizer": "tv"}, "regularizer"),
         ({"transform": "bspline", "folding": -1.0}, "folding"),
         ({"transform": "deformable", "folding": 1.0}, "folding"),
+        ({"transform": "svf", "bending": 0.1}, "`bending` applies to transform 'bspline'"),
+        ({"transform": "field", "control_spacing": 10.0}, "control_spacing"),
+        ({"transform": "bspline", "fluid": 1.0}, "`fluid` applies to the dense models"),
+        ({"transform": "bspline", "diffusion": 1.0}, "diffusion"),
     ],
 )
 def test_bad_options_are_refused_by_name(options: dict, match: str) -> None:  # type: ignore[type-arg]

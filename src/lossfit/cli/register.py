@@ -76,6 +76,21 @@ def register(
         bool,
         typer.Option("--symmetric", help="deformable/svf: pull both images half-way (SyN-style; about 2x the time)"),
     ] = False,
+    affine: Annotated[
+        str | None, typer.Option(help="deformable: the stage found first: affine (default), rigid, similarity, none")
+    ] = None,
+    fluid: Annotated[float | None, typer.Option(help="svf/field: smoothing of each step, voxels (default 0)")] = None,
+    diffusion: Annotated[
+        float | None, typer.Option(help="svf/field: smoothing of the field, voxels (default 1)")
+    ] = None,
+    control_spacing: Annotated[
+        float | None, typer.Option(help="bspline: control-point spacing at the finest level, mm")
+    ] = None,
+    bending: Annotated[float | None, typer.Option(help="bspline: the regulariser's weight (default 0.01)")] = None,
+    regularizer: Annotated[str | None, typer.Option(help="bspline: bending (default), diffusion or elastic")] = None,
+    folding: Annotated[
+        float | None, typer.Option(help="bspline: the fold barrier's weight (default 100; 0: off)")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="folder for the warped image, transform (.tfm, .json), picture")
     ] = None,
@@ -100,8 +115,17 @@ def register(
     from rich.progress import Progress
 
     from lossfit.registration import register as register_images
+    from lossfit.registration.deformable.driver import DEFORMABLE
     from lossfit.run_folder import check_run_folder, check_space
 
+    deformable_options: dict[str, Any] = {
+        "affine": affine, "fluid": fluid, "diffusion": diffusion, "control_spacing": control_spacing,
+        "bending": bending, "regularizer": regularizer, "folding": folding,
+    }  # fmt: skip
+    given = {key: value for key, value in deformable_options.items() if value is not None}
+    if given and transform not in DEFORMABLE:
+        names = ", ".join("--" + key.replace("_", "-") for key in given)
+        fail(f"{names} apply to the deformable transforms ({', '.join(DEFORMABLE)}); got --transform {transform}")
     check_folder(out, "--out")
     check_folder(report, "--report")
     inputs = [fixed, moving, fixed_mask, moving_mask, initial]
@@ -141,6 +165,7 @@ def register(
             fixed_mask=fixed_mask_image,
             moving_mask=moving_mask_image,
             symmetric=symmetric,
+            **given,
         )
     warped = result.warped
     name = warped_name(suffix, warped)

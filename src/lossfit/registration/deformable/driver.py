@@ -99,7 +99,10 @@ def register_deformable(
     d = fixed_list[0].ndim
     model = "svf" if transform == "deformable" else transform
     _check_options(affine, metric, fluid, diffusion, control_spacing, bending, max_steps, ftol)
-    _check_spline_options(model, regularizer, folding)
+    given = {"regularizer": regularizer, "folding": folding, "bending": bending, "control_spacing": control_spacing,
+             "fluid": fluid, "diffusion": diffusion}  # fmt: skip
+    _check_model_options(model, given)
+    _check_spline_options(regularizer, folding)
     if not isinstance(symmetric, bool):
         raise TypeError(f"`symmetric` must be True or False; got {symmetric!r}")
     if symmetric and model != "svf":
@@ -409,13 +412,24 @@ def _pair_status(level: Status, check: dict[str, Any], stage: Status | None) -> 
     return level
 
 
-def _check_spline_options(model: str, regularizer: str | None, folding: float | None) -> None:
-    for name, value in (("regularizer", regularizer), ("folding", folding)):
-        if value is not None and model != "bspline":
+def _check_model_options(model: str, given: dict[str, Any]) -> None:
+    """Options of one model given to another are refused (rather than ignored)."""
+    for name, value in given.items():
+        if value is None:
+            continue
+        if model != "bspline" and name in ("regularizer", "folding", "bending", "control_spacing"):
             raise ValueError(
                 f"`{name}` applies to transform 'bspline' (the dense models are regularised by their Gaussians, "
                 f"`fluid` and `diffusion`); got transform {model!r}"
             )
+        if model == "bspline" and name in ("fluid", "diffusion"):
+            raise ValueError(
+                f"`{name}` applies to the dense models ('svf', 'field', 'deformable'); the B-spline model is "
+                f"regularised by `bending` (the weight) and `regularizer`; got transform 'bspline'"
+            )
+
+
+def _check_spline_options(regularizer: str | None, folding: float | None) -> None:
     if regularizer is not None and regularizer not in R.REGULARIZERS:
         raise ValueError(f"`regularizer` must be one of {', '.join(map(repr, R.REGULARIZERS))}; got {regularizer!r}")
     if folding is not None and (
