@@ -76,7 +76,7 @@ def test_register_passes_the_model_options(tmp_path: Path, pair_files) -> None: 
     """--affine none --diffusion 2 reach the library: the same field as the library's call with those options."""
     from lossfit.registration import register
 
-    fixed, moving, pair = pair_files
+    fixed, moving, _ = pair_files
     out = tmp_path / "run"
     result = runner.invoke(app, ["register", str(fixed), str(moving), "--transform", "svf", "--affine", "none",
                                  "--diffusion", "2", "--out", str(out), "--json"])  # fmt: skip
