@@ -41,6 +41,7 @@ from lossfit.registration.deformable.greedy import (
     GreedyOptions,
     GreedyOutcome,
     displacement_of,
+    half_way,
     solve_level,
     squaring_grid,
 )
@@ -190,8 +191,8 @@ def register_deformable(
     inverse = _inverse(full, field, u, model, matrix, moving_list[0], coarse)
     halves = None
     if symmetric:  # the solver compared the two images half-way: the check recomputes that objective
-        forward = _through_affine(full, exponential(full, 0.5 * field, coarse=coarse), matrix)
-        halves = (channels_last(exponential(full, -0.5 * field, coarse=coarse)), channels_last(forward))
+        forward, back = half_way(full, field, coarse)
+        halves = (channels_last(back), channels_last(_through_affine(full, forward, matrix)))
 
     evaluation, pair_checks, warped = [], [], []
     for i in range(len(fixed_list)):

@@ -69,6 +69,12 @@ def displacement_of(grid: Grid, field: torch.Tensor, model: str, coarse: Grid | 
     return exponential(grid, field, coarse=coarse) if model == "svf" else field
 
 
+def half_way(grid: Grid, velocity: torch.Tensor, coarse: Grid | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The symmetric model's two half maps of a velocity: ``exp(v/2)`` (pulls the moving image, before the affine
+    stage) and ``exp(-v/2)`` (pulls the fixed image)."""
+    return exponential(grid, 0.5 * velocity, coarse=coarse), exponential(grid, -0.5 * velocity, coarse=coarse)
+
+
 def squaring_grid(grid: Grid, model: str) -> Grid | None:
     """Where a velocity on ``grid`` is squared: on large grids every second voxel (see
     :func:`.fields.exponential`), else the grid itself (None)."""
@@ -125,8 +131,8 @@ def _step(
     if level.metric == "mse":
         with torch.no_grad():
             if symmetric:
-                u = displacement_of(level.grid, 0.5 * field, model, coarse)
-                fixed = level.warp_fixed(displacement_of(level.grid, -0.5 * field, model, coarse))
+                u, back = half_way(level.grid, field, coarse)
+                fixed = level.warp_fixed(back)
                 fixed_gradient = world_gradient(level.grid, fixed)
             else:
                 u = displacement_of(level.grid, field, model, coarse)
@@ -145,8 +151,7 @@ def _step(
     with torch.enable_grad():
         v = field.detach().requires_grad_(True)
         if symmetric:
-            half = displacement_of(level.grid, 0.5 * v, model, coarse)
-            value = level.value(half, displacement_of(level.grid, -0.5 * v, model, coarse))
+            value = level.value(*half_way(level.grid, v, coarse))
         else:
             value = level.value(displacement_of(level.grid, v, model, coarse))
         (grad,) = torch.autograd.grad(value.sum(), v)
@@ -160,4 +165,4 @@ def _step(
     return value.detach(), step * (step_mm / length.clamp_min(step_mm)).clamp(max=1.0)
 
 
-__all__ = ["GreedyOptions", "GreedyOutcome", "displacement_of", "solve_level", "squaring_grid"]
+__all__ = ["GreedyOptions", "GreedyOutcome", "displacement_of", "half_way", "solve_level", "squaring_grid"]
