@@ -128,7 +128,11 @@ def test_batch_equals_one_by_one(solver: str) -> None:
         single = lossfit.least_squares(exp_curve, start[i], args=(x[i], y[i]), solver=solver, **options)
         assert batch.statuses[i] is single.status
         assert int(batch.steps[i]) == single.num_steps
-        torch.testing.assert_close(batch.params[i], single.params, rtol=1e-10, atol=1e-12)
+        # The dense solvers take a single problem's Jacobian by reverse mode and a batch's by forward mode: the two
+        # differ in their last bits, and the answers by what the stopping rules allow (ftol 1e-12 on the loss puts
+        # the parameters within about 1e-6 of the minimiser; here they agree to a few 1e-9).
+        rtol = 1e-7 if solver in ("lm", "gauss-newton") else 1e-10
+        torch.testing.assert_close(batch.params[i], single.params, rtol=rtol, atol=1e-12)
         torch.testing.assert_close(batch.loss[i], single.loss, rtol=1e-10, atol=1e-20)
 
 

@@ -125,49 +125,56 @@ class LBFGS(Solver):
         moved = torch.zeros_like(zoom)
         a_out, f_out, g_out = zeros.clone(), f0.clone(), torch.zeros_like(x)
         for _ in range(self.options["max_line_search"]):
-            live = (~done).nonzero().squeeze(1)
-            if live.numel() == 0:
+            searching = ~done
+            if not bool(searching.any()):
                 break
-            a = a_try[live]
-            f_a, g_a = obj.value_and_grad(x[live] + a.unsqueeze(1) * d[live], rows[live])
-            s_a = rowdot(g_a, d[live])
+            # Evaluate the problems still searching; every update below runs over the whole batch, masked, so one
+            # problem (or a batch where all are still searching) costs no gathers and scatters.
+            a = a_try
+            if bool(searching.all()):
+                f_a, g_a = obj.value_and_grad(x + a.unsqueeze(1) * d, rows)
+            else:
+                live = searching.nonzero().squeeze(1)
+                f_part, g_part = obj.value_and_grad(x[live] + a[live].unsqueeze(1) * d[live], rows[live])
+                f_a, g_a = f0.clone(), g_lo.clone()
+                f_a[live], g_a[live] = f_part, g_part
+            s_a = rowdot(g_a, d)
             finite = torch.isfinite(f_a) & torch.isfinite(s_a)
             f_a = torch.where(finite, f_a, torch.full_like(f_a, float("inf")))
-            armijo_fail = ~finite | (f_a > f0[live] + c1 * a * slope0[live]) | (f_a >= f_lo[live]) & moved[live]
-            curvature = s_a.abs() <= -c2 * slope0[live]
-            z = zoom[live]
+            armijo_fail = ~finite | (f_a > f0 + c1 * a * slope0) | (f_a >= f_lo) & moved
+            curvature = s_a.abs() <= -c2 * slope0
+            z = zoom
             # A point without sufficient decrease becomes the high end (and starts the zoom).
-            to_hi = armijo_fail
-            accept = ~armijo_fail & curvature
+            to_hi = searching & armijo_fail
+            accept = searching & ~armijo_fail & curvature
             # Otherwise the point is the new low end; the old low end becomes high if the slope points back.
-            flip = ~armijo_fail & ~curvature & (s_a * (a_hi[live] - a_lo[live]) >= 0) & z
-            up_hill = ~armijo_fail & ~curvature & (s_a >= 0) & ~z
-            new_lo = ~armijo_fail & ~curvature
-            idx = live
-            a_hi[idx] = torch.where(to_hi, a, torch.where(flip | up_hill, a_lo[idx], a_hi[idx]))
-            f_hi[idx] = torch.where(to_hi, f_a, torch.where(flip | up_hill, f_lo[idx], f_hi[idx]))
-            s_hi[idx] = torch.where(to_hi, s_a, torch.where(flip | up_hill, s_lo[idx], s_hi[idx]))
-            a_lo[idx] = torch.where(new_lo, a, a_lo[idx])
-            f_lo[idx] = torch.where(new_lo, f_a, f_lo[idx])
-            s_lo[idx] = torch.where(new_lo, s_a, s_lo[idx])
-            g_lo[idx] = torch.where(new_lo.unsqueeze(1), g_a, g_lo[idx])
-            moved[idx] = moved[idx] | new_lo
-            zoom[idx] = z | to_hi | up_hill
-            a_out[idx] = torch.where(accept, a, a_out[idx])
-            f_out[idx] = torch.where(accept, f_a, f_out[idx])
-            g_out[idx] = torch.where(accept.unsqueeze(1), g_a, g_out[idx])
-            done[idx] = accept
+            new_lo = searching & ~armijo_fail & ~curvature
+            flip = new_lo & (s_a * (a_hi - a_lo) >= 0) & z
+            up_hill = new_lo & (s_a >= 0) & ~z
+            back = flip | up_hill
+            a_hi = torch.where(to_hi, a, torch.where(back, a_lo, a_hi))
+            f_hi = torch.where(to_hi, f_a, torch.where(back, f_lo, f_hi))
+            s_hi = torch.where(to_hi, s_a, torch.where(back, s_lo, s_hi))
+            a_lo = torch.where(new_lo, a, a_lo)
+            f_lo = torch.where(new_lo, f_a, f_lo)
+            s_lo = torch.where(new_lo, s_a, s_lo)
+            g_lo = torch.where(new_lo.unsqueeze(1), g_a, g_lo)
+            moved = moved | new_lo
+            zoom = z | to_hi | up_hill
+            a_out = torch.where(accept, a, a_out)
+            f_out = torch.where(accept, f_a, f_out)
+            g_out = torch.where(accept.unsqueeze(1), g_a, g_out)
+            done = done | accept
             # Next trial: extrapolate while bracketing, interpolate inside the bracket while zooming.
-            zl = zoom[idx]
-            inside = _cubic_min(a_lo[idx], f_lo[idx], s_lo[idx], a_hi[idx], f_hi[idx], s_hi[idx])
-            lo_end, hi_end = torch.minimum(a_lo[idx], a_hi[idx]), torch.maximum(a_lo[idx], a_hi[idx])
+            inside = _cubic_min(a_lo, f_lo, s_lo, a_hi, f_hi, s_hi)
+            lo_end, hi_end = torch.minimum(a_lo, a_hi), torch.maximum(a_lo, a_hi)
             width = hi_end - lo_end
             safe = (inside > lo_end + 0.1 * width) & (inside < hi_end - 0.1 * width) & torch.isfinite(inside)
-            inside = torch.where(safe, inside, (a_lo[idx] + a_hi[idx]) / 2)
-            a_try[idx] = torch.where(zl, inside, a * 2.0)
+            inside = torch.where(safe, inside, (a_lo + a_hi) / 2)
+            a_try = torch.where(searching, torch.where(zoom, inside, a * 2.0), a_try)
             # A bracket that has shrunk to rounding cannot give a better point.
-            collapsed = zl & (width <= 1e-12 * hi_end.clamp_min(1e-300))
-            done[idx] = done[idx] | collapsed
+            collapsed = searching & zoom & (width <= 1e-12 * hi_end.clamp_min(1e-300))
+            done = done | collapsed
         # Out of evaluations or collapsed: fall back to the best point with sufficient decrease, if any.
         fallback = ~(a_out > 0) & moved
         a_out = torch.where(fallback, a_lo, a_out)
