@@ -39,23 +39,7 @@ class LBFGS(Solver):
         }
 
     def _direction(self, state: State) -> torch.Tensor:
-        s, y, rho, g = state["s"], state["y"], state["rho"], state["g"]
-        q = g.clone()
-        mem = s.shape[1]
-        alphas = []
-        for i in range(mem - 1, -1, -1):
-            a = rho[:, i] * rowdot(s[:, i], q)
-            q = q - a.unsqueeze(1) * y[:, i]
-            alphas.append(a)
-        alphas.reverse()
-        last_sy = 1 / rho[:, -1].clamp_min(1e-300)
-        yy = rowdot(y[:, -1], y[:, -1])
-        gamma = torch.where(rho[:, -1] > 0, last_sy / yy.clamp_min(1e-300), torch.ones_like(yy))
-        r = gamma.unsqueeze(1) * q
-        for i in range(mem):
-            b = rho[:, i] * rowdot(y[:, i], r)
-            r = r + (alphas[i] - b).unsqueeze(1) * s[:, i]
-        return -r
+        return -lbfgs_product(state["s"], state["y"], state["rho"], state["g"])
 
     def step(
         self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
@@ -193,3 +177,32 @@ def _cubic_min(
     d2 = torch.sign(b - a) * torch.sqrt(rad.clamp_min(0))
     t = b - (b - a) * (db + d2 - d1) / (db - da + 2 * d2)
     return torch.where(rad >= 0, t, torch.full_like(t, float("nan")))
+
+
+def lbfgs_product(s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``H g`` for the L-BFGS inverse Hessian of the stored pairs, in the compact form (Byrd, Nocedal and Schnabel,
+    Math. Programming 63, 1994), batched.
+
+    ``s`` and ``y`` are ``(B, k, n)`` with the oldest pair first, ``rho = 1 / s^T y`` (0 marks an empty slot, which
+    is left out); ``H0 = gamma I`` with ``gamma = s^T y / y^T y`` of the newest pair (1 with none). With
+    ``R = triu(S^T Y)``, ``D = diag(S^T Y)``, ``a = S^T g``, ``b = Y^T g`` and ``t = R^-1 a``:
+    ``H g = gamma g + S R^-T ((D + gamma Y^T Y) t - gamma b) - gamma Y t`` -- the two-loop recursion's result in
+    a fixed number of batched products and two triangular solves, instead of two passes over the memory.
+    """
+    valid = (rho > 0).to(g.dtype)
+    s = s * valid.unsqueeze(-1)
+    y = y * valid.unsqueeze(-1)
+    newest_sy = 1 / rho[:, -1].clamp_min(1e-300)
+    yy_newest = rowdot(y[:, -1], y[:, -1])
+    gamma = torch.where(rho[:, -1] > 0, newest_sy / yy_newest.clamp_min(1e-300), torch.ones_like(yy_newest))
+    sy = torch.bmm(s, y.transpose(1, 2))  # (B, k, k): s_i . y_j
+    eye = torch.eye(sy.shape[-1], dtype=g.dtype, device=g.device)
+    r = torch.triu(sy) + eye * (1 - valid).unsqueeze(-1)  # an empty slot solves to 0 on a unit diagonal
+    ab = torch.bmm(torch.cat([s, y], dim=1), g.unsqueeze(-1))
+    a, b = ab[:, : s.shape[1]], ab[:, s.shape[1] :]
+    t = torch.linalg.solve_triangular(r, a, upper=True)
+    middle = torch.diagonal(sy, dim1=-2, dim2=-1).unsqueeze(-1) * t
+    middle = middle + gamma[:, None, None] * (torch.bmm(y, torch.bmm(y.transpose(1, 2), t)) - b)
+    u = torch.linalg.solve_triangular(r.transpose(1, 2), middle, upper=False)
+    product = gamma.unsqueeze(1) * g + torch.bmm(s.transpose(1, 2), u).squeeze(-1)
+    return product - gamma.unsqueeze(1) * torch.bmm(y.transpose(1, 2), t).squeeze(-1)
