@@ -34,7 +34,7 @@ class Regression(FitResult):
         names: parameter names, for tables.
     """
 
-    dof: int = 0
+    dof: int | torch.Tensor = 0
     names: tuple[str, ...] = ()
 
     @property
@@ -50,11 +50,18 @@ class Regression(FitResult):
         freedom."""
         if not 0 < level < 1:
             raise ValueError(f"`level` must be between 0 and 1; got {level}")
-        if self.stderr is None or self.dof <= 0:
+        dof = self.dof if isinstance(self.dof, torch.Tensor) else torch.tensor([self.dof])
+        if self.stderr is None or bool((dof <= 0).any()):
             raise ValueError("no confidence intervals: the fit has no covariance (or no degrees of freedom)")
-        q = t_quantile(0.5 + level / 2, self.dof)
+        stderr = self.stderr
+        q: torch.Tensor | float
+        if isinstance(self.dof, torch.Tensor):  # a batch of data sets of different sizes: a quantile each
+            quantiles = {d: t_quantile(0.5 + level / 2, d) for d in set(self.dof.tolist())}
+            q = torch.tensor([quantiles[d] for d in self.dof.tolist()], dtype=stderr.dtype).unsqueeze(-1)
+        else:
+            q = t_quantile(0.5 + level / 2, self.dof)
         centre = _flat(self.params)
-        return torch.stack([centre - q * self.stderr, centre + q * self.stderr], dim=-1)
+        return torch.stack([centre - q * stderr, centre + q * stderr], dim=-1)
 
 
 def _flat(params: Any) -> torch.Tensor:
@@ -86,9 +93,13 @@ def curve_fit(
 
     Args:
         f: ``f(x, p) -> prediction`` with the shape of ``y`` (written for one data set when ``batch``).
-        x, y: the data (any shapes ``f`` accepts); with ``batch=True`` both lead with the batch dimension.
+        x, y: the data (any shapes ``f`` accepts); with ``batch=True`` both lead with the batch dimension, or are
+            lists of data sets of different sizes (the points along each one's first dimension): each set is padded
+            to the longest with copies of its last point, which count for nothing (``least_squares``'s ``mask``),
+            and each fit stops on its own and keeps its own degrees of freedom (``dof`` per set).
         p0: the start.
-        sigma: the standard deviation of each ``y`` (residuals are divided by it, as in scipy's ``curve_fit``).
+        sigma: the standard deviation of each ``y`` (residuals are divided by it, as in scipy's ``curve_fit``); a
+            list of one tensor per set with lists of data sets.
         bounds, loss, f_scale, **options: as for :func:`lossfit.least_squares`.
         restarts: ``"auto"``: when a fit fails, or succeeds but looks like a local minimum — its loss is above the best
             constant's, or its residuals in order of ``x`` change sign far less often than chance allows
@@ -110,6 +121,8 @@ def curve_fit(
     """
     if not callable(f):
         raise TypeError(f"`f` must be callable; got {type(f).__name__}")
+    if isinstance(x, (list, tuple)) or isinstance(y, (list, tuple)):
+        return _curve_fit_sets(f, x, y, p0, sigma, batch, bounds, loss, f_scale, options)
     x_t = _tensor(x, "x")
     y_t = _tensor(y, "y")
     w = None
@@ -134,6 +147,102 @@ def curve_fit(
     m = y_t[0].numel() if batch else y_t.numel()
     n = _flat(p0 if not isinstance(p0, torch.Tensor) else p0[0] if batch else p0).numel()
     return Regression(**_fields(result), dof=m - n)
+
+
+def _curve_fit_sets(
+    f: Callable[..., torch.Tensor],
+    xs: Any,
+    ys: Any,
+    p0: Any,
+    sigma: Any,
+    batch: bool,
+    bounds: tuple[Any, Any] | None,
+    loss: str,
+    f_scale: float,
+    options: dict[str, Any],
+) -> Regression:
+    """:func:`curve_fit` of a list of data sets of different sizes, in one batched call over the padded sets."""
+    if not batch:
+        raise ValueError("`x` and `y` as lists of data sets need `batch=True` (one fit per set)")
+    if not (isinstance(xs, (list, tuple)) and isinstance(ys, (list, tuple))):
+        raise TypeError("give `x` and `y` both as lists of data sets, or both as tensors")
+    if len(xs) != len(ys) or not xs:
+        raise ValueError(f"`x` and `y` must be lists of the same non-zero length; got {len(xs)} and {len(ys)}")
+    if sigma is not None and not (isinstance(sigma, (list, tuple)) and len(sigma) == len(ys)):
+        raise ValueError(f"with lists of data sets, `sigma` must be a list of {len(ys)} tensors, one per set")
+    x_sets, y_sets = _data_sets(xs, "x"), _data_sets(ys, "y")
+    for i, (xi, yi) in enumerate(zip(x_sets, y_sets, strict=True)):
+        if xi.ndim == 0 or yi.ndim == 0 or xi.shape[0] != yi.shape[0] or yi.shape[0] == 0:
+            raise ValueError(
+                f"data set {i}: `x[{i}]` and `y[{i}]` must hold the same number (at least 1) of points along their "
+                f"first dimension; got shapes {tuple(xi.shape)} and {tuple(yi.shape)}"
+            )
+        if xi.shape[1:] != x_sets[0].shape[1:] or yi.shape[1:] != y_sets[0].shape[1:]:
+            raise ValueError(
+                f"data set {i}: every set's points must have one shape (x {tuple(x_sets[0].shape[1:])}, y "
+                f"{tuple(y_sets[0].shape[1:])}); got x {tuple(xi.shape[1:])}, y {tuple(yi.shape[1:])}"
+            )
+    lengths = torch.tensor([yi.shape[0] for yi in y_sets])
+    longest = int(lengths.max())
+    # Every set padded to the longest with copies of its last point (real data, so the model stays finite there;
+    # the mask drops them): one gather from the concatenated sets.
+    start = torch.cumsum(lengths, 0) - lengths
+    index = start.unsqueeze(1) + torch.minimum(torch.arange(longest).unsqueeze(0), (lengths - 1).unsqueeze(1))
+    x_t, y_t = torch.cat(x_sets)[index], torch.cat(y_sets)[index]
+    w_t = None
+    if sigma is not None:
+        s_sets = [
+            torch.broadcast_to(s_i, y_i.shape) for s_i, y_i in zip(_data_sets(sigma, "sigma"), y_sets, strict=True)
+        ]
+        s_t = torch.cat(s_sets)[index].to(y_t.dtype)
+        if bool((s_t <= 0).any()):
+            raise ValueError("`sigma` must be positive")
+        w_t = 1 / s_t
+    keep = torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)
+    mask = keep.reshape(*keep.shape, *([1] * (y_t.ndim - 2))).expand(y_t.shape)
+
+    def residual(p: Any, xx: torch.Tensor, yy: torch.Tensor, *ww: torch.Tensor) -> torch.Tensor:
+        prediction = f(xx, p)
+        if prediction.shape != yy.shape:
+            raise ValueError(
+                f"`f(x, p)` must have the shape of `y` {tuple(yy.shape)} (the set padded to {longest} points); "
+                f"got {tuple(prediction.shape)}"
+            )
+        return (prediction - yy) * ww[0] if ww else prediction - yy
+
+    result = least_squares(
+        residual,
+        p0,
+        args=(x_t, y_t) if w_t is None else (x_t, y_t, w_t),
+        bounds=bounds,
+        loss=loss,
+        f_scale=f_scale,
+        batch=True,
+        mask=mask,
+        **options,
+    )
+    n = _flat(p0 if not isinstance(p0, torch.Tensor) else p0[0]).numel()
+    return Regression(**_fields(result), dof=result.extras["num_residuals"] - n)
+
+
+def _data_sets(values: Any, argument: str) -> list[torch.Tensor]:
+    """Each data set of a list as a real tensor, checked for finiteness all at once (one pass, not one per set)."""
+    sets = [
+        v.detach() if isinstance(v, torch.Tensor) and v.is_floating_point() else _tensor(v, f"{argument}[{i}]")
+        for i, v in enumerate(values)
+    ]
+    dtype = sets[0].dtype
+    for i, t in enumerate(sets):
+        if t.dtype != dtype:
+            raise TypeError(
+                f"`{argument}` must hold sets of one dtype; {argument}[0] is {dtype}, {argument}[{i}] {t.dtype}"
+            )
+    finite = torch.isfinite(torch.cat([t.reshape(-1) for t in sets]))
+    if not bool(finite.all()):
+        per_set = torch.split(finite, [t.numel() for t in sets])
+        bad = next(i for i, part in enumerate(per_set) if not bool(part.all()))
+        raise ValueError(f"`{argument}[{bad}]` must be finite; it holds NaN or infinity")
+    return sets
 
 
 def _robust_cost(r: torch.Tensor, loss: str, f_scale: float) -> float:

@@ -106,6 +106,7 @@ def least_squares(
     rank_check: bool = True,
     group: int = 1,
     jac: Callable[..., torch.Tensor] | torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
     **options: Any,
 ) -> FitResult:
     """Minimise ``0.5 * sum(rho(r**2))`` over parameters, for residuals ``r = residual_fn(params, *args)``.
@@ -131,6 +132,10 @@ def least_squares(
             ``params`` given as one tensor without constraints or bounds. It is checked against a forward-mode
             derivative along a random direction at the start (a mismatch raises ``ValueError``) and at the answer
             (a mismatch there makes the status ``SUSPECT_GRADIENT``).
+        mask: which residuals count, a boolean tensor of the residuals' shape (with the batch dimension first when
+            ``batch``): for a batch of problems of different sizes padded to one shape. The others are set to 0
+            (they must still be finite numbers: pad with real values, a copy of the last point, say); each problem's
+            covariance and degrees of freedom count its own residuals (``extras["num_residuals"]``).
 
     Returns:
         A :class:`FitResult` with ``residuals``, and for the dense solvers ``jacobian`` and ``covariance``
@@ -155,7 +160,13 @@ def least_squares(
             raise TypeError(f"`bounds` must be a (lower, upper) pair; got {bounds!r}")
         constraints = Bounds(*bounds)
     rho = None if loss == "linear" else robust_loss(loss)
+    counts = None
+    if mask is not None:
+        if jac is not None:
+            raise ValueError("give `jac` or `mask`, not both (a given Jacobian would need the mask applied too)")
+        residual_fn, args, counts = _masked(residual_fn, tuple(args), mask, batch)
     spec, obj = _setup(residual_fn, params, constraints, batch, dtype, tuple(args), kind="residual")
+    obj.counts = counts
     obj.rho, obj.f_scale = rho, float(f_scale)
     if not isinstance(group, int) or isinstance(group, bool) or group < 1:
         raise ValueError(f"`group` must be a positive integer; got {group!r}")
@@ -181,6 +192,30 @@ def least_squares(
     # Scalar solvers see the (robust) cost of the residuals through `Objective.value`.
     outcome = run(obj, chosen, x0, stop, record=history)
     return _finish(obj, chosen, outcome, reason, x0, rank_check)
+
+
+def _masked(
+    residual_fn: Callable[..., torch.Tensor], args: tuple, mask: Any, batch: bool
+) -> tuple[Callable[..., torch.Tensor], tuple, torch.Tensor]:
+    """The residual function with the masked residuals set to 0, its arguments (the mask's rows appended, so that
+    a batch's problems each see their own), and the number of residuals each problem keeps ``(B,)``."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"`mask` must be a boolean tensor; got {type(mask).__name__} {getattr(mask, 'dtype', '')}")
+    if batch and mask.ndim == 0:
+        raise ValueError("with `batch=True`, `mask` must lead with the batch dimension")
+    rows = mask.reshape(mask.shape[0], -1) if batch else mask.reshape(1, -1)
+    counts = rows.sum(dim=1)
+
+    def masked(params: Any, *rest: Any) -> torch.Tensor:
+        *user_args, keep = rest
+        r = residual_fn(params, *user_args)
+        if not isinstance(r, torch.Tensor):
+            raise TypeError(f"the residual function must return a tensor; got {type(r).__name__}")
+        if r.numel() != keep.numel():
+            raise ValueError(f"`mask` must have the residuals' shape, {r.numel()} values a problem; got {keep.numel()}")
+        return torch.where(keep, r.reshape(-1), torch.zeros((), dtype=r.dtype, device=r.device))
+
+    return masked, (*args, rows if batch else rows[0]), counts
 
 
 def _setup(
@@ -272,6 +307,9 @@ def _finish(
         suspect = suspect & ~zero_residual
     status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
     by_code = {int(s): s for s in Status}
+    extras: dict[str, Any] = {}
+    if obj.counts is not None:
+        extras["num_residuals"] = obj.counts if spec.batch else int(obj.counts[0])
     return build_result(
         params=spec.unflatten_batch(x, obj.aux),
         loss=f,
@@ -285,6 +323,7 @@ def _finish(
         residuals=residuals,
         jacobian=jac,
         covariance=cov,
+        extras=extras,
     )
 
 

@@ -241,6 +241,8 @@ class Objective:
         self.group = 1
         self.evals = 0
         self.num_residuals: int | None = None
+        # Residuals each problem counts ``(B,)`` where a mask leaves some out (None: all of them).
+        self.counts: torch.Tensor | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor, tuple] | None = None
         self.jac: Any = None
         self._jac_rows: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -278,9 +280,11 @@ class Objective:
         Dense solvers work through a large batch part by part: with the caller's Jacobian, parts of about ``2**19``
         numbers keep each part's temporaries in cache and in memory the allocator reuses (whole-batch temporaries
         of tens of megabytes are fresh pages on every operation, several times slower on a CPU); autodiff has a
-        large fixed cost per call, so its parts are 16 times larger (they only bound the memory).
+        large fixed cost per call, so its parts are 4 times larger (``2**21``: 10,000 ragged curve fits padded to
+        200 points took 1.56 s in parts of that size against 2.1 s in one part of ``2**23`` and 1.9 s at ``2**19``;
+        100,000 fits of 20 points the same either way).
         """
-        budget = 2**19 if self.jac is not None else 2**23
+        budget = 2**19 if self.jac is not None else 2**21
         size = max(1, budget // max(per_row, 1)) if self.spec.batch else b
         return [slice(lo, min(lo + size, b)) for lo in range(0, b, size)] or [slice(0, b)]
 

@@ -47,7 +47,8 @@ def check_least_squares(
     pieces = []
     for part in obj.parts(x.shape[0], m * (x.shape[1] + 1)):
         r, jac = (kept[0][part], kept[1][part]) if kept is not None else obj.residual_and_jacobian(x[part], rows, part)
-        suspect, singular, cov = _check(obj, r, jac, g0[part], x[part])
+        counts = None if obj.counts is None else obj.counts[rows[part]]
+        suspect, singular, cov = _check(obj, r, jac, g0[part], x[part], counts)
         if obj.jac is not None:
             mismatch = jacobian_mismatch(obj, x[part], rows, jac, r, part)
         else:
@@ -101,13 +102,19 @@ def jacobian_mismatch(
 
 
 def _check(
-    obj: Objective, r: torch.Tensor, jac: torch.Tensor, g0: torch.Tensor, x: torch.Tensor
+    obj: Objective,
+    r: torch.Tensor,
+    jac: torch.Tensor,
+    g0: torch.Tensor,
+    x: torch.Tensor,
+    counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """First-order optimality, numerical rank and covariance from the Jacobian at the answer.
 
     An answer is suspect when the residuals still have a sizeable component along some column of the Jacobian
     (MINPACK's cosine above 1e-4) and the gradient has not shrunk by 1e8 from the start's ``g0``, unless the
     residuals are at the rounding level of the model (``|r| <= 10 eps |J| |x|``: the cosine is rounding noise then).
+    ``counts`` are the residuals each problem counts where a mask leaves some out (for the degrees of freedom).
     """
     w = obj.weights(r)
     jw, rw = (jac, r) if w is None else (jac * w.sqrt().unsqueeze(-1), r * w.sqrt())
@@ -127,9 +134,10 @@ def _check(
     influence = col * x.abs().clamp_min(1.0)
     vanishing = (influence <= eps * influence.amax(dim=1, keepdim=True)).any(dim=1)
     small, cov_scaled = _normalised_inverse(jw, safe_col)
-    singular = small | (col == 0).any(dim=1) | (m < n) | vanishing
-    dof = m - n
-    s2 = 2 * obj.cost(r) / dof if dof > 0 else torch.full_like(r[:, 0], float("nan"))
+    kept = torch.full_like(r[:, 0], m) if counts is None else counts.to(r.dtype)
+    singular = small | (col == 0).any(dim=1) | (kept < n) | vanishing
+    dof = kept - n
+    s2 = torch.where(dof > 0, 2 * obj.cost(r) / dof.clamp_min(1), torch.full_like(dof, float("nan")))
     cov = cov_scaled / (safe_col.unsqueeze(2) * safe_col.unsqueeze(1)) * s2[:, None, None]
     cov = torch.where(singular[:, None, None], torch.full_like(cov, float("nan")), cov)
     return suspect, singular, cov
