@@ -31,21 +31,11 @@ DIGITS = 6.0
 BY_NAME = {p.name: p for p in PROBLEMS}
 STARTS = ("start1", "start2")
 
-# Where the defaults stop without claiming success, and what happens there (curve_fit also refitted each from 8
-# perturbed starts, restarts="auto", and none of those reached a verified minimum).
-SHORT: dict[tuple[str, str], str] = {
-    ("boxbod_like", "start1"): (
-        "SINGULAR after 11 steps at p = (173.7, 754.3): the rate runs off to the plateau where the model is the "
-        "constant mean (rss 12523 against the certified 134.14); reported as a failure"
-    ),
-    ("mgh10_like", "start1"): (
-        "MAX_STEPS (500) at p = (1.3e-45, 3.6e5, 3.1e3), rss 1.49e6 against 94.57: lost in the badly scaled valley"
-    ),
-    ("boxbod_plateau", "start1"): (
-        "SINGULAR at p = (171.83, 351.04), a plateau at infinity where the model is the constant mean (rss 13544.8 "
-        "against the certified 835.79); reported as a failure since the vanishing-column test was added"
-    ),
-}
+# Where the defaults stop without claiming success, and what happens there (curve_fit also refits each from
+# perturbed and rescaled starts, restarts="auto", and none of those reached a verified minimum). None today.
+SHORT: dict[tuple[str, str], str] = {}
+# (Solved since the restarts scan decades: boxbod_like and boxbod_plateau from start1, where the rate ran off to the
+# plateau at infinity and the fit ended SINGULAR, and mgh10_like from start1, MAX_STEPS in the badly scaled valley.)
 
 # Where the defaults claim success with fewer than 6 correct digits: BUGS (success=True on a wrong answer).
 WRONG: dict[tuple[str, str], str] = {}

@@ -202,7 +202,8 @@ def test_a_fit_worse_than_a_constant_is_restarted_and_reaches_the_global_minimum
     assert float(fitted.loss) < 1e-3 * float(stuck.loss)
     assert abs(float(fitted.params[2]) - 451.54) < 0.5
     note = fitted.extras["restarts"]
-    assert note["improved"] and note["tried"] == 8 and "constant" in note["reason"]
+    # 8 perturbed starts, and the decade scans: 4 scales of each of the 3 parameters and of all of them together.
+    assert note["improved"] and 8 < note["tried"] <= 8 + 4 * (3 + 1) and "constant" in note["reason"]
     jac = torch.func.jacrev(lambda p: _gauss(x, p))(fitted.params)
     grad = jac.T @ (_gauss(x, fitted.params) - y)
     assert float(grad.abs().max()) < 1e-8 * float(jac.abs().max())

@@ -104,8 +104,10 @@ def curve_fit(
         restarts: ``"auto"``: when a fit fails, or succeeds but looks like a local minimum — its loss is above the best
             constant's, or its residuals in order of ``x`` change sign far less often than chance allows
             (:func:`runs_z` below -3: the model missed a feature of the data) — refit from 8 perturbed starts
-            (log-normal, seeded) and keep the lowest loss; an int always tries that many;
-            ``0`` never. What happened is in ``extras["restarts"]``. Single problems with a tensor ``p0`` only.
+            (log-normal, seeded) and from the start with each parameter, and all of them together, scaled by
+            0.01, 0.1, 10 and 100 (those that give finite residuals inside the bounds), all in one batched call,
+            and keep the lowest verified loss; an int always tries that many perturbed starts; ``0`` never. What
+            happened is in ``extras["restarts"]``. Single problems with a tensor ``p0`` only.
 
     Returns:
         A :class:`Regression` with ``stderr``, ``covariance``, ``correlation`` and ``confidence_interval()``; the
@@ -309,6 +311,20 @@ def _restart(
     spread = torch.tensor([0.1, 0.3, 1.0], dtype=p0.dtype).repeat(count)[:count]
     noise = torch.randn((count, *p0.shape), generator=generator, dtype=p0.dtype).to(p0.device)
     starts = p0 * torch.exp(spread.to(p0.device).reshape(-1, *([1] * p0.dim())) * noise)
+    if restarts == "auto":
+        # And each parameter alone moved by one and two decades either way: a start whose amplitude or rate is off
+        # by orders of magnitude (a flat start against data in the hundreds) runs a rate off to a plateau, and no
+        # small perturbation of it finds the way back.
+        flat = p0.reshape(-1)
+        decades = torch.tensor([0.01, 0.1, 10.0, 100.0], dtype=p0.dtype, device=p0.device)
+        scan = flat.repeat(flat.numel() * decades.numel(), 1)
+        index = torch.arange(flat.numel(), device=p0.device).repeat_interleave(decades.numel())
+        scan[torch.arange(scan.shape[0], device=p0.device), index] *= decades.repeat(flat.numel())
+        # ... and all of them together (a badly scaled start, every parameter orders of magnitude off).
+        scan = torch.cat([scan, flat * decades.unsqueeze(1)]).reshape(-1, *p0.shape)
+        usable = [i for i in range(scan.shape[0]) if _usable_start(residual, scan[i], data, bounds)]
+        starts = torch.cat([starts, scan[usable]])
+        count = starts.shape[0]
     expand = [t.unsqueeze(0).expand(count, *t.shape) for t in (x_t, y_t, weight)]
     tried = least_squares(
         residual, starts, args=tuple(expand), bounds=bounds, loss=loss, f_scale=f_scale, batch=True, **options
@@ -335,6 +351,18 @@ def _restart(
         return dataclasses.replace(result, extras={**result.extras, "restarts": note})
     single = least_squares(residual, starts[best], args=data, bounds=bounds, loss=loss, f_scale=f_scale, **options)
     return dataclasses.replace(single, extras={**single.extras, "restarts": note})
+
+
+def _usable_start(
+    residual: Callable[..., torch.Tensor], start: torch.Tensor, data: tuple, bounds: tuple[Any, Any] | None
+) -> bool:
+    """Whether a start lies strictly inside the bounds and gives finite residuals."""
+    if bounds is not None:
+        lower, upper = (torch.as_tensor(b, dtype=start.dtype) for b in bounds)
+        if not bool(((start > lower) & (start < upper)).all()):
+            return False
+    with torch.no_grad():
+        return bool(torch.isfinite(residual(start, *data)).all())
 
 
 RUNS_Z = 3.0

@@ -188,12 +188,14 @@ class Problem(Protocol):
     is ``"scalar"`` (``value``, ``value_and_grad``) or ``"residual"`` (also ``residual``, ``residual_and_jacobian``
     and the robust terms, with the loss ``cost(r)``). ``parts`` splits a batch for dense solvers; ``keep_final``
     asks the driver to keep the residuals and Jacobians evaluated where problems stop, for the final check;
-    ``evals`` counts evaluations.
+    ``evals`` counts evaluations; ``counts`` are the residuals each problem counts ``(B,)`` where a mask leaves
+    some out (None: all ``num_residuals``).
     """
 
     kind: str
     evals: int
     num_residuals: int | None
+    counts: torch.Tensor | None
     keep_final: bool
 
     def value(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor: ...

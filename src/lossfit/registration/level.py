@@ -46,6 +46,7 @@ class LevelProblem:
 
     keep_final = False  # the final check here is the registration's own (lossfit.registration.checks)
     jac = None  # no caller's Jacobian: the engine's least-squares check evaluates ours
+    counts: torch.Tensor | None = None  # every sample counts (those outside the overlap are weighted out)
 
     def __init__(
         self,

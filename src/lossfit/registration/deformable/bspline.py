@@ -104,6 +104,7 @@ class _Objective:
 
     kind = "scalar"
     num_residuals = None
+    counts: torch.Tensor | None = None
     keep_final = False
     jac = None
 
