@@ -47,6 +47,9 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet $(LOCK) -e ".[bench]"
 	$(BIN)/python benchmarks/matrix_inverse.py
 	$(BIN)/python benchmarks/curve_batch.py
+	$(BIN)/python benchmarks/single_call.py
+	$(BIN)/python benchmarks/curve_ragged.py
+	$(BIN)/python benchmarks/curves.py
 	$(BIN)/python benchmarks/points.py
 	$(BIN)/python benchmarks/registration.py --check --repeats 3 --warmup 1
 	$(BIN)/python benchmarks/registration_corpus.py
