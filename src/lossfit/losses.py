@@ -50,6 +50,19 @@ MAD_TO_SIGMA = 1.4826
 TUNING = {"huber": 1.345, "cauchy": 2.385, "soft_l1": 1.0}
 
 
+# A data loss by its users' name -> the engine's robust loss: mean absolute error is minimised as soft_l1 (smooth,
+# and |r| far beyond its scale), the others are themselves.
+DATA_TO_ROBUST = {"mse": "linear", "mae": "soft_l1", "huber": "huber", "cauchy": "cauchy", "soft_l1": "soft_l1"}
+
+
+def robust_for(loss: str | None) -> str:
+    """The engine's robust loss for a data loss by name (``None`` is mean squares); see ``DATA_TO_ROBUST``."""
+    key = "mse" if loss is None else loss
+    if key not in DATA_TO_ROBUST:
+        raise ValueError(f"the loss must be one of {', '.join(DATA_TO_ROBUST)}; got {loss!r}")
+    return DATA_TO_ROBUST[key]
+
+
 def robust_tuning(loss: str) -> float:
     """The tuning constant of a robust loss by name, in robust standard deviations (1 for any other loss)."""
     return TUNING.get(loss, 1.0)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, Status, least_squares, minimize
 from lossfit.engine.minibatch import minimize_minibatches
-from lossfit.losses import MAD_TO_SIGMA, TUNING
+from lossfit.losses import MAD_TO_SIGMA, TUNING, robust_for
 from lossfit.stats import t_quantile
 
 DATA_LOSSES = ("mse", "mae", "huber", "bce", "cross_entropy")
@@ -463,7 +463,7 @@ def fit(
             delta = f_scale or _huber_scale(residual(plain.params, x_t, y_t, sample_w))
             robust = {"loss": "huber", "f_scale": delta}
         elif loss == "mae":
-            robust = {"loss": "soft_l1", "f_scale": 1e-6 * float(y_t.abs().max().clamp_min(1e-12))}
+            robust = {"loss": robust_for(loss), "f_scale": 1e-6 * float(y_t.abs().max().clamp_min(1e-12))}
         # A network's parameters are not identifiable (permuted units fit as well): its Jacobian is rank deficient
         # by construction, so only convergence is judged there.
         result = least_squares(

@@ -23,7 +23,7 @@ import torch
 from lossfit import transforms as T
 from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, least_squares
-from lossfit.losses import MAD_TO_SIGMA, TUNING
+from lossfit.losses import MAD_TO_SIGMA, TUNING, robust_for
 from lossfit.transforms.homogeneous import _check_model
 
 LOSSES = ("mse", "mae", "huber", "cauchy", "soft_l1")
@@ -479,7 +479,7 @@ def align(
         noise = float(scale.max()) if scale.numel() else 1.0
         # Exact inliers have no noise scale: the floor keeps the robust loss well scaled (1e-6 of the data's extent).
         chosen_scale = f_scale if f_scale is not None else max(_SCALE[loss] * noise, 1e-6 * _spread(dst_t))
-        robust_kwargs = {"loss": "soft_l1" if loss == "mae" else loss, "f_scale": chosen_scale, "group": d}
+        robust_kwargs = {"loss": robust_for(loss), "f_scale": chosen_scale, "group": d}
     p0 = T.params(model, start)
     # Translation, linear and affine residuals are linear in the parameters: their Jacobian is a constant.
     jac = _linear_jacobian(model, src_t, None if w is None else root_w) if model in LINEAR_MODELS else None

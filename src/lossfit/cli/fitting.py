@@ -251,6 +251,7 @@ def fit(
         draw = _draw_model_fit(model, x, y, result, features)
     else:
         from lossfit.formula import parse
+        from lossfit.losses import robust_for
 
         formula = parse(model)
         if start is None:
@@ -266,15 +267,14 @@ def fit(
         if target in formula.names:
             fail(f"the formula must not use the target column {target!r}")
         columns = {name: table[name] for name in formula.names if name in table}
-        robust = {"mse": "linear", None: "linear", "mae": "soft_l1", "huber": "huber"}
-        if loss not in robust:
+        if loss not in (None, "mse", "mae", "huber"):
             fail(f"--loss for a formula must be mse, mae or huber; got {loss!r}")
 
         def predict(_: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
             return torch.broadcast_to(formula({**columns, **p}), y.shape)
 
         p0 = {name: torch.tensor(starts[name], dtype=torch.float64) for name in params}
-        result = curve_fit(predict, y, y, p0, loss=robust[loss])
+        result = curve_fit(predict, y, y, p0, loss=robust_for(loss))
         fitted = predict(y, result.params).detach()
         only = [name for name in columns] if len(columns) == 1 else []
 
