@@ -10,7 +10,7 @@ import torch
 from lossfit.engine.problem import Problem
 from lossfit.engine.result import History, Status
 from lossfit.engine.solvers import Solver
-from lossfit.engine.solvers.base import Evaluation
+from lossfit.engine.solvers.base import Evaluation, StepInfo
 
 
 @dataclass(frozen=True)
@@ -127,32 +127,8 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
         # Loss change over the window (a step count below the window compares with the start).
         oldest = past[:, 0]
         past = torch.cat([past[:, 1:], torch.where(info.accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
-        scale = torch.maximum(oldest.abs(), f.abs())
-        step_count = steps[rows]
-        ftol_hit = info.accepted & ((oldest - f).abs() <= stop.ftol * scale) & (step_count >= window)
-        if info.predicted is not None and info.actual is not None:
-            tiny = stop.ftol * f.abs()
-            ftol_hit = ftol_hit | ((info.predicted <= tiny) & (info.actual.abs() <= tiny))
-        # A loss that has settled to ftol lies within about sqrt(ftol) of the minimiser, relative to each parameter; a
-        # step still longer than that is slow (linear) convergence that has further to go, not convergence.
-        root = stop.ftol**0.5
-        moved = ((x_new - x_rows).abs() / (root + x_new.abs())).amax(dim=1)
-        ftol_hit = ftol_hit & (moved <= root)
-        xtol_hit = info.accepted & (info.step_norm <= stop.xtol * (stop.xtol + x_new.norm(dim=1)))
-        code = torch.zeros_like(rows)
-        code = torch.where(info.stalled, Status.STALLED, code)
-        code = torch.where(step_count >= stop.max_steps, Status.MAX_STEPS, code)
-        if stop.max_time is not None and elapsed >= stop.max_time:
-            code = torch.where(code == 0, Status.MAX_TIME, code)
-        code = torch.where(xtol_hit, Status.CONVERGED_XTOL, code)
-        code = torch.where(ftol_hit, Status.CONVERGED_FTOL, code)
-        code = torch.where(state["gm"] <= stop.gtol, Status.CONVERGED_GTOL, code)
-        if zero_level is not None:
-            at_zero = f <= zero_level[rows]
-            # A step that cannot lower a loss already within rounding of zero (relative to the start) is done too.
-            at_zero = at_zero | (~info.accepted & (f <= torch.finfo(f.dtype).eps * f0[rows].abs()))
-            code = torch.where(at_zero, Status.CONVERGED_ZERO, code)
-        code = torch.where(~torch.isfinite(f), Status.NONFINITE, code)
+        floor = None if zero_level is None else (zero_level[rows], f0[rows])
+        code = _stopping_codes(stop, info, f, oldest, x_rows, x_new, steps[rows], window, elapsed, floor, state["gm"])
         done = running & (code != Status.RUNNING)
         if bool(done.any()):
             status[rows[done]] = code[done]
@@ -161,6 +137,52 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
                 final.keep(b, info.evaluated, done & info.accepted, rows)
     history = _history(trace, times, b, x0) if record else None
     return Outcome(x, f0, g0, f_all, status, steps, history, time.perf_counter() - start, final)
+
+
+def _stopping_codes(
+    stop: Stopping,
+    info: StepInfo,
+    f: torch.Tensor,
+    oldest: torch.Tensor,
+    x_old: torch.Tensor,
+    x_new: torch.Tensor,
+    step_count: torch.Tensor,
+    window: int,
+    elapsed: float,
+    floor: tuple[torch.Tensor, torch.Tensor] | None,
+    gm: torch.Tensor,
+) -> torch.Tensor:
+    """Each running problem's status after a step (``RUNNING`` where no rule holds); later rules win.
+
+    ``oldest`` is the loss ``window`` steps ago; ``floor`` the rounding level of zero and the start's loss, for losses
+    bounded below by 0 (None otherwise); ``gm`` the solver's gradient measure.
+    """
+    scale = torch.maximum(oldest.abs(), f.abs())
+    ftol_hit = info.accepted & ((oldest - f).abs() <= stop.ftol * scale) & (step_count >= window)
+    if info.predicted is not None and info.actual is not None:
+        tiny = stop.ftol * f.abs()
+        ftol_hit = ftol_hit | ((info.predicted <= tiny) & (info.actual.abs() <= tiny))
+    # A loss that has settled to ftol lies within about sqrt(ftol) of the minimiser, relative to each parameter; a
+    # step still longer than that is slow (linear) convergence that has further to go, not convergence.
+    root = stop.ftol**0.5
+    moved = ((x_new - x_old).abs() / (root + x_new.abs())).amax(dim=1)
+    ftol_hit = ftol_hit & (moved <= root)
+    xtol_hit = info.accepted & (info.step_norm <= stop.xtol * (stop.xtol + x_new.norm(dim=1)))
+    code = torch.zeros_like(step_count)
+    code = torch.where(info.stalled, Status.STALLED, code)
+    code = torch.where(step_count >= stop.max_steps, Status.MAX_STEPS, code)
+    if stop.max_time is not None and elapsed >= stop.max_time:
+        code = torch.where(code == 0, Status.MAX_TIME, code)
+    code = torch.where(xtol_hit, Status.CONVERGED_XTOL, code)
+    code = torch.where(ftol_hit, Status.CONVERGED_FTOL, code)
+    code = torch.where(gm <= stop.gtol, Status.CONVERGED_GTOL, code)
+    if floor is not None:
+        zero_level, f_start = floor
+        at_zero = f <= zero_level
+        # A step that cannot lower a loss already within rounding of zero (relative to the start) is done too.
+        at_zero = at_zero | (~info.accepted & (f <= torch.finfo(f.dtype).eps * f_start.abs()))
+        code = torch.where(at_zero, Status.CONVERGED_ZERO, code)
+    return torch.where(~torch.isfinite(f), Status.NONFINITE, code)
 
 
 def _history(trace: list[tuple[torch.Tensor, ...]], times: list[float], b: int, like: torch.Tensor) -> History:
