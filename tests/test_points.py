@@ -60,10 +60,13 @@ def test_noisy_points_recover_the_transform_to_the_noise_level(model: str, d: in
     assert bool(fit.inliers.all())
 
 
+@pytest.mark.parametrize("seed", [2, 6])
 @pytest.mark.parametrize(("model", "d"), CASES)
 @pytest.mark.parametrize("loss", ["cauchy", "huber", "soft_l1", "mae"])
-def test_forty_percent_outliers_still_give_the_transform(model: str, d: int, loss: str) -> None:
-    src, dst, m, bad = make_points(model, d, 2, outliers=0.4)
+def test_forty_percent_outliers_still_give_the_transform(model: str, d: int, loss: str, seed: int) -> None:
+    """Over data seeds 2-9 every case holds (measured); seed 6 is the one whose 3-D projective fits missed the bound
+    (0.036-0.108) while the robust start's noise scale came from a minimal sample's fit (27 times the noise)."""
+    src, dst, m, bad = make_points(model, d, seed, outliers=0.4)
     fit = lossfit.align(src, dst, model=model, loss=loss)
     plain = lossfit.align(src, dst, model=model)
     assert fit.success, fit.message
