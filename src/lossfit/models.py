@@ -135,12 +135,7 @@ def curve_fit(
         w = torch.broadcast_to(1 / s, y_t.shape).clone()
     weight = torch.ones_like(y_t) if w is None else w
 
-    def residual(p: Any, xx: torch.Tensor, yy: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
-        prediction = f(xx, p)
-        if prediction.shape != yy.shape:
-            raise ValueError(f"`f(x, p)` must have the shape of `y` {tuple(yy.shape)}; got {tuple(prediction.shape)}")
-        return (prediction - yy) * ww
-
+    residual = _curve_residual(f)
     result = least_squares(
         residual, p0, args=(x_t, y_t, weight), bounds=bounds, loss=loss, f_scale=f_scale, batch=batch, **options
     )
@@ -149,6 +144,20 @@ def curve_fit(
     m = y_t[0].numel() if batch else y_t.numel()
     n = _flat(p0 if not isinstance(p0, torch.Tensor) else p0[0] if batch else p0).numel()
     return Regression(**_fields(result), dof=m - n)
+
+
+def _curve_residual(f: Callable[..., torch.Tensor], where: str = "") -> Callable[..., torch.Tensor]:
+    """``(f(x, p) - y) * w`` for one data set (without ``w``: unweighted), checking the prediction's shape."""
+
+    def residual(p: Any, xx: torch.Tensor, yy: torch.Tensor, *ww: torch.Tensor) -> torch.Tensor:
+        prediction = f(xx, p)
+        if prediction.shape != yy.shape:
+            raise ValueError(
+                f"`f(x, p)` must have the shape of `y` {tuple(yy.shape)}{where}; got {tuple(prediction.shape)}"
+            )
+        return (prediction - yy) * ww[0] if ww else prediction - yy
+
+    return residual
 
 
 def _curve_fit_sets(
@@ -203,17 +212,8 @@ def _curve_fit_sets(
     keep = torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)
     mask = keep.reshape(*keep.shape, *([1] * (y_t.ndim - 2))).expand(y_t.shape)
 
-    def residual(p: Any, xx: torch.Tensor, yy: torch.Tensor, *ww: torch.Tensor) -> torch.Tensor:
-        prediction = f(xx, p)
-        if prediction.shape != yy.shape:
-            raise ValueError(
-                f"`f(x, p)` must have the shape of `y` {tuple(yy.shape)} (the set padded to {longest} points); "
-                f"got {tuple(prediction.shape)}"
-            )
-        return (prediction - yy) * ww[0] if ww else prediction - yy
-
     result = least_squares(
-        residual,
+        _curve_residual(f, f" (the set padded to {longest} points)"),
         p0,
         args=(x_t, y_t) if w_t is None else (x_t, y_t, w_t),
         bounds=bounds,
