@@ -402,6 +402,7 @@ def _level_problem(
         grid_shape=f_shape if whole else None,
         patch=patch,
         linear_model=model.name in ("translation", "affine", "projective"),
+        projective=model.name == "projective",
         min_count=min_count.clamp_min(1.0),
     )
     return problem, n
