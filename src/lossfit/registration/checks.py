@@ -20,6 +20,7 @@ contrasts differ) or
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -49,10 +50,16 @@ def world_extent(image: Image) -> str:
 
 def _subgrid(image: Image) -> tuple[torch.Tensor, int]:
     """Continuous indices (i, j[, k]) of a regular subgrid of at most ``_GRID_POINTS`` voxels, and its stride."""
-    stride = max(1, math.ceil((image.data.numel() / _GRID_POINTS) ** (1 / image.ndim)))
-    axes = [torch.arange(0, n, stride, dtype=torch.float64) for n in image.shape]
+    return _subgrid_of(tuple(image.shape))
+
+
+@functools.lru_cache(maxsize=4)
+def _subgrid_of(shape: tuple[int, ...]) -> tuple[torch.Tensor, int]:
+    # Cached: a series or a cohort checks many pairs on one grid (the tensor is only read, never written).
+    stride = max(1, math.ceil((math.prod(shape) / _GRID_POINTS) ** (1 / len(shape))))
+    axes = [torch.arange(0, n, stride, dtype=torch.float64) for n in shape]
     mesh = torch.meshgrid(*axes, indexing="ij")  # data order (z, y, x)
-    return torch.stack(list(reversed(mesh)), dim=-1).reshape(-1, image.ndim), stride
+    return torch.stack(list(reversed(mesh)), dim=-1).reshape(-1, len(shape)), stride
 
 
 def overlap(
@@ -73,9 +80,9 @@ def overlap(
         return 0.0
     # fixed index -> fixed world -> moving world -> moving index, as one homogeneous matrix (projective too)
     through = torch.linalg.inv(moving.affine) @ matrix.to(torch.float64).cpu() @ fixed.affine
-    h = index @ through[:-1, :-1].T + through[:-1, -1]
-    w = index @ through[-1, :-1] + through[-1, -1]
-    at = h / w.unsqueeze(-1)
+    at = torch.addmm(through[:-1, -1], index, through[:-1, :-1].T)
+    if bool((through[-1, :-1] != 0).any()) or float(through[-1, -1]) != 1.0:  # projective: divide by the weight
+        at = at / (index @ through[-1, :-1] + through[-1, -1]).unsqueeze(-1)
     size = torch.tensor(moving.size, dtype=torch.float64)
     tol = 1e-6
     inside = ((at >= -tol) & (at <= size - 1 + tol)).all(dim=-1) & torch.isfinite(at).all(dim=-1)

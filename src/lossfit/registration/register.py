@@ -300,7 +300,7 @@ def _world(
                 m = left[b].to(_FLOAT) @ T.matrix(model.name, p[None], model.d)[0] @ right[b].to(_FLOAT)
                 return W.flatten(m, centre)
 
-            jacobian = torch.autograd.functional.jacobian(world_of, params[b].to(_FLOAT))
+            jacobian = torch.autograd.functional.jacobian(world_of, params[b].to(_FLOAT), vectorize=True)
             cov = covariance[b].to(_FLOAT)
         out.append(W.world_parameters(matrix, centre, model.name, cov, jacobian))
     return out
