@@ -137,9 +137,12 @@ class LevenbergMarquardt(_Dense):
         actual = f - trial["f"]
         ratio = actual / predicted.clamp_min(1e-300)
         accept = ~bad & torch.isfinite(trial["f"]) & (predicted > 0) & (ratio > 1e-4)
-        # Nielsen's damping update: shrink smoothly after a good step, grow geometrically after a rejection.
+        # Nielsen's damping update: shrink smoothly after a good step, grow geometrically after a rejection. A
+        # rejection at a damping far below the scaled curvature (lambda << 1) would retry nearly the same step (the
+        # Gauss-Newton one) several times over; so it restarts from lambda = 1, which about halves the step in the
+        # well-determined directions, as a trust region halves its radius after a failed step.
         shrink = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
-        lam_new = torch.where(accept, lam * shrink, lam * state["nu"])
+        lam_new = torch.where(accept, lam * shrink, torch.clamp(lam * state["nu"], min=1.0))
         nu_new = torch.where(accept, torch.full_like(lam, 2.0), state["nu"] * 2)
         keep = accept.unsqueeze(1)
         new = {k: torch.where(_expand(accept, v), trial[k], state[k]) for k, v in trial.items()}
