@@ -458,3 +458,26 @@ def test_strided_smoothing_is_smoothing_then_subsampling() -> None:
         whole = gaussian_smooth(volume, sigmas)[:, :, ::stride, ::stride, ::stride]
         # smoothing at every voxel, then every stride-th: the same values
         torch.testing.assert_close(gaussian_smooth(volume, sigmas, stride=stride), whole, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+def test_resample_onto_its_own_grid_returns_the_voxels_as_interpolation_does(interpolation: str) -> None:
+    # The identity onto the same grid returns the data itself (every voxel centre is one of the image's); a map
+    # just above the shortcut's 1e-12 goes through the interpolation, which must give the same voxels and mask.
+    generator = torch.Generator().manual_seed(5)
+    t = math.radians(25)
+    image = Image(
+        torch.rand(9, 11, 7, generator=generator),
+        spacing=(0.7, 1.3, 2.1),
+        origin=(4.0, -3.0, 12.0),
+        direction=((math.cos(t), -math.sin(t), 0.0), (0.0, 0.0, -1.0), (math.sin(t), math.cos(t), 0.0)),
+    )
+    same, same_mask = resample(image, image, interpolation=interpolation, mask=True)
+    assert torch.equal(same.data, image.data) and bool(same_mask.all())
+    assert same.data.data_ptr() != image.data.data_ptr()  # a copy: the output never aliases the input
+    nudged = torch.eye(4, dtype=torch.float64)
+    nudged[0, 3] = 1e-9  # a nanometre
+    moved, moved_mask = resample(image, image, nudged, interpolation=interpolation, mask=True)
+    assert torch.allclose(moved.data, image.data, rtol=0, atol=1e-5)
+    interior = moved_mask.clone()
+    assert interior[1:-1, 1:-1, 1:-1].all()  # inside but for the border voxels the nanometre may push out

@@ -210,3 +210,47 @@ def test_pairs_registered_in_batched_tasks_agree_with_one_by_one(
     assert [r["id"] for r in result.rows] == [r["id"] for r in alone.rows]
     with pytest.raises(ValueError, match="`batch` must be"):
         register_many(pairs, tmp_path / "bad", client=client, batch=0)
+
+
+def test_tasks_that_ask_for_a_worker_resource_run_on_workers_that_hold_it(
+    data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    # GPU workers are Dask workers holding a "GPU" resource; each task asks for one unit. Here the local cluster's
+    # two workers hold one each and the device is the CPU (no GPU on the machine that runs this suite): the tasks
+    # must still be placed and give the in-process answers bit for bit.
+    pairs, _ = data
+    result = register_many(
+        pairs[:2], tmp_path / "out", workers=2, resources={"GPU": 1}, device="cpu", transform="rigid"
+    )
+    assert result.success, result.rows
+    for ident, fixed, moving in pairs[:2]:
+        alone = register(load_image(fixed), load_image(moving), "rigid")
+        assert torch.equal(alone.matrix, _matrix(tmp_path / "out", ident))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"device": "quantum"}, "`device` must be a torch device name"),
+        ({"resources": {"GPU": 0}}, "`resources` must map resource names to positive amounts"),
+        ({"resources": ["GPU"]}, "`resources` must map resource names to positive amounts"),
+    ],
+)
+def test_bad_placement_is_refused_before_any_work(
+    data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], tmp_path: Path, options: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        register_many(data[0][:1], tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_without_a_gpu_for_a_local_cluster_is_a_clear_error(
+    data: tuple[list[tuple[str, Path, Path]], dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="no CUDA device"):
+        register_many(data[0][:1], tmp_path / "out", device="cuda")
+    result = runner.invoke(app, ["register-many", str(_manifest(tmp_path, data[0][:1])), "--out",
+                                 str(tmp_path / "cli"), "--device", "cuda"])  # fmt: skip
+    assert result.exit_code == 2 and "no CUDA device" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "cli").exists()

@@ -214,12 +214,14 @@ def check_options(options: Mapping[str, Any], prefix: str = "") -> None:
             raise ValueError(f"{prefix}metric must be one of {', '.join(METRICS)}; got {value!r}")
 
 
-def register_pair(pair: Pair, out: str | os.PathLike[str], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def register_pair(
+    pair: Pair, out: str | os.PathLike[str], options: Mapping[str, Any] | None = None, device: str | None = None
+) -> dict[str, Any]:
     """Register one pair and write ``out/<id>/`` (the task :func:`register_many` runs; callable in-process).
 
-    Uses one torch thread. Returns the pair's summary row (``time_s``: seconds loading and registering, before
-    the writes); a failure is a row with status ``"error"`` and the
-    one-line reason in ``message``, never an exception.
+    Uses one torch thread; the images are moved to ``device`` (a torch device name; None: where they load).
+    Returns the pair's summary row (``time_s``: seconds loading and registering, before the writes); a failure is
+    a row with status ``"error"`` and the one-line reason in ``message``, never an exception.
     """
     import torch
 
@@ -232,7 +234,7 @@ def register_pair(pair: Pair, out: str | os.PathLike[str], options: Mapping[str,
     row.update(id=pair.id, fixed=str(pair.fixed), moving=str(pair.moving), resumed=False, worker=_worker())
     chosen = {**(options or {}), **pair.options}
     try:
-        result = register(load_image(pair.fixed), load_image(pair.moving), **chosen)
+        result = register(_on(load_image(pair.fixed), device), _on(load_image(pair.moving), device), **chosen)
         checks = result.checks if isinstance(result.checks, dict) else {}
         row.update(status=result.status.name.lower(), success=bool(result.success), message=result.message,
                    metric_start=checks.get("metric_start"), metric_answer=checks.get("metric_answer"))  # fmt: skip
@@ -250,7 +252,10 @@ def register_pair(pair: Pair, out: str | os.PathLike[str], options: Mapping[str,
 
 
 def register_group(
-    pairs: Sequence[Pair], out: str | os.PathLike[str], options: Mapping[str, Any] | None = None
+    pairs: Sequence[Pair],
+    out: str | os.PathLike[str],
+    options: Mapping[str, Any] | None = None,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
     """Register several pairs with the same options in batched calls (one per set of same-shaped images) and write
     each pair's ``out/<id>/``, as :func:`register_pair` does one; the task of ``register_many(..., batch=N)``.
@@ -268,26 +273,30 @@ def register_group(
     rows: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         try:
-            fixed, moving = load_image(pair.fixed), load_image(pair.moving)
+            fixed, moving = _on(load_image(pair.fixed), device), _on(load_image(pair.moving), device)
         except Exception:
-            rows[pair.id] = register_pair(pair, out, options)  # its own row, with the reason
+            rows[pair.id] = register_pair(pair, out, options, device)  # its own row, with the reason
             continue
         groups.setdefault((tuple(fixed.shape), tuple(moving.shape)), []).append((pair, fixed, moving))
     for members in groups.values():
         if len(members) == 1:
-            rows[members[0][0].id] = register_pair(members[0][0], out, options)
+            rows[members[0][0].id] = register_pair(members[0][0], out, options, device)
             continue
         began = time.perf_counter()
         try:
             result = register([m[1] for m in members], [m[2] for m in members], **chosen)
         except Exception:
             for member in members:
-                rows[member[0].id] = register_pair(member[0], out, options)
+                rows[member[0].id] = register_pair(member[0], out, options, device)
             continue
         share = (time.perf_counter() - began) / len(members)
         for i, (pair, _, _) in enumerate(members):
             rows[pair.id] = _write_pair(pair, result.pair(i), out, chosen, share)
     return [rows[pair.id] for pair in pairs]
+
+
+def _on(image: Any, device: str | None) -> Any:
+    return image if device is None else image.to(device=device)
 
 
 def _write_pair(
@@ -349,6 +358,8 @@ def register_many(
     progress: Callable[[int, int], None] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT_S,
     batch: int = 1,
+    device: str | None = None,
+    resources: Mapping[str, float] | None = None,
     **register_options: Any,
 ) -> CohortResult:
     """Register a cohort of pairs, one Dask task per pair, and write ``out/<id>/`` and ``out/summary.{csv,json}``.
@@ -369,6 +380,11 @@ def register_many(
         batch: pairs per task, registered in batched calls where their images have the same shapes (one solver
             run, per-pair stopping and checks; see :func:`register_group`); 1 (the default): a task per pair.
             Batched answers agree with one-by-one ones to the solver's tolerance, not to the last bit.
+        device: where each task registers (a torch device name, ``"cuda"``; None: the CPU). With a CUDA device
+            every task asks for one unit of the workers' ``"GPU"`` resource unless ``resources`` says otherwise, so
+            a worker runs one GPU task at a time; start GPU workers with ``dask worker ADDRESS --resources GPU=1``
+            (a local cluster gets one worker per visible GPU, each with ``GPU=1``).
+        resources: the Dask worker resources each task needs (``{"GPU": 1}``): tasks wait for workers that hold them.
         register_options: options for :func:`lossfit.registration.register` (see :data:`OPTION_TYPES`); a pair's
             own options override them.
 
@@ -382,6 +398,7 @@ def register_many(
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"`batch` must be a whole number of pairs >= 1; got {batch!r}")
+    device, resources, local_resources = _placement(device, resources, client)
     began = time.perf_counter()
     cohort = as_pairs(pairs)
     check_options(register_options)
@@ -397,9 +414,12 @@ def register_many(
     if progress is not None:
         progress(len(rows), len(cohort))
     if todo:
-        with _client(client, workers, connect_timeout) as dask_client:
+        with _client(client, workers, connect_timeout, local_resources) as dask_client:
             target.mkdir(exist_ok=True)  # once a scheduler answered: a failed connection writes nothing
-            rows.update(_run(dask_client, todo, target, register_options, len(rows), len(cohort), progress, batch))
+            placement = (device, resources)
+            rows.update(
+                _run(dask_client, todo, target, register_options, len(rows), len(cohort), progress, batch, placement)
+            )
     _remove_stages(target, [p.id for p in cohort])  # a dead worker's half-written folder (its pair ran again)
     ordered = tuple(rows[p.id] for p in cohort)
     counts: dict[str, int] = {}
@@ -421,6 +441,7 @@ def _run(
     total: int,
     progress: Callable[[int, int], None] | None,
     batch: int = 1,
+    placement: tuple[str | None, Mapping[str, float] | None] = (None, None),
 ) -> dict[str, dict[str, Any]]:
     from distributed import as_completed
 
@@ -432,8 +453,10 @@ def _run(
             group if len(group) > 1 else group[0],
             str(out),
             dict(options),
+            placement[0],
             key=f"lossfit-{run_id}-{group[0].id}",
             pure=False,
+            resources=None if placement[1] is None else dict(placement[1]),
         ): group
         for group in groups
     }
@@ -480,11 +503,46 @@ def _remove_stages(out: Path, ids: Iterable[str]) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-class _client:
-    """A context manager giving a Client: the one given, one connected to an address, or a LocalCluster's."""
+def _placement(
+    device: str | None, resources: Mapping[str, float] | None, client: Any
+) -> tuple[str | None, Mapping[str, float] | None, Mapping[str, float] | None]:
+    """The device name, the resources each task asks for, and those a local cluster's workers get; checked."""
+    import torch
 
-    def __init__(self, client: Any, workers: int | None, timeout: float) -> None:
-        self.given, self.workers, self.timeout = client, workers, timeout
+    if device is not None:
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(
+                f"`device` must be a torch device name ('cpu', 'cuda', 'cuda:1'); got {device!r}"
+            ) from None
+        device = str(parsed)
+        if parsed.type == "cuda":
+            resources = {"GPU": 1} if resources is None else resources
+            if client is None and not torch.cuda.is_available():
+                raise ValueError(f"`device` is {device!r} but torch sees no CUDA device here for a local cluster")
+    if resources is not None and not _amounts(resources):
+        raise ValueError(f"`resources` must map resource names to positive amounts, as {{'GPU': 1}}; got {resources!r}")
+    # A local cluster's workers hold what the tasks ask for (one unit each, at least what one task needs).
+    local = None if resources is None else {k: max(1.0, float(v)) for k, v in resources.items()}
+    return device, resources, local
+
+
+def _amounts(resources: Any) -> bool:
+    return isinstance(resources, Mapping) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+        for k, v in resources.items()
+    )
+
+
+class _client:
+    """A context manager giving a Client: the one given, one connected to an address, or a LocalCluster's (its
+    workers holding ``resources``; with a CUDA device asked for, one worker per visible GPU by default)."""
+
+    def __init__(
+        self, client: Any, workers: int | None, timeout: float, resources: Mapping[str, float] | None = None
+    ) -> None:
+        self.given, self.workers, self.timeout, self.resources = client, workers, timeout, resources
         self.own: list[Any] = []
 
     def __enter__(self) -> Any:
@@ -503,8 +561,13 @@ class _client:
             self.own.append(client)
             return client
         try:
+            extra = {} if self.resources is None else {"resources": dict(self.resources)}
             cluster = LocalCluster(
-                n_workers=self.workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0"
+                n_workers=self.workers or _local_workers(self.resources),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                **extra,
             )
         except (OSError, RuntimeError) as exc:
             workers = self.workers or 2
@@ -517,6 +580,15 @@ class _client:
     def __exit__(self, *exc: object) -> None:
         for thing in reversed(self.own):
             thing.close()
+
+
+def _local_workers(resources: Mapping[str, float] | None) -> int:
+    """A local cluster's default size: 2, or one worker per visible GPU when the tasks ask for GPUs."""
+    if resources is not None and "GPU" in resources:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return 2
 
 
 def check_cohort_folder(out: Path, pairs: Sequence[Pair], resume: bool) -> None:

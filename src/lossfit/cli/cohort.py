@@ -45,6 +45,10 @@ def register_many_command(
     batch: Annotated[
         int, typer.Option(help="pairs per task, registered together where their images have the same shapes")
     ] = 1,
+    device: Annotated[
+        str | None,
+        typer.Option(help="where each task registers: cuda (one GPU each: start workers with --resources GPU=1)"),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Register every pair of MANIFEST, one Dask task per pair, each writing --out/ID/ as `lossfit register --out`.
@@ -77,8 +81,9 @@ def register_many_command(
             bar.update(task, completed=done, total=total)
 
         result = register_many(
-            pairs, out, client=scheduler, workers=workers, resume=resume, progress=progress, batch=batch, **options
-        )
+            pairs, out, client=scheduler, workers=workers, resume=resume, progress=progress, batch=batch,
+            device=device, **options,
+        )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -144,6 +144,10 @@ def resample(
     to_world = reference.affine @ torch.linalg.inv(index_to_normalized(reference.shape, torch.float64))
     total = world_to_normalized(image).to(m.dtype) @ m @ to_world.to(m.dtype)
     volume = image.data.reshape(1, 1, *image.shape)
+    if _same_grid(total, image, reference, interpolation, displacement):
+        # Every reference voxel centre is an image voxel centre, where interpolation returns the voxel's value.
+        values, valid = image.data.clone(), torch.ones(reference.shape, dtype=torch.bool, device=image.data.device)
+        return (reference.with_data(values), valid) if mask else reference.with_data(values)
     projective = not torch.equal(total[d, :d].detach(), torch.zeros(d, dtype=total.dtype))
     if displacement is not None:
         u = torch.as_tensor(displacement)
@@ -175,6 +179,20 @@ def resample(
         values = torch.where(valid, values, torch.full_like(values, default))
     result = reference.with_data(values)
     return (result, valid) if mask else result
+
+
+def _same_grid(
+    total: torch.Tensor, image: Image, reference: Image, interpolation: str, displacement: torch.Tensor | None
+) -> bool:
+    """Whether the map from reference to image coordinates ``total`` is the identity on grids of the same shape
+    (to 1e-12 of the half-extent: far below any interpolation's rounding), for linear or nearest interpolation
+    without a displacement and with no gradient to carry to the matrix."""
+    if displacement is not None or interpolation == "bspline" or image.shape != reference.shape:
+        return False
+    if total.requires_grad:
+        return False
+    eye = torch.eye(total.shape[0], dtype=total.dtype, device=total.device)
+    return bool(((total - eye).abs() <= 1e-12).all())
 
 
 def bspline_coefficients(data: torch.Tensor, pad: int = 0) -> torch.Tensor:
