@@ -22,9 +22,8 @@ pytest.importorskip("skimage")
 from registration_pairs import random_pair  # noqa: E402
 
 
-def _problems(monkeypatch: pytest.MonkeyPatch, name: str, model: str, seed: int, b: int) -> list:
-    """The level problems ``register`` builds for a batch of ``b`` pairs on two grids (one step per level): one
-    random pair's grids, the images made distinct per pair (the fixed rolled, the moving rescaled)."""
+def _levels(monkeypatch: pytest.MonkeyPatch, fixed, moving, **options) -> list:  # type: ignore[no-untyped-def]
+    """The level problems ``register(fixed, moving, **options)`` builds, one per level, coarsest first."""
     made = []
     original = register_module._level_problem
 
@@ -34,12 +33,18 @@ def _problems(monkeypatch: pytest.MonkeyPatch, name: str, model: str, seed: int,
         return problem, n
 
     monkeypatch.setattr(register_module, "_level_problem", keep)
+    register(fixed, moving, **options)
+    monkeypatch.undo()
+    return made
+
+
+def _problems(monkeypatch: pytest.MonkeyPatch, name: str, model: str, seed: int, b: int) -> list:
+    """The level problems for a batch of ``b`` pairs on two grids (one step per level): one random pair's grids,
+    the images made distinct per pair (the fixed rolled, the moving rescaled)."""
     pair = random_pair(seed, model, name)
     fixed = [pair.fixed.with_data(pair.fixed.data.roll(k, 0)) for k in range(b)]
     moving = [pair.moving.with_data(pair.moving.data * (1 + 0.2 * k)) for k in range(b)]
-    register(fixed, moving, transform=model, samples=3000, max_steps=1)
-    monkeypatch.undo()
-    return made
+    return _levels(monkeypatch, fixed, moving, transform=model, samples=3000, max_steps=1)
 
 
 def _start(problem, seed: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
@@ -126,17 +131,8 @@ def test_jacobian_matches_finite_differences_of_the_residuals(
     # step (values near 1, ulp 6e-8, over shifts of 1e-3 x 0.05 per mm) is about 1e-3 of the derivative, and
     # grows as the step shrinks.
     fixed_grid, moving_grid = _grids(d)
-    made = []
-    original = register_module._level_problem
-
-    def keep(*args, **kwargs):  # type: ignore[no-untyped-def]
-        problem, n = original(*args, **kwargs)
-        made.append(problem)
-        return problem, n
-
-    monkeypatch.setattr(register_module, "_level_problem", keep)
-    register(_blobs(fixed_grid), _ramp(moving_grid), transform=model, samples=4000, levels=[1], max_steps=1)
-    problem = made[-1]
+    options = {"transform": model, "samples": 4000, "levels": [1], "max_steps": 1}
+    problem = _levels(monkeypatch, _blobs(fixed_grid), _ramp(moving_grid), **options)[-1]
     q, rows = _start(problem, 1)
     _, jac = problem.residual_and_jacobian(q, rows)
     # Within a voxel of the moving grid's border the interpolation mixes in the zero padding, which the gradient
