@@ -79,11 +79,14 @@ class LevelProblem:
         self.values, self.fixed_ok, self.moving, self.has_mask = values, fixed_ok, moving, has_mask
         self.to_normalized, self.model_matrix, self.left, self.right = to_normalized, model_matrix, left, right
         self.metric, self.bins, self.window, self.grid_shape = metric, bins, window, grid_shape
-        self.linear_model, self.projective, self.min_count, self.patch = linear_model, projective, min_count, patch
+        self.linear_model, self.min_count, self.patch = linear_model, min_count, patch
         self.kind = "residual" if metric == "mse" else "scalar"
         self.d = points.shape[-1]
-        # A start matrix given by the user may be projective even for an affine model.
-        self.projective = projective or any(bool((t[:, self.d, : self.d] != 0).any()) for t in (left, right))
+        # A start matrix given by the user may be projective even for an affine model: the shortcut needs both ends'
+        # last rows to be exactly (0, ..., 0, 1).
+        last = torch.zeros(self.d + 1, dtype=left.dtype, device=left.device)
+        last[self.d] = 1
+        self.projective = projective or not all(bool((t[:, self.d] == last).all()) for t in (left, right))
         self.evals = 0
         self.num_residuals: int | None = values.shape[1]
         b = values.shape[0]
