@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lossfit.registration import Image, resample
-from lossfit.registration.resample import apply_homogeneous, bspline_coefficients
+from lossfit.registration.resample import bspline_coefficients
+from lossfit.transforms import apply as apply_homogeneous
 
 Z = math.sqrt(3) - 2  # the prefilter's pole: the mirror boundary's effect shrinks by |Z| a voxel inwards
 

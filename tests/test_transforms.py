@@ -45,6 +45,25 @@ def test_apply_then_inverse_is_the_identity(case: tuple[str, int], seed: int) ->
     torch.testing.assert_close(back, points, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 5, 7])
+def test_apply_is_the_homogeneous_product_in_every_dimension_and_batch_shape(d: int) -> None:
+    # Both code paths (entry by entry up to SMALL_D, matrix products above) against [p; 1] -> M [p; 1], divided by w.
+    g = torch.Generator().manual_seed(40 + d)
+    m = torch.eye(d + 1, dtype=F64) + 0.2 * torch.randn(3, d + 1, d + 1, generator=g, dtype=F64)
+    m[:, d, :d] *= 0.1
+    m[:, d, d] = 1.0
+    points = torch.randn(3, 6, d, generator=g, dtype=F64)
+    h = torch.cat([points, torch.ones(3, 6, 1, dtype=F64)], dim=-1) @ m.transpose(-1, -2)
+    torch.testing.assert_close(T.apply(m, points), h[..., :d] / h[..., d:], rtol=1e-12, atol=1e-12)
+    # One matrix for a batch of point sets broadcasts.
+    torch.testing.assert_close(T.apply(m[0], points)[1], T.apply(m[0], points[1]), rtol=1e-12, atol=1e-12)
+    # For an affine matrix the division by w = 1 may be skipped: the same points.
+    m[:, d, :d] = 0.0
+    torch.testing.assert_close(T.apply(m, points, projective=False), T.apply(m, points), rtol=1e-14, atol=1e-14)
+    with pytest.raises(ValueError, match="points"):
+        T.apply(m, torch.zeros(4, d + 1, dtype=F64))
+
+
 @pytest.mark.parametrize(("model", "d"), CASES)
 def test_compose_applies_the_second_argument_first(model: str, d: int) -> None:
     a = T.matrix(model, random_params(model, d, 1), d)

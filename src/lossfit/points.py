@@ -359,25 +359,6 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
 
 
-def _apply(m: torch.Tensor, points: torch.Tensor, projective: bool = True) -> torch.Tensor:
-    """:func:`lossfit.transforms.apply` for small ``d``, elementwise (far faster than tiny batched matrix products).
-
-    ``projective=False`` skips the division by ``w``, which is exactly 1 for the other models.
-    """
-    d = points.shape[-1]
-    if d > 4:
-        return T.apply(m, points)
-    mapped = m[..., None, :d, d]
-    for j in range(d):
-        mapped = mapped + points[..., j : j + 1] * m[..., None, :d, j]
-    if not projective:
-        return mapped
-    w = m[..., None, d, d]
-    for j in range(d):
-        w = w + points[..., j] * m[..., None, d, j]
-    return mapped / w.unsqueeze(-1)
-
-
 def _linear_jacobian(model: str, src: torch.Tensor, root_w: torch.Tensor | None) -> torch.Tensor:
     """The constant Jacobian of the weighted residuals ``(A src + t - dst) * root_w`` (flattened point by point)
     with respect to the parameters (``A`` row by row, then ``t``): ``(..., N d, num_params)``."""
@@ -476,7 +457,7 @@ def align(
     batch = src_t.ndim == 3
 
     def residual(p: torch.Tensor, s: torch.Tensor, t: torch.Tensor, root_w: torch.Tensor) -> torch.Tensor:
-        return ((_apply(T.matrix(model, p, d), s, projective) - t) * root_w.unsqueeze(-1)).reshape(-1)
+        return ((T.apply(T.matrix(model, p, d), s, projective) - t) * root_w.unsqueeze(-1)).reshape(-1)
 
     root_w = torch.ones(src_t.shape[:-1], dtype=dtype) if w is None else w.sqrt()
     robust_kwargs: dict[str, Any] = {}
@@ -491,8 +472,8 @@ def align(
     fit = least_squares(residual, p0, args=(src_t, dst_t, root_w), batch=batch, jac=jac, **robust_kwargs, **options)
     m = T.matrix(model, fit.params, d)
     with torch.no_grad():
-        distances = (_apply(m, src_t, projective) - dst_t).norm(dim=-1)
-        start_distances = (_apply(start, src_t, projective) - dst_t).norm(dim=-1)
+        distances = (T.apply(m, src_t, projective) - dst_t).norm(dim=-1)
+        start_distances = (T.apply(start, src_t, projective) - dst_t).norm(dim=-1)
         if loss == "mse":
             inliers = torch.ones_like(distances, dtype=torch.bool)
         else:

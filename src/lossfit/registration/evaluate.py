@@ -19,8 +19,9 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from lossfit import transforms as T
 from lossfit.registration.image import Image
-from lossfit.registration.resample import apply_homogeneous, resample, sample, world_to_normalized
+from lossfit.registration.resample import resample, sample, world_to_normalized
 
 _GEOMETRY_TOL = 1e-6  # ITK's default tolerance: origins within 1e-6 of a voxel, spacings and directions to 1e-6
 _INSIDE_TOL = 1e-6  # a point is inside a grid when its normalised coordinates are within 1 + this (as resample)
@@ -45,7 +46,7 @@ def target_registration_error(matrix: Any, fixed_points: Any, moving_points: Any
             f"`fixed_points` and `moving_points` must both be (N, d); got {tuple(x.shape)}, {tuple(y.shape)}"
         )
     m = _matrix(matrix, "matrix", x.shape[1])
-    return (apply_homogeneous(m, x) - y).norm(dim=-1)
+    return (T.apply(m, x) - y).norm(dim=-1)
 
 
 def displacement(a: Any, b: Any, image: Image, mask: Any = None) -> dict[str, float]:
@@ -57,7 +58,7 @@ def displacement(a: Any, b: Any, image: Image, mask: Any = None) -> dict[str, fl
     keep = _mask(mask, image)
     if keep is not None:
         points = points[keep.reshape(-1).to(points.device)]
-    dist = (apply_homogeneous(ma, points) - apply_homogeneous(mb, points)).norm(dim=-1)
+    dist = (T.apply(ma, points) - T.apply(mb, points)).norm(dim=-1)
     subset = dist if dist.numel() <= 1_000_000 else dist[:: dist.numel() // 1_000_000 + 1]
     return {"mean": float(dist.mean()), "p95": float(torch.quantile(subset, 0.95)), "max": float(dist.max())}
 
@@ -243,7 +244,7 @@ def inverse_consistency(
         selected = keep.reshape(-1).to(f.device)
         x, f = x[selected], f.reshape(-1, d)[selected]
     y = x + f.reshape(-1, d)
-    normalized = apply_homogeneous(world_to_normalized(inverse_grid).to(f.device), y)
+    normalized = T.apply(world_to_normalized(inverse_grid).to(f.device), y)
     landed = (normalized.abs() <= 1 + _INSIDE_TOL).all(dim=-1)
     outside = 1.0 - float(landed.sum()) / landed.numel()
     if not bool(landed.any()):

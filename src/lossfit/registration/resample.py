@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lossfit import transforms as T
 from lossfit.registration.image import Image
 
 INTERPOLATIONS = ("linear", "nearest", "bspline")
@@ -40,17 +41,6 @@ def index_to_normalized(image_shape: torch.Size | tuple[int, ...], dtype: torch.
 def world_to_normalized(image: Image) -> torch.Tensor:
     """The ``(d+1, d+1)`` float64 matrix taking world points (LPS, mm) to ``image``'s normalised coordinates."""
     return index_to_normalized(image.shape, torch.float64) @ torch.linalg.inv(image.affine)
-
-
-def apply_homogeneous(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """``matrix (..., d+1, d+1)`` applied to points ``(..., N, d)``, dividing by the last coordinate when projective."""
-    d = points.shape[-1]
-    out = points @ matrix[..., :d, :d].transpose(-1, -2) + matrix[..., None, :d, d]
-    bottom = matrix[..., d, :]
-    if bool((bottom[..., :d] != 0).any()) or bool((bottom[..., d] != 1).any()):
-        w = points @ bottom[..., :d].unsqueeze(-1) + bottom[..., None, d : d + 1]
-        out = out / w
-    return out
 
 
 def sample(
@@ -148,7 +138,9 @@ def resample(
         # Every reference voxel centre is an image voxel centre, where interpolation returns the voxel's value.
         values, valid = image.data.clone(), torch.ones(reference.shape, dtype=torch.bool, device=image.data.device)
         return (reference.with_data(values), valid) if mask else reference.with_data(values)
-    projective = not torch.equal(total[d, :d].detach(), torch.zeros(d, dtype=total.dtype))
+    last = torch.zeros(d + 1, dtype=total.dtype)
+    last[d] = 1
+    projective = not torch.equal(total[d].detach(), last)  # a last entry other than 1 divides too
     if displacement is not None:
         u = torch.as_tensor(displacement)
         if u.shape != (*reference.shape, d) or not u.is_floating_point():
@@ -159,10 +151,10 @@ def resample(
         work = torch.float64 if u.dtype == torch.float64 or m.dtype == torch.float64 else torch.float32
         points = reference.world_grid(work).to(u.device) + u.to(work)
         to_image = (world_to_normalized(image).to(m.dtype) @ m).to(work).to(u.device)
-        grid = apply_homogeneous(to_image, points.reshape(1, -1, d)).reshape(1, *reference.shape, d)
+        grid = T.apply(to_image, points.reshape(1, -1, d), projective).reshape(1, *reference.shape, d)
     elif projective or min(reference.shape) == 1:  # affine_grid warns on unit-size axes; this is the same grid
         points = _normalized_grid(reference.shape, total.dtype)
-        grid = apply_homogeneous(total, points).reshape(1, *reference.shape, d)
+        grid = T.apply(total, points, projective).reshape(1, *reference.shape, d)
     else:
         theta = total[:d, :].unsqueeze(0).to(dtype)
         size = [1, 1, *reference.shape]

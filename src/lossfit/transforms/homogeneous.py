@@ -176,16 +176,37 @@ def params(model: str, m: torch.Tensor) -> torch.Tensor:
     return normalised.reshape(*batch, (d + 1) ** 2)[..., :-1].clone()
 
 
-def apply(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Map points ``(..., N, d)`` by homogeneous matrices ``(..., d + 1, d + 1)``, dividing by w (projective)."""
+SMALL_D = 4
+"""Up to this dimension points are mapped entry by entry: for batches of tiny matrices that is far faster than a
+batched matrix product (and no slower for one matrix and many points)."""
+
+
+def apply(m: torch.Tensor, points: torch.Tensor, projective: bool = True) -> torch.Tensor:
+    """Map points ``(..., N, d)`` by homogeneous matrices ``(..., d + 1, d + 1)``, dividing by ``w``.
+
+    The one point-mapping function of the library (transforms, point alignment, registration). ``projective=False``
+    skips the division, for callers that know the last row is ``(0, ..., 0, 1)``: ``w`` is then exactly 1, so the
+    result is the same, only cheaper.
+    """
     d = m.shape[-1] - 1
     if points.shape[-1] != d:
         raise ValueError(
             f"`points` must have {d} coordinates to match a {d + 1}x{d + 1} matrix; got {points.shape[-1]}"
         )
-    mapped = points @ m[..., :d, :d].transpose(-1, -2) + m[..., None, :d, d]
-    w = points @ m[..., d:, :d].transpose(-1, -2) + m[..., None, d:, d]
-    return mapped / w
+    if d > SMALL_D:
+        mapped = points @ m[..., :d, :d].transpose(-1, -2) + m[..., None, :d, d]
+        if not projective:
+            return mapped
+        return mapped / (points @ m[..., d:, :d].transpose(-1, -2) + m[..., None, d:, d])
+    mapped = m[..., None, :d, d]
+    for j in range(d):
+        mapped = mapped + points[..., j : j + 1] * m[..., None, :d, j]
+    if not projective:
+        return mapped
+    w = m[..., None, d, d]
+    for j in range(d):
+        w = w + points[..., j] * m[..., None, d, j]
+    return mapped / w.unsqueeze(-1)
 
 
 def compose(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
