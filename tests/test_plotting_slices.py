@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossfit.plotting import _pyplot, _unit, checkerboard, plot_deformation, plot_registration, world_slices
+from lossfit.plotting import _unit, checkerboard, plot_deformation, plot_registration, pyplot, world_slices
 from lossfit.registration import Image
 
 SHAPE = (5, 6, 7)  # (nz, ny, nx): every axis a different length, one of them even
@@ -159,7 +159,7 @@ def test_plot_registration_returns_a_figure(dims: int) -> None:
     fixed = Image(torch.rand(shape, generator=generator), spacing=spacing)
     moving = fixed.with_data(torch.rand(shape, generator=generator))
     warped = fixed.with_data(torch.rand(shape, generator=generator))
-    plt = _pyplot()
+    plt = pyplot()
     figure = plot_registration(fixed, moving, warped, "title")
     try:
         axes = figure.axes
@@ -194,7 +194,7 @@ def test_deformed_grid_moves_lines_by_the_field_in_display_pixels() -> None:
     image = volume(4, spacing=SPACING)
     shift = torch.zeros(*SHAPE, 3, dtype=torch.float64)
     shift[..., 0] = 3.0
-    plt = _pyplot()
+    plt = pyplot()
     figure = plot_deformation(image, shift)
     try:
         axial = _panels(figure, "deformed grid")[0]
@@ -213,7 +213,7 @@ def test_deformation_figure_is_the_same_for_every_storage_order(
 ) -> None:
     image = volume(5, spacing=SPACING)
     other = restored(image, axes, flips)
-    plt = _pyplot()
+    plt = pyplot()
     ours, theirs = plot_deformation(image, _affine_field(image)), plot_deformation(other, _affine_field(other))
     try:
         for head in ("deformed grid", "Jacobian determinant"):
@@ -232,7 +232,7 @@ def test_jacobian_panel_shows_the_determinant_and_marks_folds() -> None:
     ``u = (-2 x, 0)`` mirrors x (determinant -1): the fold is drawn black on top."""
     image = Image(torch.rand(12, 16, generator=torch.Generator().manual_seed(6)), spacing=(0.7, 1.4))
     x = image.world_grid(torch.float64)
-    plt = _pyplot()
+    plt = pyplot()
     mirror = torch.stack([-2.0 * x[..., 0], torch.zeros_like(x[..., 1])], dim=-1)
     figure, folded = plot_deformation(image, 0.1 * x), plot_deformation(image, mirror)
     try:

@@ -21,7 +21,7 @@ from lossfit.registration import (
     write_itk_transform,
 )
 from lossfit.registration import metrics as M
-from lossfit.registration.resample import apply_homogeneous
+from lossfit.transforms import apply as map_points
 
 sitk = pytest.importorskip("SimpleITK")
 pydicom = pytest.importorskip("pydicom")
@@ -80,7 +80,7 @@ def safely_inside(image: Image, reference: Image, matrix: torch.Tensor) -> np.nd
     """Reference voxels whose sample lies more than a voxel inside ``image`` (ITK and torch differ at the border),
     decided from the mapped continuous indices (not from interpolated values, whose last bits vary by CPU)."""
     points = reference.world_grid(torch.float64).reshape(-1, reference.ndim)
-    index = image.world_to_index(apply_homogeneous(matrix.to(torch.float64), points))
+    index = image.world_to_index(map_points(matrix.to(torch.float64), points))
     last = torch.tensor(image.size, dtype=torch.float64) - 1
     inside = ((index >= 1) & (index <= last - 1)).all(dim=-1)
     return inside.reshape(reference.shape).numpy()

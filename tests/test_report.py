@@ -18,7 +18,7 @@ from PIL import Image
 
 import lossfit
 from lossfit import InputFileError, Status
-from lossfit.plotting import _pyplot
+from lossfit.plotting import pyplot
 from lossfit.report import Report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -113,7 +113,7 @@ def test_every_user_string_is_escaped(minimized: Any) -> None:
     section.table([{evil: evil, "x": f"<i>{evil}</i>"}], caption=evil)
     section.text(evil)
     section.code(f"lossfit fit '{evil}' && echo <done>")
-    fig, _ = _pyplot().subplots(figsize=(2, 2))
+    fig, _ = pyplot().subplots(figsize=(2, 2))
     section.figure(fig, caption=f'{evil} "quoted"')
     report.section("fit").result(minimized)
     html = report.render()
@@ -192,7 +192,7 @@ def test_table_formats_values_and_columns() -> None:
 
 
 def test_figures_are_embedded_as_png() -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 3))
     ax.plot([0, 1, 2], [1, 0.1, 0.01])
     number = fig.number

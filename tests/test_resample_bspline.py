@@ -12,7 +12,7 @@ import torch
 
 from lossfit.registration import Image, resample
 from lossfit.registration.resample import bspline_coefficients
-from lossfit.transforms import apply as apply_homogeneous
+from lossfit.transforms import apply as map_points
 
 Z = math.sqrt(3) - 2  # the prefilter's pole: the mirror boundary's effect shrinks by |Z| a voxel inwards
 
@@ -89,7 +89,7 @@ def random_affine(rng: np.random.Generator, image: Image, scale: float = 1.0, sh
 def source_index(image: Image, reference: Image, matrix: torch.Tensor) -> torch.Tensor:
     """The continuous index (i, j[, k]) in ``image`` that each reference voxel samples: ``reference.shape + (d,)``."""
     points = reference.world_grid(torch.float64).reshape(-1, reference.ndim)
-    index = image.world_to_index(apply_homogeneous(matrix.to(torch.float64), points))
+    index = image.world_to_index(map_points(matrix.to(torch.float64), points))
     return index.reshape(*reference.shape, reference.ndim)
 
 

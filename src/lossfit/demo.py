@@ -23,7 +23,7 @@ from rich.table import Table
 from lossfit import transforms
 from lossfit.experiments import compare_inverse_solvers, plot_inverse_solvers
 from lossfit.models import curve_fit
-from lossfit.plotting import _pyplot, save_figure
+from lossfit.plotting import pyplot, save_figure
 from lossfit.points import align
 from lossfit.report import Report
 from lossfit.report.sections import (
@@ -223,7 +223,7 @@ def _alignment_part(out: Path, console: Console, report: Report) -> Part:
         f"alignment, 40% outliers: robust fit {robust.status.name.lower()}, largest matrix error {error:.1e} "
         f"(least squares: {plain_error:.1e}); {right} of 60 points classified right"
     )
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     mapped = transforms.apply(robust.matrix, src)
     ax.scatter(dst[~bad, 0], dst[~bad, 1], s=18, label="destination (inliers)")
@@ -293,7 +293,7 @@ def _curve_part(out: Path, console: Console, report: Report) -> Part:
             f"{n} = {v:.4f} (95% CI {lo:.4f} .. {hi:.4f})" for n, v, (lo, hi) in zip("ab", (a, b), ci, strict=True)
         )
     )
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, y, "o", ms=4, label="data")
     fine = torch.linspace(0, 5, 200, dtype=torch.float64)

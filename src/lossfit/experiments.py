@@ -88,9 +88,9 @@ def _run(name: str, solver: str, result: FitResult, n: int, targets: tuple[float
 
 def plot_inverse_solvers(runs: list[Run], title: str = "A 4x4 inverse by optimisation") -> Any:
     """One figure with every run's relative residual against step and against time (log scales)."""
-    from lossfit.plotting import _pyplot
+    from lossfit.plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run in runs:
         assert run.result.history is not None

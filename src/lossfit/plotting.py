@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from lossfit.registration.image import Image
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -25,7 +25,7 @@ def _pyplot() -> Any:
 
 def plot_history(result: Any, ax: Any = None, label: str | None = None) -> Any:
     """Draw a result's loss per step on a log scale; returns the axes. Batches draw their largest loss per step."""
-    plt = _pyplot()
+    plt = pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     history = result.history
@@ -44,7 +44,7 @@ def plot_history(result: Any, ax: Any = None, label: str | None = None) -> Any:
 
 def plot_comparison(results: Mapping[str, Any], title: str = "") -> Any:
     """Loss against step and against time for several results, one line each; returns the figure."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, result in results.items():
         loss = result.history.loss.clamp_min(torch.finfo(result.history.loss.dtype).tiny).detach().cpu()
@@ -108,7 +108,7 @@ def save_figure(fig: Any, path: str) -> None:
     """Save a figure atomically (a temporary file renamed into place) and close it."""
     from lossfit.io import atomic_path
 
-    plt = _pyplot()
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format=str(path).rsplit(".", 1)[-1].lower())
     plt.close(fig)
@@ -297,7 +297,7 @@ def plot_registration(fixed: Any, moving_before: Any, warped: Any, title: str = 
                 f"`{argument}` must be on the fixed grid, of shape {tuple(fixed.data.shape)}; "
                 f"got {tuple(image.data.shape)}"
             )
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(cuts), 4, figsize=(13, 3.4 * len(cuts)), squeeze=False)
     heads = ("checkerboard before", "checkerboard after", "|difference| before", "|difference| after")
     for r, cut in enumerate(cuts):
@@ -352,7 +352,7 @@ def plot_deformation(fixed: Any, displacement: torch.Tensor, title: str = "", li
     # World displacements in voxels of each index axis: M^-1 u, with M = direction @ diag(spacing).
     linear = torch.tensor(np.array(fixed.direction) * np.array(fixed.spacing)[None, :], dtype=torch.float64)
     voxels = torch.linalg.solve(linear, u.reshape(-1, d).T).T.reshape(u.shape)
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import TwoSlopeNorm
 
     fig, axes = plt.subplots(len(cuts), 2, figsize=(8.5, 3.8 * len(cuts)), squeeze=False)
@@ -398,7 +398,7 @@ def plot_deformation(fixed: Any, displacement: torch.Tensor, title: str = "", li
 def plot_motion(result: Any, title: str = "") -> Any:
     """The motion of a series (a :class:`~lossfit.registration.motion.MotionCorrection`): rotations (degrees) and
     translations (mm) per volume, and the framewise displacement (mm), one panel each."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
     volumes = list(range(len(result.statuses)))
     for column, axis in enumerate("xyz"):

@@ -24,7 +24,7 @@ from lossfit import transforms as T
 from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, least_squares
 from lossfit.losses import MAD_TO_SIGMA, TUNING, robust_for
-from lossfit.transforms.homogeneous import _check_model
+from lossfit.transforms.homogeneous import check_model
 
 LOSSES = ("mse", "mae", "huber", "cauchy", "soft_l1")
 LINEAR_MODELS = ("translation", "linear", "affine")  # residuals linear in the parameters
@@ -60,7 +60,7 @@ def closed_form(model: str, src: torch.Tensor, dst: torch.Tensor, weights: torch
     Umeyama's SVD solution (proper rotations only); projective maps use the direct linear transform on
     Hartley-normalised points (the algebraic, not the geometric, least squares: the refinement finishes it).
     """
-    _check_model(model)
+    check_model(model)
     d = src.shape[-1]
     w = torch.ones(src.shape[:-1], dtype=src.dtype, device=src.device) if weights is None else weights
     w = w / w.sum(-1, keepdim=True)
@@ -423,7 +423,7 @@ def align(
     src_t, dst_t = _points(src, "src"), _points(dst, "dst")
     if src_t.shape != dst_t.shape:
         raise ValueError(f"`src` and `dst` must have the same shape; got {tuple(src_t.shape)} and {tuple(dst_t.shape)}")
-    _check_model(model)
+    check_model(model)
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {', '.join(repr(v) for v in LOSSES)}; got {loss!r}")
     dtype = torch.promote_types(src_t.dtype, dst_t.dtype)

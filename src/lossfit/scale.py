@@ -414,7 +414,7 @@ def register_many(
     if progress is not None:
         progress(len(rows), len(cohort))
     if todo:
-        with _client(client, workers, connect_timeout, local_resources) as dask_client:
+        with DaskClient(client, workers, connect_timeout, local_resources) as dask_client:
             target.mkdir(exist_ok=True)  # once a scheduler answered: a failed connection writes nothing
             placement = (device, resources)
             rows.update(
@@ -535,7 +535,7 @@ def _amounts(resources: Any) -> bool:
     )
 
 
-class _client:
+class DaskClient:
     """A context manager giving a Client: the one given, one connected to an address, or a LocalCluster's (its
     workers holding ``resources``; with a CUDA device asked for, one worker per visible GPU by default)."""
 

@@ -126,14 +126,14 @@ def _emit(
     if matrix_out is not None:
         write_arrays(matrix_out, result.matrix)
     if plot is not None:
-        from lossfit.plotting import _pyplot, save_figure
+        from lossfit.plotting import plot_history, pyplot, save_figure
 
         if draw is None:
-            fig, ax = _pyplot().subplots(figsize=(6, 4))
+            fig, ax = pyplot().subplots(figsize=(6, 4))
         else:
-            fig, (data_ax, ax) = _pyplot().subplots(1, 2, figsize=(11, 4.2))
+            fig, (data_ax, ax) = pyplot().subplots(1, 2, figsize=(11, 4.2))
             draw(data_ax)
-        result.plot(ax=ax)
+        plot_history(result, ax=ax)
         ax.set_title(f"{result.solver.name}: {result.status.name.lower()}")
         fig.tight_layout()
         save_figure(fig, str(plot))
@@ -145,9 +145,9 @@ def _emit(
 
             figure = None
             if draw is not None:
-                from lossfit.plotting import _pyplot
+                from lossfit.plotting import pyplot
 
-                figure, ax = _pyplot().subplots(figsize=(6.4, 4.4))
+                figure, ax = pyplot().subplots(figsize=(6.4, 4.4))
                 draw(ax)
                 figure.tight_layout()
             fit_section(page, heading, result, note=note, figure=figure, caption=caption, command=command)

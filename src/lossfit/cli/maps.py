@@ -232,9 +232,9 @@ def _counts(counts: dict[str, int]) -> str:
 def _map_figure(image: Any, name: str) -> Any:
     import numpy as np
 
-    from lossfit.plotting import _pyplot, world_slices
+    from lossfit.plotting import pyplot, world_slices
 
-    plt = _pyplot()
+    plt = pyplot()
     panels = world_slices(image)
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
     axes = np.atleast_1d(axes)
@@ -252,9 +252,9 @@ def _histogram(image: Any, status: Any, labels: Any, name: str) -> Any:
     """Histograms of a map over the converged voxels, one per label of ``labels`` (tissues) or one in all."""
     import torch
 
-    from lossfit.plotting import _pyplot
+    from lossfit.plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     good = _converged(status) & torch.isfinite(image.data)
     groups: list[tuple[str, torch.Tensor]] = [("converged voxels", good)]
     if labels is not None and tuple(labels.shape) == tuple(image.shape):

@@ -274,12 +274,6 @@ class FitResult:
             "stderr": _json(self.stderr),
         }
 
-    def plot(self, ax: Any = None, label: str | None = None) -> Any:
-        """Draw the loss per step on a log scale (matplotlib); returns the axes."""
-        from lossfit.plotting import plot_history
-
-        return plot_history(self, ax=ax, label=label)
-
 
 def _fmt(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)

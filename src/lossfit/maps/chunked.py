@@ -219,9 +219,9 @@ def fit_map_chunked(
 def _mask_array(mask: Any, grid: Image) -> np.ndarray | None:
     if mask is None:
         return None
-    from lossfit.maps.fit import _mask
+    from lossfit.maps.fit import voxel_mask
 
-    chosen = _mask(mask, tuple(grid.shape), grid, "mask")
+    chosen = voxel_mask(mask, tuple(grid.shape), grid, "mask")
     return None if chosen is None else chosen.numpy()
 
 
@@ -261,7 +261,7 @@ def _run(
     import dask.array as da
     from distributed import as_completed
 
-    from lossfit.scale import _client
+    from lossfit.scale import DaskClient
 
     nz = array.shape[1]
     lazy = da.from_array(array, chunks=(m, slices, array.shape[2], array.shape[3]), asarray=True, lock=False)
@@ -274,7 +274,7 @@ def _run(
     counts: dict[str, int] = {}
     at_bound: dict[str, int] = {}
     steps = written = 0
-    with _client(client, workers, 30.0) as c:
+    with DaskClient(client, workers, 30.0) as c:
         window = 2 * max(1, len(c.scheduler_info().get("workers", {})) or 1)
         pending = list(reversed(tasks))
         where: dict[Any, int] = {}

@@ -102,7 +102,7 @@ def fit_map(
     spec = resolve(model, variable)
     if spec.increasing_x and not bool((acq[1:] > acq[:-1]).all()):
         raise ValueError(f"`x` must be increasing for the {spec.name!r} model; got {acq.tolist()}")
-    selected = _mask(mask, spatial, grid, "mask")
+    selected = voxel_mask(mask, spatial, grid, "mask")
     index = torch.nonzero(selected.reshape(-1)).reshape(-1) if selected is not None else None
     y = (flat if index is None else flat[:, index]).to(dtype).contiguous()
     names, p0 = _start(spec, start, y.shape[1], index, spatial, dtype)
@@ -178,7 +178,7 @@ def _acquisition(x: Any, m: int, dtype: torch.dtype) -> torch.Tensor:
     return acq
 
 
-def _mask(value: Any, spatial: tuple[int, ...], grid: Image | None, argument: str) -> torch.Tensor | None:
+def voxel_mask(value: Any, spatial: tuple[int, ...], grid: Image | None, argument: str) -> torch.Tensor | None:
     """A bool tensor of the spatial shape, from a tensor or an Image (resampled onto ``grid`` when on another)."""
     if value is None:
         return None
@@ -310,7 +310,7 @@ def _background(
     background: Any, selected: torch.Tensor | None, spatial: tuple[int, ...], grid: Image | None
 ) -> torch.Tensor:
     if background is not None:
-        chosen = _mask(background, spatial, grid, "background")
+        chosen = voxel_mask(background, spatial, grid, "background")
         assert chosen is not None
         return chosen
     if selected is None or bool(selected.all()):

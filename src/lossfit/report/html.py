@@ -276,11 +276,11 @@ def _png(figure: Any) -> bytes:
         return data
     if not callable(getattr(figure, "savefig", None)):
         raise TypeError(f"`figure` must be a matplotlib Figure or PNG bytes; got {type(figure).__name__}")
-    from lossfit.plotting import _pyplot
+    from lossfit.plotting import pyplot
 
     buffer = io.BytesIO()
     try:
         figure.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     finally:
-        _pyplot().close(figure)
+        pyplot().close(figure)
     return buffer.getvalue()

@@ -125,9 +125,9 @@ def loss_figure(result: Any) -> Any:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    from lossfit.plotting import _pyplot
+    from lossfit.plotting import pyplot
 
-    fig, ax = _pyplot().subplots(figsize=(6, 3.6))
+    fig, ax = pyplot().subplots(figsize=(6, 3.6))
     steps = torch.arange(len(loss))
     for j in range(loss.shape[1]):
         keep = drawable[:, j]

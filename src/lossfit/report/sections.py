@@ -206,9 +206,9 @@ def level_rows(levels: Sequence[Any]) -> list[dict[str, Any]]:
 
 def levels_figure(levels: Sequence[Any]) -> Any:
     """The loss per step of each pyramid level (first pair), one line each, steps counted across levels."""
-    from lossfit.plotting import _pyplot
+    from lossfit.plotting import pyplot
 
-    fig, ax = _pyplot().subplots(figsize=(6, 3.6))
+    fig, ax = pyplot().subplots(figsize=(6, 3.6))
     offset = 0
     for i, level in enumerate(levels):
         loss = torch.as_tensor(level.loss).detach().cpu().double().reshape(len(level.loss), -1)[:, 0]

@@ -19,14 +19,14 @@ import torch
 MODELS = ("translation", "linear", "affine", "rigid", "similarity", "projective")
 
 
-def _check_model(model: str) -> None:
+def check_model(model: str) -> None:
     if model not in MODELS:
         raise ValueError(f"`model` must be one of {', '.join(repr(m) for m in MODELS)}; got {model!r}")
 
 
 def num_params(model: str, d: int) -> int:
     """The number of parameters of ``model`` in ``d`` dimensions."""
-    _check_model(model)
+    check_model(model)
     rotations = d * (d - 1) // 2
     return {
         "translation": d,
@@ -123,7 +123,7 @@ def matrix(model: str, params: torch.Tensor, d: int) -> torch.Tensor:
     then ``t``; similarity ``w``, ``t``, then ``log(scale)``; projective the first ``(d + 1)^2 - 1`` entries of the
     matrix, row by row, the last entry fixed to 1.
     """
-    _check_model(model)
+    check_model(model)
     k = num_params(model, d)
     if params.shape[-1] != k:
         raise ValueError(f"`params` for a {d}-D {model} transform must have {k} values; got {params.shape[-1]}")
@@ -156,7 +156,7 @@ def params(model: str, m: torch.Tensor) -> torch.Tensor:
     ``m`` must be of the model's kind (for rigid and similarity the linear part a scaled rotation); the projective
     matrix is scaled so its last entry is 1.
     """
-    _check_model(model)
+    check_model(model)
     d = m.shape[-1] - 1
     batch = m.shape[:-2]
     linear, shift = m[..., :d, :d], m[..., :d, d]
@@ -228,7 +228,7 @@ class Transform:
     d: int
 
     def __post_init__(self) -> None:
-        _check_model(self.model)
+        check_model(self.model)
         if not isinstance(self.d, int) or self.d < 1 or (self.model in ("rigid", "similarity") and self.d < 2):
             raise ValueError(f"`d` must be a dimension >= {2 if self.model in ('rigid', 'similarity') else 1}")
 
