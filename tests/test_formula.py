@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from lossfit import transforms as T
 from lossfit.cli import app
-from lossfit.formula import parse
+from lossfit.models import fit_formula
+from lossfit.models.formula import parse
 
 runner = CliRunner()
 
@@ -63,6 +64,38 @@ def write_curve(tmp_path: Path, text_cell: bool = False) -> Path:
     path = tmp_path / "curve.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def test_fit_formula_linear_in_its_parameters_matches_the_normal_equations() -> None:
+    # y = a*x + b*sin(u) + c is linear in (a, b, c): the least-squares answer solves the normal equations.
+    g = torch.Generator().manual_seed(7)
+    x, u = torch.rand(50, generator=g, dtype=torch.float64), torch.rand(50, generator=g, dtype=torch.float64) * 3
+    y = 1.5 * x - 0.4 * torch.sin(u) + 2.0 + 0.01 * torch.randn(50, generator=g, dtype=torch.float64)
+    fit = fit_formula("a*x + b*sin(u) + c", {"x": x, "u": u, "y": y}, {"a": 0.0, "b": 0.0, "c": 0.0})
+    design = torch.stack([x, torch.sin(u), torch.ones_like(x)], dim=1)
+    expected = torch.linalg.solve(design.T @ design, design.T @ y)
+    assert fit.success and fit.names == ("a", "b", "c") and fit.extras["columns"] == ("x", "u")
+    got = torch.stack([fit.params[name] for name in fit.names])
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+    assert fit.dof == 47
+
+
+def test_fit_formula_recovers_a_decay_and_names_each_bad_argument() -> None:
+    x = torch.linspace(0, 4, 30, dtype=torch.float64)
+    table = {"x": x, "signal": 3.0 * torch.exp(-0.7 * x) + 0.5}
+    fit = fit_formula("a*exp(-b*x)+c", table, {"a": 1, "b": 0.1, "c": 0}, target="signal")
+    assert fit.success
+    assert [round(float(fit.params[k]), 8) for k in ("a", "b", "c")] == [3.0, 0.7, 0.5]
+    with pytest.raises(ValueError, match="`start` names d"):
+        fit_formula("a*exp(-b*x)+c", table, {"a": 1, "b": 0.1, "c": 0, "d": 1}, target="signal")
+    with pytest.raises(ValueError, match="uses c: not a column"):
+        fit_formula("a*exp(-b*x)+c", table, {"a": 1, "b": 0.1}, target="signal")
+    with pytest.raises(ValueError, match="target column 'signal'"):
+        fit_formula("a*signal", table, {"a": 1}, target="signal")
+    with pytest.raises(ValueError, match="`target`: no column 'y'"):
+        fit_formula("a*x", table, {"a": 1})
+    with pytest.raises(ValueError, match="`loss`"):
+        fit_formula("a*x", table, {"a": 1}, target="signal", loss="bce")
 
 
 def test_fit_command_fits_a_formula(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 import lossfit
-from lossfit.stats import t_quantile
+from lossfit.models import t_quantile
 
 F64 = torch.float64
 

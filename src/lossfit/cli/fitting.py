@@ -230,7 +230,6 @@ def fit(
     import torch
 
     from lossfit.io import check_output_suffix, read_table
-    from lossfit.models import curve_fit
     from lossfit.models import fit as fit_model
 
     if out is not None:
@@ -250,33 +249,14 @@ def fit(
         result = fit_model(model, x, y, loss=loss)
         draw = _draw_model_fit(model, x, y, result, features)
     else:
-        from lossfit.formula import parse
-        from lossfit.losses import robust_for
+        from lossfit.models import fit_formula, parse
 
-        formula = parse(model)
         if start is None:
             fail("a formula model needs --start with a value for each parameter, e.g. --start a=1,b=0.1")
-        starts = _parse_start(start)  # type: ignore[arg-type]
-        unknown = [name for name in starts if name not in formula.names]
-        if unknown:
-            fail(f"--start names {', '.join(unknown)}, which the formula {model!r} does not use")
-        params = [name for name in formula.names if name not in table]
-        missing = [name for name in params if name not in starts]
-        if missing:
-            fail(f"the formula uses {', '.join(missing)}: not a column of {data} and not given in --start")
-        if target in formula.names:
-            fail(f"the formula must not use the target column {target!r}")
-        columns = {name: table[name] for name in formula.names if name in table}
-        if loss not in (None, "mse", "mae", "huber"):
-            fail(f"--loss for a formula must be mse, mae or huber; got {loss!r}")
-
-        def predict(_: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return torch.broadcast_to(formula({**columns, **p}), y.shape)
-
-        p0 = {name: torch.tensor(starts[name], dtype=torch.float64) for name in params}
-        result = curve_fit(predict, y, y, p0, loss=robust_for(loss))
-        fitted = predict(y, result.params).detach()
-        only = [name for name in columns] if len(columns) == 1 else []
+        result = fit_formula(model, table, _parse_start(start), target=target, loss=loss)  # type: ignore[arg-type]
+        columns = {name: table[name] for name in result.extras["columns"]}
+        fitted = parse(model)({**columns, **result.params}).detach().broadcast_to(y.shape)
+        only = list(columns) if len(columns) == 1 else []
 
         def draw(ax: Any) -> None:
             from lossfit.plotting import plot_data_fit

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lossfit.formula import Formula, parse
+from lossfit.models.formula import Formula, parse
 
 Signal = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Columns = list[torch.Tensor]

@@ -8,10 +8,14 @@ Allowed: numbers, names (variables and parameters), ``+ - * / **``, unary minus,
 from __future__ import annotations
 
 import ast
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from lossfit.models.statistics import Regression
 
 FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "exp": torch.exp,
@@ -119,3 +123,50 @@ def _evaluate(node: ast.AST, values: Mapping[str, torch.Tensor | float]) -> torc
         argument = _evaluate(node.args[0], values)
         return FUNCTIONS[node.func.id](torch.as_tensor(argument))
     raise ValueError(f"cannot evaluate {ast.unparse(node)!r}")  # unreachable after parse()
+
+
+def fit_formula(
+    text: str,
+    table: Mapping[str, torch.Tensor],
+    start: Mapping[str, float],
+    *,
+    target: str = "y",
+    loss: str | None = None,
+    **options: Any,
+) -> Regression:
+    """Fit a formula such as ``"a*exp(-b*x)+c"`` to the columns of a table by (robust) least squares.
+
+    The formula's names that are columns of ``table`` are data; the others are parameters, each with a value in
+    ``start``. ``target`` names the column predicted; ``loss`` is ``"mse"`` (default), ``"mae"`` or ``"huber"``.
+    Returns the :class:`Regression` of :func:`~lossfit.curve_fit`, with ``names`` the parameters in the formula's
+    order and ``extras["columns"]`` the columns it used.
+    """
+    from lossfit.losses import robust_for
+    from lossfit.models.curves import curve_fit
+
+    formula = parse(text)
+    if target not in table:
+        raise ValueError(f"`target`: no column {target!r} to predict (columns: {', '.join(table)})")
+    if target in formula.names:
+        raise ValueError(f"the formula {text!r} must not use the target column {target!r}")
+    unknown = [name for name in start if name not in formula.names]
+    if unknown:
+        raise ValueError(f"`start` names {', '.join(unknown)}, which the formula {text!r} does not use")
+    params = [name for name in formula.names if name not in table]
+    missing = [name for name in params if name not in start]
+    if missing:
+        raise ValueError(
+            f"the formula uses {', '.join(missing)}: not a column of the table and without a value in `start`"
+        )
+    if loss not in (None, "mse", "mae", "huber"):
+        raise ValueError(f"`loss` for a formula must be 'mse', 'mae' or 'huber'; got {loss!r}")
+    y = table[target]
+    columns = {name: table[name] for name in formula.names if name in table}
+
+    def predict(_: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.broadcast_to(formula({**columns, **p}), y.shape)
+
+    p0 = {name: torch.tensor(float(start[name]), dtype=y.dtype) for name in params}
+    result = curve_fit(predict, y, y, p0, loss=robust_for(loss), **options)
+    extras = {**result.extras, "columns": tuple(columns)}
+    return dataclasses.replace(result, names=tuple(params), extras=extras)
