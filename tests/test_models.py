@@ -280,6 +280,27 @@ def test_minibatch_fits_are_deterministic_and_match_the_full_data_logistic_fit()
     assert abs(float(a.loss) - float(full.loss)) < 1e-5
 
 
+def test_minibatch_mode_reports_what_stopped_it_never_a_false_success() -> None:
+    from lossfit.engine.minibatch import minimize_minibatches
+
+    x, y = _line_data(400)
+    loss = lambda p, xx, yy: ((xx @ p[:3] + p[3] - yy) ** 2).mean()  # noqa: E731
+    p0 = torch.zeros(4, dtype=torch.float64)
+    # Steps too small to reach the minimum settle the loss (to a loose ftol) with the gradient still large.
+    crawl = minimize_minibatches(loss, p0, _loader(x, y, 100), solver="gd", lr=1e-7, ftol=1e-3, epochs=20)
+    assert crawl.status == lossfit.Status.SUSPECT_GRADIENT and not crawl.success
+    assert crawl.extras["gradient_inf_norm"] > 1.0
+    # Too few epochs: MAX_STEPS, with one history row per epoch after the start and four minibatch steps each.
+    short = minimize_minibatches(loss, p0, _loader(x, y, 100), solver="adam", lr=0.01, epochs=3)
+    assert short.status == lossfit.Status.MAX_STEPS and short.extras["epochs"] == 3 and short.num_steps == 12
+    assert short.history is not None and len(short.history) == 4
+    # A step that overflows: NONFINITE.
+    wild = minimize_minibatches(loss, p0, _loader(x, y, 100), solver="gd", lr=1e60, epochs=50)
+    assert wild.status == lossfit.Status.NONFINITE and not wild.success
+    with pytest.raises(ValueError, match="at the start"):  # a finite start where the loss is not finite
+        minimize_minibatches(lambda p, xx, yy: loss(p, xx, yy) / 0.0, p0, _loader(x, y, 100))
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

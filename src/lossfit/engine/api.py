@@ -82,7 +82,7 @@ def minimize(
     check_finite_start(obj.value(x0, torch.arange(x0.shape[0])), "the loss values")
     stop = _stopping(chosen, ftol, xtol, gtol, max_steps, max_time)
     outcome = run(obj, chosen, x0, stop, record=history)
-    return _finish(obj, chosen, outcome, reason, x0)
+    return finish(obj, chosen, outcome, reason, x0)
 
 
 def least_squares(
@@ -191,7 +191,7 @@ def least_squares(
     stop = _stopping(chosen, ftol, xtol, gtol, max_steps, max_time)
     # Scalar solvers see the (robust) cost of the residuals through `Objective.value`.
     outcome = run(obj, chosen, x0, stop, record=history)
-    return _finish(obj, chosen, outcome, reason, x0, rank_check)
+    return finish(obj, chosen, outcome, reason, x0, rank_check)
 
 
 def _masked(
@@ -273,10 +273,22 @@ def _stopping(
     return Stopping(values["ftol"], values["xtol"], values["gtol"], steps, max_time)
 
 
-def _finish(
-    obj: Objective, solver: Solver, outcome: Outcome, reason: str, x0: torch.Tensor, rank_check: bool = True
+def finish(
+    obj: Any,
+    solver: Solver,
+    outcome: Outcome,
+    reason: str,
+    x0: torch.Tensor,
+    rank_check: bool = True,
+    gradient_ratio: float = 1e-4,
 ) -> FitResult:
-    """Check the answers the solver calls converged, and assemble the result."""
+    """Check the answers the solver calls converged, and assemble the result: the one finishing path of the
+    driver's runs (:func:`minimize`, :func:`least_squares`, the minibatch mode).
+
+    ``obj`` is the :class:`~lossfit.engine.problem.Objective` (or the minibatch mode's whole-data problem) with its
+    ``spec`` and ``aux``. A scalar loss's answer must have a gradient at most ``gradient_ratio`` times the start's
+    (or rounding level of the loss) and a loss no higher than the start; otherwise ``SUSPECT_GRADIENT``.
+    """
     spec = obj.spec
     rows = torch.arange(outcome.x.shape[0], device=outcome.x.device)
     status = outcome.status.clone()
@@ -287,7 +299,7 @@ def _finish(
         f0, g0 = obj.value_and_grad(x0, rows)
         gm, gm0 = g.abs().amax(dim=1), g0.abs().amax(dim=1)
         # A minimum found by descent has a small gradient (against the start's) and a loss no higher than the start.
-        suspect = (gm > torch.maximum(1e-4 * gm0, 1e-6 * f0.abs().clamp_min(1.0))) | (f > f0)
+        suspect = (gm > torch.maximum(gradient_ratio * gm0, 1e-6 * f0.abs().clamp_min(1.0))) | (f > f0)
     else:
         if spec.numel <= DENSE_LIMIT:
             g0 = outcome.g0 if outcome.g0 is not None else obj.value_and_grad(x0, rows)[1].abs().amax(dim=1)

@@ -167,6 +167,8 @@ def _stopping_codes(
     root = stop.ftol**0.5
     moved = ((x_new - x_old).abs() / (root + x_new.abs())).amax(dim=1)
     ftol_hit = ftol_hit & (moved <= root)
+    if info.converged is not None:
+        ftol_hit = ftol_hit | info.converged
     xtol_hit = info.accepted & (info.step_norm <= stop.xtol * (stop.xtol + x_new.norm(dim=1)))
     code = torch.zeros_like(step_count)
     code = torch.where(info.stalled, Status.STALLED, code)

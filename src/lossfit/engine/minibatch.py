@@ -1,24 +1,31 @@
-"""Minibatch minimisation: a first-order solver stepping on one minibatch's loss at a time (seed 002).
+"""Minibatch minimisation: the driver's mode in which a first-order solver steps on one minibatch's loss at a time.
 
 With minibatches the gradient of each step is a stochastic estimate of the full gradient: the method is no longer
 the full-batch one, and the loss it sees fluctuates from step to step. Convergence is therefore judged once per epoch
 on the loss over the whole data set (a separate pass without gradients), never on a single minibatch.
+
+The pieces are the engine's own: :class:`WholeData` is the problem the driver (:func:`lossfit.engine.loop.run`)
+sees, the loss over all the data; :class:`Epochs` is the solver, one driver step per epoch, that walks the
+minibatches with a first-order method's rule; the answer is checked and the result built by the same finishing
+path as :func:`lossfit.minimize`'s.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterable
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch.func import grad_and_value
 
-from lossfit.engine.problem import Objective, ParamSpec
-from lossfit.engine.result import FitResult, History, SolverInfo, Status, build_result
+from lossfit.engine.loop import Stopping, run
+from lossfit.engine.problem import Objective, ParamSpec, check_finite_start
+from lossfit.engine.result import FitResult
 from lossfit.engine.solvers import resolve
-from lossfit.engine.solvers.first_order import _FirstOrder
+from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted, none_stalled
+from lossfit.engine.solvers.first_order import FirstOrder
 
 
 def minimize_minibatches(
@@ -54,110 +61,155 @@ def minimize_minibatches(
         constraints, dtype, max_time, **options: as for :func:`lossfit.minimize` (``lr=...`` and so on).
 
     Returns:
-        A :class:`FitResult` whose ``history`` has one row per epoch (row 0: the start), with the whole-data loss and
-        gradient norm; ``num_steps`` counts minibatch steps. ``CONVERGED_FTOL``, or honestly ``MAX_STEPS`` or
-        ``SUSPECT_GRADIENT``.
+        A :class:`FitResult` whose ``history`` has one row per epoch (row 0: the start), with the whole-data loss
+        (the gradient norm at the start only: the epochs compute none); ``num_steps`` counts minibatch steps.
+        ``CONVERGED_FTOL``, or honestly ``MAX_STEPS`` or ``SUSPECT_GRADIENT``.
     """
+    from lossfit.engine.api import finish
+
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable; got {type(loss_fn).__name__}")
-    if not isinstance(epochs, int) or epochs < 1:
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"`epochs` must be a positive integer; got {epochs!r}")
-    if not (ftol >= 0 and patience >= 1):
-        raise ValueError(f"`ftol` must be >= 0 and `patience` >= 1; got {ftol!r} and {patience!r}")
-    chosen = resolve(solver, options)
-    if not isinstance(chosen, _FirstOrder):
-        raise ValueError(f"`solver` must be 'adam', 'gd' or 'rmsprop' for minibatches; got {chosen.name!r}")
+    if not (ftol >= 0 and isinstance(patience, int) and patience >= 1):
+        raise ValueError(f"`ftol` must be >= 0 and `patience` a positive integer; got {ftol!r} and {patience!r}")
+    if not gtol >= 0:
+        raise ValueError(f"`gtol` must be >= 0; got {gtol!r}")
+    method = resolve(solver, options)
+    if not isinstance(method, FirstOrder):
+        raise ValueError(f"`solver` must be 'adam', 'gd' or 'rmsprop' for minibatches; got {method.name!r}")
     spec = ParamSpec(params, constraints, False, dtype)
-    x, aux = spec.initial()
-    rows = torch.arange(1)
-    start = time.perf_counter()
+    x0, aux = spec.initial()
+    whole = WholeData(loss_fn, spec, aux, data)
+    check_finite_start(whole.value(x0, torch.arange(1)), "the loss over the data at the start")
+    epoch = Epochs(method=method, ftol=ftol, patience=patience)
+    # The driver's own tests are off (0, or never for gtol): an epoch's loss is judged by the solver's patience.
+    outcome = run(whole, epoch, x0, Stopping(ftol=0.0, xtol=0.0, gtol=-1.0, max_steps=epochs, max_time=max_time))
+    epochs_run = int(outcome.steps[0])
+    reason = f"minibatches: {whole.minibatch_steps} steps over {epochs_run} epochs"
+    result = finish(whole, method, outcome, reason, x0, gradient_ratio=gtol)
+    g = whole.value_and_grad(outcome.x, torch.arange(1))[1]
+    return dataclasses.replace(
+        result,
+        steps=torch.tensor([whole.minibatch_steps]),
+        num_steps=whole.minibatch_steps,
+        extras={
+            **result.extras,
+            "epochs": epochs_run,
+            "lr_halvings": epoch.halvings,
+            "final_lr": method.options["lr"],
+            "gradient_inf_norm": float(g.abs().max()),
+        },
+    )
 
-    def whole(x: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss (and gradient) over all the data, weighting each minibatch by its size."""
-        total = torch.zeros((), dtype=x.dtype)
+
+class WholeData:
+    """The problem the driver sees in minibatch mode: the loss over all the data, the size-weighted mean of the
+    minibatches' losses; :meth:`minibatches` gives the solver each minibatch's loss and gradient in turn."""
+
+    kind = "scalar"
+    keep_final = False
+    num_residuals: int | None = None
+    counts: torch.Tensor | None = None
+
+    def __init__(self, loss_fn: Callable[..., torch.Tensor], spec: ParamSpec, aux: Any, data: Iterable[Any]) -> None:
+        self.loss_fn, self.spec, self.aux, self.data = loss_fn, spec, aux, data
+        self.evals = 0
+        self.minibatch_steps = 0
+
+    def value(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self._over_data(x, rows, grad=False)[0]
+
+    def value_and_grad(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._over_data(x, rows, grad=True)
+
+    def minibatches(self) -> Iterator[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+        """For each minibatch in turn, a function of the row ``x (n,)`` giving its loss and gradient."""
+        for batch in self.data:
+            args = _as_tuple(batch)
+            self.minibatch_steps += 1
+            self.evals += 1
+
+            def loss(row: torch.Tensor, args: tuple[Any, ...] = args) -> torch.Tensor:
+                return self.loss_fn(self.spec.unflatten(row, self.aux[0]), *args)
+
+            yield grad_and_value(loss)
+
+    # A scalar loss has no residuals: the least-squares half of the protocol is refused, not approximated.
+    def residual(self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> torch.Tensor:
+        raise TypeError("a loss over minibatches is a scalar loss: it has no residuals")
+
+    def residual_and_jacobian(
+        self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise TypeError("a loss over minibatches is a scalar loss: it has no residuals")
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        raise TypeError("a loss over minibatches is a scalar loss: it has no residuals")
+
+    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        return None
+
+    def parts(self, b: int, per_row: int) -> list[slice]:
+        return [slice(0, b)]
+
+    def _over_data(self, x: torch.Tensor, rows: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        total = torch.zeros(1, dtype=x.dtype, device=x.device)
         g_total = torch.zeros_like(x)
         count = 0
-        for batch in data:
+        for batch in self.data:
             args = _as_tuple(batch)
-            obj = Objective(loss_fn, spec, args, aux, kind="scalar")
+            obj = Objective(self.loss_fn, self.spec, args, self.aux, kind="scalar")
             size = int(args[0].shape[0])
             if grad:
                 f, g = obj.value_and_grad(x, rows)
                 g_total += size * g
             else:
                 f = obj.value(x, rows)
-            total += size * f.detach()[0]
+            total += size * f.detach()
             count += size
+            self.evals += 1
         if count == 0:
             raise ValueError("`data` yielded no minibatches")
         return total / count, g_total / count
 
-    f0, g0 = whole(x, grad=True)
-    if not bool(torch.isfinite(f0)):
-        raise ValueError(f"the loss over the data at the start is {float(f0)}; check the start and the data")
-    losses, grads, steps_norm, times = [f0], [g0.abs().max()], [torch.zeros(())], [0.0]
-    state: dict[str, torch.Tensor] = chosen._buffers(x)
-    steps = 0
-    calm = 0
-    halvings = 0
-    status = Status.MAX_STEPS
-    for _ in range(epochs):
-        epoch_start = x.clone()
-        for batch in data:
-            args = _as_tuple(batch)
-            g, f = grad_and_value(lambda row, args=args: loss_fn(spec.unflatten(row, aux[0]), *args))(x[0])
-            state["f"], state["g"] = f.detach().reshape(1), g.detach().unsqueeze(0)
-            delta, buffers = chosen._direction(state)
-            state.update(buffers)
+
+@dataclass
+class Epochs(Solver):
+    """One driver step is one epoch: the first-order ``method`` steps once per minibatch (on that minibatch's
+    gradient), then the whole-data loss is measured. An epoch whose loss rose halves the method's learning rate;
+    ``patience`` epochs in a row that changed the loss by at most ``ftol`` times itself are convergence."""
+
+    name: ClassVar[str] = "epochs"
+    method: FirstOrder = field(default_factory=lambda: FirstOrder())
+    ftol: float = 1e-6
+    patience: int = 3
+    halvings: int = 0
+
+    def init(self, obj: Any, x: torch.Tensor, rows: torch.Tensor) -> State:
+        f, g = obj.value_and_grad(x, rows)
+        calm = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return {"f": f, "g": g, "gm": g.abs().amax(dim=1), "calm": calm, **self.method.buffers(x)}
+
+    def step(self, obj: Any, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
+        start, previous = x, state["f"]
+        buffers = {k: v for k, v in state.items() if k not in ("f", "g", "gm", "calm")}
+        for loss_and_grad in obj.minibatches():
+            g, f = loss_and_grad(x[0])
+            delta, buffers = self.method.direction({**buffers, "f": f.detach().reshape(1), "g": g.detach()[None]})
             x = x + delta
-            steps += 1
-        f, _ = whole(x, grad=False)
-        previous = losses[-1]
-        losses.append(f)
-        grads.append(torch.tensor(math.nan))
-        steps_norm.append((x - epoch_start).norm())
-        times.append(time.perf_counter() - start)
-        if not bool(torch.isfinite(f)):
-            status = Status.NONFINITE
-            break
-        if bool(f >= previous):  # the loss rose over an epoch: the step is too long for the minibatch noise; halve it
-            chosen.options["lr"] *= 0.5
-            halvings += 1
-        calm = calm + 1 if abs(float(previous - f)) <= ftol * max(abs(float(f)), abs(float(previous))) else 0
-        if calm >= patience:
-            status = Status.CONVERGED_FTOL
-            break
-        if max_time is not None and times[-1] >= max_time:
-            status = Status.MAX_TIME
-            break
-    g = whole(x, grad=True)[1] if status != Status.NONFINITE else torch.full_like(x, math.nan)
-    grads[-1] = g.abs().max()
-    if status == Status.CONVERGED_FTOL and bool(grads[-1] > gtol * grads[0]):
-        # The loss settled but the whole-data gradient has not shrunk: the steps died out before the minimum.
-        status = Status.SUSPECT_GRADIENT
-    epochs_run = len(losses) - 1
-
-    def column(values: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack([v.reshape(()) for v in values]).to(x.dtype).unsqueeze(1)  # one problem: one column
-
-    history = History(column(losses), column(grads), column(steps_norm), torch.tensor(times, dtype=torch.float64))
-    return build_result(
-        params=spec.unflatten_batch(x, aux),
-        loss=losses[-1].reshape(1),
-        statuses=(status,),
-        steps=torch.tensor([steps]),
-        batch=False,
-        num_evals=steps,
-        solver=SolverInfo(chosen.name, dict(chosen.options), f"minibatches: {steps} steps over {epochs_run} epochs"),
-        time=time.perf_counter() - start,
-        history=history,
-        extras={
-            "epochs": epochs_run,
-            "lr_halvings": halvings,
-            "final_lr": chosen.options["lr"],
-            "gradient_inf_norm": float(g.abs().max()),
-        },
-    )
+        f = obj.value(x, rows)
+        if bool((f >= previous).all()):  # the loss rose over an epoch: the step is too long for the minibatch noise
+            self.method.options["lr"] *= 0.5
+            self.halvings += 1
+        settled = (previous - f).abs() <= self.ftol * torch.maximum(f.abs(), previous.abs())
+        calm = torch.where(settled, state["calm"] + 1, torch.zeros_like(state["calm"]))
+        nan = torch.full_like(f, float("nan"))  # no whole-data gradient per epoch (it would cost a pass)
+        info = StepInfo(all_accepted(x), (x - start).norm(dim=1), none_stalled(x), converged=calm >= self.patience)
+        return x, {"f": f, "g": state["g"], "gm": nan, "calm": calm, **buffers}, info
 
 
 def _as_tuple(batch: Any) -> tuple[Any, ...]:

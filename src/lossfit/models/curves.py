@@ -13,7 +13,6 @@ from lossfit._validation import as_real_tensor
 from lossfit.engine import FitResult, Status, least_squares
 from lossfit.models.statistics import Regression, flat_params, result_fields, runs_z
 
-
 RUNS_Z = 3.0
 """Residuals whose sign runs score below ``-RUNS_Z`` (:func:`~lossfit.models.runs_z`) suggest a missed feature."""
 RESTARTS = 8

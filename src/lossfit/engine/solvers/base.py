@@ -30,7 +30,8 @@ class StepInfo:
 
     Solvers with a local model also report the decrease the model ``predicted`` and the ``actual`` decrease of the
     trial point, so that ``ftol`` can hold at a minimum where every further step is rejected (as in MINPACK), and
-    dense solvers what they ``evaluated`` there.
+    dense solvers what they ``evaluated`` there. A solver with a convergence test of its own (the minibatch mode's
+    settled whole-data loss) reports where it held in ``converged``: the status is then ``CONVERGED_FTOL``.
     """
 
     accepted: torch.Tensor
@@ -39,6 +40,7 @@ class StepInfo:
     predicted: torch.Tensor | None = None
     actual: torch.Tensor | None = None
     evaluated: Evaluation | None = None
+    converged: torch.Tensor | None = None
 
 
 @dataclass

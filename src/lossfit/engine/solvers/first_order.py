@@ -17,24 +17,28 @@ from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted, g
 
 
 @dataclass
-class _FirstOrder(Solver):
+class FirstOrder(Solver):
+    """A first-order method: each step moves by ``direction(state)``, from the gradient ``state["g"]`` and the
+    method's own ``buffers`` (momentum, moment estimates), so the minibatch mode can step on one minibatch's gradient
+    at a time with the same rule."""
+
     tolerances: ClassVar[dict[str, float]] = {"ftol": 1e-12, "xtol": 0.0, "gtol": 1e-10}
     window: ClassVar[int] = 50
 
     def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
         f, g = obj.value_and_grad(x, rows)
-        return {"f": f, "f0": f, "g": g, "gm": gradient_measure(f, f, g), **self._buffers(x)}
+        return {"f": f, "f0": f, "g": g, "gm": gradient_measure(f, f, g), **self.buffers(x)}
 
-    def _buffers(self, x: torch.Tensor) -> State:
+    def buffers(self, x: torch.Tensor) -> State:
         return {}
 
-    def _direction(self, state: State) -> tuple[torch.Tensor, State]:
+    def direction(self, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
     def step(
         self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
     ) -> tuple[torch.Tensor, State, StepInfo]:
-        delta, buffers = self._direction(state)
+        delta, buffers = self.direction(state)
         x_new = x + delta
         f, g = obj.value_and_grad(x_new, rows)
         info = StepInfo(all_accepted(x), delta.norm(dim=-1), none_stalled(x))
@@ -43,7 +47,7 @@ class _FirstOrder(Solver):
 
 
 @dataclass
-class GradientDescent(_FirstOrder):
+class GradientDescent(FirstOrder):
     """Gradient descent ``v = momentum * v + g; x -= lr * v`` (``x -= lr * (g + momentum * v)`` with Nesterov).
 
     Options: ``lr`` (default 0.01), ``momentum`` (0), ``nesterov`` (False).
@@ -56,10 +60,10 @@ class GradientDescent(_FirstOrder):
         if self.options["nesterov"] and self.options["momentum"] <= 0:
             raise ValueError("`nesterov=True` needs `momentum` > 0")
 
-    def _buffers(self, x: torch.Tensor) -> State:
+    def buffers(self, x: torch.Tensor) -> State:
         return {"v": torch.zeros_like(x)}
 
-    def _direction(self, state: State) -> tuple[torch.Tensor, State]:
+    def direction(self, state: State) -> tuple[torch.Tensor, State]:
         lr, mu = self.options["lr"], self.options["momentum"]
         g = state["g"]
         v = mu * state["v"] + g
@@ -68,7 +72,7 @@ class GradientDescent(_FirstOrder):
 
 
 @dataclass
-class Adam(_FirstOrder):
+class Adam(FirstOrder):
     """Adam (Kingma and Ba, 2015) with bias correction. Options: ``lr`` (0.001), ``betas`` ((0.9, 0.999)), ``eps``."""
 
     name: ClassVar[str] = "adam"
@@ -76,11 +80,11 @@ class Adam(_FirstOrder):
     def __post_init__(self) -> None:
         self.options = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, **self.options}
 
-    def _buffers(self, x: torch.Tensor) -> State:
+    def buffers(self, x: torch.Tensor) -> State:
         zeros = torch.zeros_like(x)
         return {"m": zeros, "v": zeros.clone(), "t": torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)}
 
-    def _direction(self, state: State) -> tuple[torch.Tensor, State]:
+    def direction(self, state: State) -> tuple[torch.Tensor, State]:
         b1, b2 = self.options["betas"]
         g, t = state["g"], state["t"] + 1
         m = b1 * state["m"] + (1 - b1) * g
@@ -91,7 +95,7 @@ class Adam(_FirstOrder):
 
 
 @dataclass
-class RMSprop(_FirstOrder):
+class RMSprop(FirstOrder):
     """RMSprop (Tieleman and Hinton). Options: ``lr`` (0.01), ``alpha`` (0.99), ``eps`` (1e-8), ``momentum`` (0)."""
 
     name: ClassVar[str] = "rmsprop"
@@ -99,10 +103,10 @@ class RMSprop(_FirstOrder):
     def __post_init__(self) -> None:
         self.options = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, **self.options}
 
-    def _buffers(self, x: torch.Tensor) -> State:
+    def buffers(self, x: torch.Tensor) -> State:
         return {"sq": torch.zeros_like(x), "buf": torch.zeros_like(x)}
 
-    def _direction(self, state: State) -> tuple[torch.Tensor, State]:
+    def direction(self, state: State) -> tuple[torch.Tensor, State]:
         alpha, g = self.options["alpha"], state["g"]
         sq = alpha * state["sq"] + (1 - alpha) * g * g
         scaled = g / (sq.sqrt() + self.options["eps"])
