@@ -18,10 +18,9 @@ from typing import Any, Protocol
 import torch
 from torch.func import jacfwd, jacrev, vmap
 
-from lossfit.engine import robust
 from lossfit.engine.constraints import Constraint, as_constraint
 from lossfit.errors import NonFiniteError
-from lossfit.losses import Rho
+from lossfit.losses import Rho, robust_derivatives, robust_value
 
 
 @functools.cache
@@ -340,13 +339,13 @@ class Objective:
         """The loss of residuals ``(B, m)``: half the sum of (robust) squares."""
         if self.rho is None:
             return 0.5 * (r * r).sum(dim=1)
-        return 0.5 * robust.value(self.rho, self._lengths(r), self.f_scale).sum(dim=1)
+        return 0.5 * robust_value(self.rho, self._lengths(r), self.f_scale).sum(dim=1)
 
     def weights(self, r: torch.Tensor) -> torch.Tensor | None:
         """``rho'`` at each residual (None for plain least squares): the re-weighting of a robust step."""
         if self.rho is None:
             return None
-        weight = robust.derivatives(self.rho, self._lengths(r), self.f_scale)[0]
+        weight = robust_derivatives(self.rho, self._lengths(r), self.f_scale)[0]
         return weight if self.group == 1 else weight.repeat_interleave(self.group, dim=1)
 
     def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -361,7 +360,7 @@ class Objective:
         if self.rho is None:
             return None
         lengths = self._lengths(r)
-        d1, d2, z = robust.derivatives(self.rho, lengths, self.f_scale)
+        d1, d2, z = robust_derivatives(self.rho, lengths, self.f_scale)
         c = torch.maximum(2 * d2 * z, -d1)
         if self.group == 1:
             return d1, c, torch.sign(r)

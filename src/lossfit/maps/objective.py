@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 
-from lossfit.engine import robust
 from lossfit.engine.solvers.voxelwise import cholesky_solve
-from lossfit.losses import ROBUST, Rho
+from lossfit.losses import ROBUST, Rho, robust_derivatives, robust_value
 from lossfit.maps.models import MapModel
 
 Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -53,7 +52,7 @@ class LeastSquares:
 
     def cost(self, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r = self.model.signal(self.x, p) - y
-        return 0.5 * robust.value(self.rho, r, self.f_scale).sum(0)
+        return 0.5 * robust_value(self.rho, r, self.f_scale).sum(0)
 
     def terms(self, p: torch.Tensor, y: torch.Tensor) -> Terms:
         value, j = self.model.evaluate(self.x, p)
@@ -62,9 +61,9 @@ class LeastSquares:
             g, h = _normal(j, r)
             r2 = (r * r).sum(0)
             return 0.5 * r2, g, h, r2
-        d1, _, _ = robust.derivatives(self.rho, r, self.f_scale)
+        d1, _, _ = robust_derivatives(self.rho, r, self.f_scale)
         g, h = _normal(j, r, d1)
-        return 0.5 * robust.value(self.rho, r, self.f_scale).sum(0), g, h, (d1 * r * r).sum(0)
+        return 0.5 * robust_value(self.rho, r, self.f_scale).sum(0), g, h, (d1 * r * r).sum(0)
 
 
 def log_bessel_i0(z: torch.Tensor) -> torch.Tensor:

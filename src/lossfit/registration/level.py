@@ -20,8 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from lossfit.engine import robust
-from lossfit.losses import MAD_TO_SIGMA, Rho, robust_loss, robust_tuning
+from lossfit.losses import MAD_TO_SIGMA, Rho, robust_derivatives, robust_loss, robust_tuning, robust_value
 from lossfit.registration import metrics as M
 from lossfit.registration.resample import sample
 
@@ -269,18 +268,18 @@ class LevelProblem:
         """Half the sum of (robust) squares of the normalised residuals: half their (robust) mean square."""
         if self.rho is None:
             return 0.5 * (r * r).sum(-1)
-        return 0.5 * robust.value(self.rho, r, self._scale_for(r)).sum(-1)  # type: ignore[arg-type]
+        return 0.5 * robust_value(self.rho, r, self._scale_for(r)).sum(-1)  # type: ignore[arg-type]
 
     def weights(self, r: torch.Tensor) -> torch.Tensor | None:
         if self.rho is None:
             return None
-        return robust.derivatives(self.rho, r, self._scale_for(r))[0]  # type: ignore[arg-type]
+        return robust_derivatives(self.rho, r, self._scale_for(r))[0]  # type: ignore[arg-type]
 
     def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """``rho'``, the clamped curvature ``c`` and ``sign(r)`` per residual (see ``Objective.robust_terms``)."""
         if self.rho is None:
             return None
-        d1, d2, z = robust.derivatives(self.rho, r, self._scale_for(r))  # type: ignore[arg-type]
+        d1, d2, z = robust_derivatives(self.rho, r, self._scale_for(r))  # type: ignore[arg-type]
         return d1, torch.maximum(2 * d2 * z, -d1), torch.sign(r)
 
     def parts(self, b: int, per_row: int) -> list[slice]:
