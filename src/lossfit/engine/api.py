@@ -77,6 +77,7 @@ def minimize(
     x0, _aux = spec.initial()
     name, reason = choose("scalar", spec.numel) if solver == "auto" else ("", "")
     chosen = resolve(name or solver, options)
+    _check_general(chosen)
     if chosen.needs != "gradient":
         raise ValueError(f"`solver` {chosen.name!r} needs residuals: use lossfit.least_squares for it")
     check_finite_start(obj.value(x0, torch.arange(x0.shape[0])), "the loss values")
@@ -188,6 +189,7 @@ def least_squares(
             )
     name, reason = choose("residual", spec.numel) if solver == "auto" else ("", "")
     chosen = resolve(name or solver, options)
+    _check_general(chosen)
     stop = _stopping(chosen, ftol, xtol, gtol, max_steps, max_time)
     # Scalar solvers see the (robust) cost of the residuals through `Objective.value`.
     outcome = run(obj, chosen, x0, stop, record=history)
@@ -246,6 +248,14 @@ def _setup(
     return spec, obj
 
 
+def _check_general(solver: Solver) -> None:
+    if solver.needs == "iteration":
+        raise ValueError(
+            f"`solver` {solver.name!r} runs a problem's own iteration (lossfit.matrices uses it); it cannot minimise "
+            "a function given here"
+        )
+
+
 def _check_callable(fn: Any, argument: str) -> None:
     if not callable(fn):
         raise TypeError(f"`{argument}` must be callable; got {type(fn).__name__}")
@@ -285,23 +295,32 @@ def finish(
     """Check the answers the solver calls converged, and assemble the result: the one finishing path of the
     driver's runs (:func:`minimize`, :func:`least_squares`, the minibatch mode).
 
-    ``obj`` is the :class:`~lossfit.engine.problem.Objective` (or the minibatch mode's whole-data problem) with its
-    ``spec`` and ``aux``. A scalar loss's answer must have a gradient at most ``gradient_ratio`` times the start's
-    (or rounding level of the loss) and a loss no higher than the start; otherwise ``SUSPECT_GRADIENT``.
+    ``obj`` is the :class:`~lossfit.engine.problem.Objective` or the minibatch mode's whole-data problem, with its
+    ``spec`` and ``aux``, or an iteration's problem, which gives its answer's parameters (``answer(x)``) and says
+    whether it is a ``batch``. A scalar loss's answer must have a gradient at most ``gradient_ratio`` times the
+    start's (or rounding level of the loss) and a loss no higher than the start; otherwise ``SUSPECT_GRADIENT``.
     """
-    spec = obj.spec
+    if obj.kind == "iteration":
+        params, batch = obj.answer(outcome.x), obj.batch
+    else:
+        params, batch = obj.spec.unflatten_batch(outcome.x, obj.aux), obj.spec.batch
     rows = torch.arange(outcome.x.shape[0], device=outcome.x.device)
     status = outcome.status.clone()
     residuals = jac = cov = None
     x = outcome.x
-    if obj.kind == "scalar":
+    if obj.kind == "iteration":
+        # A problem's own iteration (Newton-Schulz, Jacobi): its loss at the answer; the family checks the answer
+        # against its closed form (lossfit.matrices' references), which no gradient test here could replace.
+        f = obj.value(x, rows)
+        suspect = torch.zeros_like(status, dtype=torch.bool)
+    elif obj.kind == "scalar":
         f, g = obj.value_and_grad(x, rows)
         f0, g0 = obj.value_and_grad(x0, rows)
         gm, gm0 = g.abs().amax(dim=1), g0.abs().amax(dim=1)
         # A minimum found by descent has a small gradient (against the start's) and a loss no higher than the start.
         suspect = (gm > torch.maximum(gradient_ratio * gm0, 1e-6 * f0.abs().clamp_min(1.0))) | (f > f0)
     else:
-        if spec.numel <= DENSE_LIMIT:
+        if obj.spec.numel <= DENSE_LIMIT:
             g0 = outcome.g0 if outcome.g0 is not None else obj.value_and_grad(x0, rows)[1].abs().amax(dim=1)
             check = check_least_squares(obj, x, rows, g0, outcome.final)
             residuals, jac, cov, suspect = check.residuals, check.jacobian, check.covariance, check.suspect
@@ -321,13 +340,13 @@ def finish(
     by_code = {int(s): s for s in Status}
     extras: dict[str, Any] = {}
     if obj.counts is not None:
-        extras["num_residuals"] = obj.counts if spec.batch else int(obj.counts[0])
+        extras["num_residuals"] = obj.counts if batch else int(obj.counts[0])
     return build_result(
-        params=spec.unflatten_batch(x, obj.aux),
+        params=params,
         loss=f,
         statuses=tuple(map(by_code.__getitem__, status.tolist())),
         steps=outcome.steps,
-        batch=spec.batch,
+        batch=batch,
         num_evals=obj.evals,
         solver=SolverInfo(solver.name, dict(solver.options), reason),
         time=outcome.time,

@@ -19,12 +19,13 @@ class Stopping:
 
     ``ftol``: the loss fell by less than ``ftol`` times itself over the solver's window of steps; ``xtol``: the step
     was shorter than ``xtol * (xtol + |x|)``; ``gtol``: the solver's gradient measure fell below ``gtol``;
-    ``max_steps`` and ``max_time`` (seconds) end the run unconverged.
+    ``max_steps`` and ``max_time`` (seconds) end the run unconverged. ``None`` turns a test off (a solver with a
+    convergence test of its own, whose runs then skip the work of the others).
     """
 
-    ftol: float
-    xtol: float
-    gtol: float
+    ftol: float | None
+    xtol: float | None
+    gtol: float | None
     max_steps: int
     max_time: float | None
 
@@ -126,7 +127,8 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
             times.append(elapsed)
         # Loss change over the window (a step count below the window compares with the start).
         oldest = past[:, 0]
-        past = torch.cat([past[:, 1:], torch.where(info.accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
+        if stop.ftol is not None:
+            past = torch.cat([past[:, 1:], torch.where(info.accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
         floor = None if zero_level is None else (zero_level[rows], f0[rows])
         code = _stopping_codes(stop, info, f, oldest, x_rows, x_new, steps[rows], window, elapsed, floor, state["gm"])
         done = running & (code != Status.RUNNING)
@@ -157,27 +159,22 @@ def _stopping_codes(
     ``oldest`` is the loss ``window`` steps ago; ``floor`` the rounding level of zero and the start's loss, for losses
     bounded below by 0 (None otherwise); ``gm`` the solver's gradient measure.
     """
-    scale = torch.maximum(oldest.abs(), f.abs())
-    ftol_hit = info.accepted & ((oldest - f).abs() <= stop.ftol * scale) & (step_count >= window)
-    if info.predicted is not None and info.actual is not None:
-        tiny = stop.ftol * f.abs()
-        ftol_hit = ftol_hit | ((info.predicted <= tiny) & (info.actual.abs() <= tiny))
-    # A loss that has settled to ftol lies within about sqrt(ftol) of the minimiser, relative to each parameter; a
-    # step still longer than that is slow (linear) convergence that has further to go, not convergence.
-    root = stop.ftol**0.5
-    moved = ((x_new - x_old).abs() / (root + x_new.abs())).amax(dim=1)
-    ftol_hit = ftol_hit & (moved <= root)
-    if info.converged is not None:
-        ftol_hit = ftol_hit | info.converged
-    xtol_hit = info.accepted & (info.step_norm <= stop.xtol * (stop.xtol + x_new.norm(dim=1)))
-    code = torch.zeros_like(step_count)
-    code = torch.where(info.stalled, Status.STALLED, code)
-    code = torch.where(step_count >= stop.max_steps, Status.MAX_STEPS, code)
+    code = (step_count >= stop.max_steps) * Status.MAX_STEPS
+    if info.stalled is not None:
+        code = torch.where(info.stalled & (code == 0), Status.STALLED, code)
     if stop.max_time is not None and elapsed >= stop.max_time:
         code = torch.where(code == 0, Status.MAX_TIME, code)
-    code = torch.where(xtol_hit, Status.CONVERGED_XTOL, code)
-    code = torch.where(ftol_hit, Status.CONVERGED_FTOL, code)
-    code = torch.where(gm <= stop.gtol, Status.CONVERGED_GTOL, code)
+    if stop.xtol is not None:
+        xtol_hit = info.accepted & (info.step_norm <= stop.xtol * (stop.xtol + x_new.norm(dim=1)))
+        code = torch.where(xtol_hit, Status.CONVERGED_XTOL, code)
+    if stop.ftol is not None:
+        code = torch.where(
+            _ftol_hit(stop.ftol, info, f, oldest, x_old, x_new, step_count, window), Status.CONVERGED_FTOL, code
+        )
+    if info.converged is not None:  # the solver's own test
+        code = torch.where(info.converged, info.converged_as, code)
+    if stop.gtol is not None:
+        code = torch.where(gm <= stop.gtol, Status.CONVERGED_GTOL, code)
     if floor is not None:
         zero_level, f_start = floor
         at_zero = f <= zero_level
@@ -187,19 +184,48 @@ def _stopping_codes(
     return torch.where(~torch.isfinite(f), Status.NONFINITE, code)
 
 
+def _ftol_hit(
+    ftol: float,
+    info: StepInfo,
+    f: torch.Tensor,
+    oldest: torch.Tensor,
+    x_old: torch.Tensor,
+    x_new: torch.Tensor,
+    step_count: torch.Tensor,
+    window: int,
+) -> torch.Tensor:
+    """Where the loss changed by at most ``ftol`` times itself over the window (or, for a model-based step, both
+    the predicted and the actual decrease are that small), with a step that is not still travelling."""
+    scale = torch.maximum(oldest.abs(), f.abs())
+    hit = info.accepted & ((oldest - f).abs() <= ftol * scale) & (step_count >= window)
+    if info.predicted is not None and info.actual is not None:
+        tiny = ftol * f.abs()
+        hit = hit | ((info.predicted <= tiny) & (info.actual.abs() <= tiny))
+    # A loss that has settled to ftol lies within about sqrt(ftol) of the minimiser, relative to each parameter; a
+    # step still longer than that is slow (linear) convergence that has further to go, not convergence.
+    root = ftol**0.5
+    moved = ((x_new - x_old).abs() / (root + x_new.abs())).amax(dim=1)
+    return hit & (moved <= root)
+
+
 def _history(trace: list[tuple[torch.Tensor, ...]], times: list[float], b: int, like: torch.Tensor) -> History:
     n = len(trace)
-    arrays = [torch.full((n, b), float("nan"), dtype=like.dtype, device=like.device) for _ in range(3)]
-    for i, (live, *values) in enumerate(trace):
-        for array, value in zip(arrays, values, strict=False):
-            array[i, live] = value.detach().to(like.dtype)
+    columns = list(zip(*(values for _, *values in trace), strict=True))
+    if all(live.numel() == b for live, *_ in trace):  # no problem stopped before the last step: one stack each
+        arrays = [torch.stack([v.detach().to(like.dtype) for v in column]) for column in columns]
+    else:
+        arrays = [torch.full((n, b), float("nan"), dtype=like.dtype, device=like.device) for _ in range(3)]
+        for i, (live, *values) in enumerate(trace):
+            for array, value in zip(arrays, values, strict=False):
+                array[i, live] = value.detach().to(like.dtype)
     return History(arrays[0], arrays[1], arrays[2], torch.tensor(times, dtype=torch.float64))
 
 
 def _initial_status(state: dict[str, torch.Tensor], stop: Stopping) -> torch.Tensor:
     f = state["f"]
     code = torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
-    code = torch.where(state["gm"] <= stop.gtol, Status.CONVERGED_GTOL, code)
+    if stop.gtol is not None:
+        code = torch.where(state["gm"] <= stop.gtol, Status.CONVERGED_GTOL, code)
     code = torch.where(~torch.isfinite(f), Status.NONFINITE, code)
     if stop.max_steps <= 0:
         code = torch.where(code == 0, Status.MAX_STEPS, code)

@@ -24,7 +24,7 @@ from lossfit.engine.loop import Stopping, run
 from lossfit.engine.problem import Objective, ParamSpec, check_finite_start
 from lossfit.engine.result import FitResult
 from lossfit.engine.solvers import resolve
-from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted, none_stalled
+from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted
 from lossfit.engine.solvers.first_order import FirstOrder
 
 
@@ -83,8 +83,8 @@ def minimize_minibatches(
     whole = WholeData(loss_fn, spec, aux, data)
     check_finite_start(whole.value(x0, torch.arange(1)), "the loss over the data at the start")
     epoch = Epochs(method=method, ftol=ftol, patience=patience)
-    # The driver's own tests are off (0, or never for gtol): an epoch's loss is judged by the solver's patience.
-    outcome = run(whole, epoch, x0, Stopping(ftol=0.0, xtol=0.0, gtol=-1.0, max_steps=epochs, max_time=max_time))
+    # The driver's own tests are off: an epoch's loss is judged by the solver's patience.
+    outcome = run(whole, epoch, x0, Stopping(ftol=None, xtol=None, gtol=None, max_steps=epochs, max_time=max_time))
     epochs_run = int(outcome.steps[0])
     reason = f"minibatches: {whole.minibatch_steps} steps over {epochs_run} epochs"
     result = finish(whole, method, outcome, reason, x0, gradient_ratio=gtol)
@@ -208,7 +208,7 @@ class Epochs(Solver):
         settled = (previous - f).abs() <= self.ftol * torch.maximum(f.abs(), previous.abs())
         calm = torch.where(settled, state["calm"] + 1, torch.zeros_like(state["calm"]))
         nan = torch.full_like(f, float("nan"))  # no whole-data gradient per epoch (it would cost a pass)
-        info = StepInfo(all_accepted(x), (x - start).norm(dim=1), none_stalled(x), converged=calm >= self.patience)
+        info = StepInfo(all_accepted(x), (x - start).norm(dim=1), None, converged=calm >= self.patience)
         return x, {"f": f, "g": state["g"], "gm": nan, "calm": calm, **buffers}, info
 
 

@@ -98,36 +98,3 @@ def with_reference(
 def minimize_scalar(loss: Callable[..., torch.Tensor], x0: Any, args: tuple, solver: str, **options: Any) -> FitResult:
     """Minimise a scalar loss for the families whose loss is not a sum of squares."""
     return minimize(loss, x0, args=args, solver="lbfgs" if solver == "auto" else solver, **options)
-
-
-def family_result(
-    params: Any,
-    losses: list[torch.Tensor],
-    times: list[float],
-    status: Status,
-    solver: str,
-    options: dict[str, Any],
-    reason: str,
-    batch: bool,
-) -> FitResult:
-    """Assemble a :class:`FitResult` for a solver that belongs to this family (Newton-Schulz, Jacobi): one status
-    for every problem, the loss per step as its history."""
-    from lossfit.engine.result import History, SolverInfo, build_result
-
-    loss = torch.stack(losses) if losses else torch.zeros(0)
-    loss = loss.reshape(loss.shape[0], -1)  # a column per problem
-    nan = torch.full_like(loss, float("nan"))
-    history = History(loss, nan, nan, torch.tensor(times, dtype=torch.float64))
-    b = loss.shape[1] if len(losses) else 1
-    final = loss[-1] if len(losses) else torch.full((1,), float("nan"))
-    return build_result(
-        params=params,
-        loss=final,
-        statuses=(status,) * b,
-        steps=torch.full((b,), len(losses) - 1),
-        batch=batch,
-        num_evals=len(losses),
-        solver=SolverInfo(solver, options, reason),
-        time=times[-1] if times else 0.0,
-        history=history,
-    )

@@ -15,8 +15,11 @@ from typing import Any
 import torch
 
 from lossfit.engine import FitResult, Status
+from lossfit.engine.api import finish
+from lossfit.engine.loop import Stopping, run
+from lossfit.engine.solvers.iteration import Carry, NewtonSchulz, OwnIteration, take_rows
 from lossfit.matrices import accurate
-from lossfit.matrices._common import as_matrix, family_result, scaled, solve_least_squares, start, with_reference
+from lossfit.matrices._common import as_matrix, scaled, solve_least_squares, start, with_reference
 
 NEWTON_SCHULZ_REASON = (
     "Newton-Schulz: the Gauss-Newton step M^-1 R with M^-1 replaced by the current X; quadratic convergence; "
@@ -32,9 +35,10 @@ def newton_schulz(m: torch.Tensor, max_steps: int = 200, polish_steps: int = POL
 
     For ``r = X M - I`` the Gauss-Newton step is ``-R M^-1``; replacing the unknown ``M^-1`` by the current ``X``
     gives Newton-Schulz, which converges quadratically once ``||I - X M|| < 1`` and, started from
-    ``X0 = M^T / (||M||_1 ||M||_inf)``, converges for every matrix to the pseudo-inverse (Ben-Israel, 1966). It stops
-    when two steps in a row lower neither the loss nor the step length (the rounding floor) and returns the last
-    iterate that did.
+    ``X0 = M^T / (||M||_1 ||M||_inf)``, converges for every matrix to the pseudo-inverse (Ben-Israel, 1966). It runs
+    on the engine's driver (the solver :class:`~lossfit.engine.solvers.iteration.NewtonSchulz`), each matrix of a
+    batch on its own: it stops when two steps in a row lower neither the loss nor the step length (the rounding
+    floor) and returns the last iterate that did.
 
     That iterate is accurate as a left inverse only: its right residual ``M X - I`` is up to ``cond(M)`` times
     larger, because the residual it was refined with carries a rounding error of ``eps * cond(M)``. For a square M,
@@ -42,27 +46,60 @@ def newton_schulz(m: torch.Tensor, max_steps: int = 200, polish_steps: int = POL
     (:mod:`lossfit.matrices.accurate`), which reaches the correctly rounded inverse: accurate on both sides.
     """
     start_time = time.perf_counter()
-    norm1 = m.abs().sum(dim=-2).amax(dim=-1)
-    norm_inf = m.abs().sum(dim=-1).amax(dim=-1)
-    x = m.transpose(-1, -2) / (norm1 * norm_inf).clamp_min(1e-300)[..., None, None]
-    eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
-    residual = x @ m - eye
-    loss = (residual * residual).mean(dim=(-2, -1))
-    losses, times = [loss], [time.perf_counter() - start_time]
-    if m.ndim == 2:
-        best, status = _newton_schulz_single(m, x, residual, float(loss), eye, max_steps, losses, times, start_time)
-    else:
-        best, status = _newton_schulz_batch(m, x, residual, loss, eye, max_steps, losses, times, start_time)
-    best_residual = best @ m - eye
-    losses[-1] = (best_residual * best_residual).mean(dim=(-2, -1))
-    if m.shape[-1] == m.shape[-2] and status.success and polish_steps > 0:
-        best = polish(best, m, polish_steps)
-        best_residual = best @ m - eye
-        losses.append((best_residual * best_residual).mean(dim=(-2, -1)))
-        times.append(time.perf_counter() - start_time)
-    return family_result(
-        best, losses, times, status, "newton-schulz", {"max_steps": max_steps}, NEWTON_SCHULZ_REASON, m.ndim == 3
-    )
+    batch = m.ndim == 3
+    mb = m if batch else m.unsqueeze(0)
+    norm1 = mb.abs().sum(dim=-2).amax(dim=-1)
+    norm_inf = mb.abs().sum(dim=-1).amax(dim=-1)
+    x0 = mb.transpose(-1, -2) / (norm1 * norm_inf).clamp_min(1e-300)[:, None, None]
+    problem = _NewtonSchulzProblem(mb, batch)
+    solver = NewtonSchulz(options={"max_steps": max_steps})
+    stop = Stopping(ftol=None, xtol=None, gtol=None, max_steps=max_steps, max_time=None)
+    outcome = run(problem, solver, x0.flatten(1), stop)
+    converged = torch.tensor([Status(int(c)).success for c in outcome.status.tolist()], device=m.device)
+    if m.shape[-1] == m.shape[-2] and polish_steps > 0 and bool(converged.any()):
+        x = problem.inverse(outcome.x)
+        x[converged] = polish(x[converged], mb[converged], polish_steps)
+        outcome.x = x.flatten(1)
+    outcome.time = time.perf_counter() - start_time
+    return finish(problem, solver, outcome, NEWTON_SCHULZ_REASON, outcome.x)
+
+
+class _NewtonSchulzProblem(OwnIteration):
+    """``X M = I`` for a batch of matrices ``M (B, r, c)``: the point is ``X (c, r)``, one flat row per matrix, and
+    each step carries its residual ``R = X M - I`` to the next."""
+
+    def __init__(self, m: torch.Tensor, batch: bool) -> None:
+        self.m, self.batch = m, batch
+        self.eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, self.m.shape[-1], self.m.shape[-2])
+
+    def start(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Carry]:
+        residual = self.inverse(x) @ take_rows(self.m, rows) - self.eye
+        loss = (residual * residual).mean(dim=(-2, -1))
+        nan = torch.full_like(loss, math.nan)  # no gradient measure: the progress test decides
+        return loss, nan, {"residual": residual, "nan": nan}
+
+    def iterate(
+        self, x: torch.Tensor, carry: Carry, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, Carry, torch.Tensor, torch.Tensor, torch.Tensor]:
+        inverse = self.inverse(x)
+        step = carry["residual"] @ inverse
+        new = inverse - step
+        residual = new @ take_rows(self.m, rows) - self.eye
+        self.evals += 1
+        loss = (residual * residual).mean(dim=(-2, -1))
+        carried = {"residual": residual, "nan": carry["nan"]}
+        return new.flatten(1), carried, loss, carry["nan"], step.norm(dim=(-2, -1))
+
+    def value(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        residual = self.inverse(x) @ take_rows(self.m, rows) - self.eye
+        return (residual * residual).mean(dim=(-2, -1))
+
+    def answer(self, x: torch.Tensor) -> torch.Tensor:
+        inverse = self.inverse(x)
+        return inverse if self.batch else inverse[0]
 
 
 def polish(x: torch.Tensor, m: torch.Tensor, max_steps: int = POLISH_STEPS) -> torch.Tensor:
@@ -89,76 +126,6 @@ def _inverse_residual(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 def _solve_residual(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return scaled(a @ x - b)
-
-
-def _newton_schulz_single(
-    m: torch.Tensor,
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    loss: float,
-    eye: torch.Tensor,
-    max_steps: int,
-    losses: list[torch.Tensor],
-    times: list[float],
-    start_time: float,
-) -> tuple[torch.Tensor, Status]:
-    """Newton-Schulz for one matrix, with its bookkeeping in Python floats (a few tensor operations per step)."""
-    best, best_loss, best_step, stalls = x, loss, math.inf, 0
-    for _ in range(max_steps):
-        step = residual @ x
-        x = x - step
-        residual = x @ m - eye
-        loss_t = (residual * residual).mean()
-        losses.append(loss_t)
-        times.append(time.perf_counter() - start_time)
-        value, size = float(loss_t), float(step.norm())
-        if not math.isfinite(value):
-            return best, Status.NONFINITE
-        # Progress: a lower loss (every step lowers it in exact arithmetic, slowly at first while X grows from its
-        # small start) or a shorter step (which keeps shrinking quadratically for a rank-deficient M, whose loss has
-        # a positive floor). Two steps with neither mean the rounding floor is reached.
-        if value < best_loss or size < best_step:
-            best, stalls = x, 0
-            best_loss, best_step = min(best_loss, value), min(best_step, size)
-        else:
-            stalls += 1
-            if stalls >= 2:
-                return best, Status.CONVERGED_XTOL
-    return best, Status.MAX_STEPS
-
-
-def _newton_schulz_batch(
-    m: torch.Tensor,
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    loss: torch.Tensor,
-    eye: torch.Tensor,
-    max_steps: int,
-    losses: list[torch.Tensor],
-    times: list[float],
-    start_time: float,
-) -> tuple[torch.Tensor, Status]:
-    """Newton-Schulz for a batch: the same progress test as for one matrix, per problem."""
-    best, best_loss, best_step = x, loss, torch.full_like(loss, float("inf"))
-    stalls = torch.zeros_like(loss, dtype=torch.long)
-    for _ in range(max_steps):
-        step = residual @ x
-        x = x - step
-        residual = x @ m - eye
-        loss = (residual * residual).mean(dim=(-2, -1))
-        losses.append(loss)
-        times.append(time.perf_counter() - start_time)
-        if not bool(torch.isfinite(loss).all()):
-            return best, Status.NONFINITE
-        size = step.norm(dim=(-2, -1))
-        better = (loss < best_loss) | (size < best_step)
-        best = torch.where(better[..., None, None], x, best)
-        best_loss = torch.minimum(best_loss, loss)
-        best_step = torch.minimum(best_step, size)
-        stalls = torch.where(better, torch.zeros_like(stalls), stalls + 1)
-        if bool((stalls >= 2).all()):
-            return best, Status.CONVERGED_XTOL
-    return best, Status.MAX_STEPS
 
 
 def inverse(m: Any, *, solver: str = "auto", init: Any = "zeros", seed: int = 0, **options: Any) -> FitResult:

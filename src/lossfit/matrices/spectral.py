@@ -17,9 +17,12 @@ from typing import Any
 
 import torch
 
-from lossfit.engine import FitResult, Status, least_squares
+from lossfit.engine import FitResult, least_squares
+from lossfit.engine.api import finish
+from lossfit.engine.loop import Stopping, run
 from lossfit.engine.solvers import SOLVERS
-from lossfit.matrices._common import as_matrix, family_result, with_reference
+from lossfit.engine.solvers.iteration import Carry, Jacobi, OwnIteration, take_rows
+from lossfit.matrices._common import as_matrix, with_reference
 
 JACOBI_REASON = "Jacobi: exact coordinate descent on the orthogonal group, n/2 plane rotations at a time"
 
@@ -54,49 +57,96 @@ def _rotate_columns(x: torch.Tensor, p: torch.Tensor, q: torch.Tensor, c: torch.
     x[..., :, q] = s * xp + c * xq
 
 
-def _jacobi_loop(
-    work: torch.Tensor, vectors: torch.Tensor, two_sided: bool, max_sweeps: int
-) -> tuple[list[torch.Tensor], list[float], Status]:
-    """Sweep plane rotations until a whole sweep finds every pair diagonal; ``work`` and ``vectors`` change in place.
+def jacobi(work: torch.Tensor, two_sided: bool, max_sweeps: int, batch: bool) -> tuple[FitResult, torch.Tensor]:
+    """Sweep plane rotations of ``work (B, r, n)`` (``n`` even) on the engine's driver until a sweep finds every pair
+    diagonal: the result (its ``params`` the rotations ``V``) and the rotated ``work``.
 
     The loss of a sweep is the largest squared cosine it met before rotating: ``a_pq^2 / |a_pp a_qq|`` (two-sided)
     or ``(c_p . c_q)^2 / (|c_p|^2 |c_q|^2)`` between columns of ``M V`` (one-sided), each pair measured against its
     own scale, which makes small singular vectors as accurate as large ones (Demmel and Veselic's criterion). It
-    converges when that falls below ``(n eps)^2``.
+    converges (the driver's ``gtol``) when that falls below ``(n eps)^2``.
     """
     start = time.perf_counter()
     n = work.shape[-1]
-    ps, qs = _schedule(n)
-    eps = torch.finfo(work.dtype).eps
-    tol = (n * eps) ** 2
-    # Two-sided: a pair coupled only at the rounding level of ||A|| is diagonal to working precision. One-sided: a
-    # column pair is measured against its own norms, down to the rounding level of the largest column.
-    floor = (work.norm(dim=(-2, -1)) / n) ** 2 if two_sided else (eps * (work * work).sum(-2).amax(-1)) ** 2
-    floor = floor.clamp_min(1e-300).unsqueeze(-1)
-    losses: list[torch.Tensor] = []
-    times: list[float] = []
-    for _ in range(max_sweeps):
+    problem = _JacobiProblem(work, two_sided, batch)
+    x0 = problem.pack(_eye_like(work, n), work)
+    tol = (n * torch.finfo(work.dtype).eps) ** 2
+    solver = Jacobi(options={"max_sweeps": max_sweeps})
+    outcome = run(problem, solver, x0, Stopping(ftol=None, xtol=None, gtol=tol, max_steps=max_sweeps, max_time=None))
+    outcome.time = time.perf_counter() - start
+    return finish(problem, solver, outcome, JACOBI_REASON, x0), problem.split(outcome.x)[1]
+
+
+class _JacobiProblem(OwnIteration):
+    """The Jacobi iteration for a batch: the iterate is the rotations ``V (n, n)`` and the rotated matrix ``work``
+    (``V^T A V`` two-sided, ``M V`` one-sided), one flat row per matrix."""
+
+    def __init__(self, work: torch.Tensor, two_sided: bool, batch: bool) -> None:
+        self.two_sided, self.batch = two_sided, batch
+        self.shape = work.shape[1:]
+        n = work.shape[-1]
+        self.ps, self.qs = _schedule(n)
+        eps = torch.finfo(work.dtype).eps
+        # Two-sided: a pair coupled only at the rounding level of ||A|| is diagonal to working precision. One-sided: a
+        # column pair is measured against its own norms, down to the rounding level of the largest column.
+        floor = (work.norm(dim=(-2, -1)) / n) ** 2 if two_sided else (eps * (work * work).sum(-2).amax(-1)) ** 2
+        self.floor = floor.clamp_min(1e-300).unsqueeze(-1)
+
+    def pack(self, v: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        return torch.cat([v.flatten(1), work.flatten(1)], dim=1)
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.shape[-1]
+        return x[:, : n * n].reshape(-1, n, n).clone(), x[:, n * n :].reshape(-1, *self.shape).clone()
+
+    def start(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Carry]:
+        worst = self.value(x, rows)
+        return worst, worst, {}
+
+    def iterate(
+        self, x: torch.Tensor, carry: Carry, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, Carry, torch.Tensor, torch.Tensor, torch.Tensor]:
+        v, work = self.split(x)
+        before = v.clone()
+        floor = take_rows(self.floor, rows)
         worst = torch.zeros_like(floor.squeeze(-1))
-        for p, q in zip(ps, qs, strict=False):
-            if two_sided:
-                app, aqq, apq = work[..., p, p], work[..., q, q], work[..., p, q]
-            else:
-                cp, cq = work[..., :, p], work[..., :, q]
-                app, aqq, apq = (cp * cp).sum(-2), (cq * cq).sum(-2), (cp * cq).sum(-2)
+        for p, q in zip(self.ps, self.qs, strict=False):
+            app, aqq, apq = self._pair_terms(work, p, q)
             cosine = apq * apq / torch.maximum((app * aqq).abs(), floor)
             worst = torch.maximum(worst, cosine.amax(-1))
             c, s = _rotation(app, aqq, apq)
             _rotate_columns(work, p, q, c, s)
-            if two_sided:
+            if self.two_sided:
                 _rotate_columns(work.transpose(-1, -2), p, q, c, s)
-            _rotate_columns(vectors, p, q, c, s)
-        losses.append(worst)
-        times.append(time.perf_counter() - start)
-        if not bool(torch.isfinite(worst).all()) or not bool(torch.isfinite(work).all()):
-            return losses, times, Status.NONFINITE
-        if bool((worst <= tol).all()):
-            return losses, times, Status.CONVERGED_GTOL
-    return losses, times, Status.MAX_STEPS
+            _rotate_columns(v, p, q, c, s)
+        self.evals += 1
+        return self.pack(v, work), {}, worst, worst, (v - before).norm(dim=(-2, -1))
+
+    def value(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The largest squared cosine over all pairs at ``x`` (no rotation)."""
+        _, work = self.split(x)
+        if self.two_sided:
+            gram = work
+        else:
+            gram = work.transpose(-1, -2) @ work
+        diagonal = torch.diagonal(gram, dim1=-2, dim2=-1)
+        scale = torch.maximum(
+            (diagonal.unsqueeze(-1) * diagonal.unsqueeze(-2)).abs(), take_rows(self.floor, rows)[..., None]
+        )
+        cosine = (gram * gram / scale).triu(1)
+        return cosine.amax(dim=(-2, -1))
+
+    def answer(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.split(x)[0]
+        return v if self.batch else v[0]
+
+    def _pair_terms(
+        self, work: torch.Tensor, p: torch.Tensor, q: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.two_sided:
+            return work[..., p, p], work[..., q, q], work[..., p, q]
+        cp, cq = work[..., :, p], work[..., :, q]
+        return (cp * cp).sum(-2), (cq * cq).sum(-2), (cp * cq).sum(-2)
 
 
 def _pad_even(a: torch.Tensor, both: bool) -> torch.Tensor:
@@ -157,14 +207,12 @@ def eigh(a: Any, *, solver: str = "auto", max_sweeps: int = 60, **options: Any) 
     sym = (a + a.transpose(-1, -2)) / 2
     n = a.shape[-1]
     if solver in ("auto", "jacobi"):
-        work = _pad_even(sym, both=True)
-        vectors = _eye_like(work, work.shape[-1])
-        losses, times, status = _jacobi_loop(work, vectors, True, max_sweeps)
+        padded = _pad_even(sym, both=True)
+        result, work = jacobi(padded if a.ndim == 3 else padded.unsqueeze(0), True, max_sweeps, a.ndim == 3)
         values = torch.diagonal(work, dim1=-2, dim2=-1)[..., :n]
-        vectors = vectors[..., :n, :n]
-        result = family_result(
-            {}, losses, times, status, "jacobi", {"max_sweeps": max_sweeps}, JACOBI_REASON, a.ndim == 3
-        )
+        vectors = result.params[..., :n, :n]
+        if a.ndim == 2:
+            values = values[0]
     else:
         if a.ndim == 3:
             raise ValueError("engine solvers take one matrix at a time here; use solver='jacobi' for a batch")
@@ -206,13 +254,11 @@ def svd(m: Any, k: int | None = None, *, solver: str = "auto", max_sweeps: int =
     work_in = m.transpose(-1, -2) if transposed else m
     n = work_in.shape[-1]
     if solver in ("auto", "jacobi"):
-        work = _pad_even(work_in, both=False)
-        v = _eye_like(work, work.shape[-1])
-        losses, times, status = _jacobi_loop(work, v, False, max_sweeps)
-        us, v = work[..., :, :n], v[..., :n, :n]
-        result = family_result(
-            {}, losses, times, status, "jacobi", {"max_sweeps": max_sweeps}, JACOBI_REASON, m.ndim == 3
-        )
+        padded = _pad_even(work_in, both=False)
+        result, work = jacobi(padded if m.ndim == 3 else padded.unsqueeze(0), False, max_sweeps, m.ndim == 3)
+        us, v = work[..., :, :n], result.params[..., :n, :n]
+        if m.ndim == 2:
+            us = us[0]
     else:
         if m.ndim == 3:
             raise ValueError("engine solvers take one matrix at a time here; use solver='jacobi' for a batch")

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from lossfit.engine.problem import Problem
+from lossfit.engine.result import Status
 
 State = dict[str, torch.Tensor]
 """A solver's state: tensors whose leading dimension indexes the running problems (so the driver can drop rows)."""
@@ -31,16 +32,17 @@ class StepInfo:
     Solvers with a local model also report the decrease the model ``predicted`` and the ``actual`` decrease of the
     trial point, so that ``ftol`` can hold at a minimum where every further step is rejected (as in MINPACK), and
     dense solvers what they ``evaluated`` there. A solver with a convergence test of its own (the minibatch mode's
-    settled whole-data loss) reports where it held in ``converged``: the status is then ``CONVERGED_FTOL``.
+    settled whole-data loss) reports where it held in ``converged``, with the status it means (``converged_as``).
     """
 
     accepted: torch.Tensor
     step_norm: torch.Tensor
-    stalled: torch.Tensor
+    stalled: torch.Tensor | None  # None: the solver never stalls
     predicted: torch.Tensor | None = None
     actual: torch.Tensor | None = None
     evaluated: Evaluation | None = None
     converged: torch.Tensor | None = None
+    converged_as: int = Status.CONVERGED_FTOL
 
 
 @dataclass
@@ -86,7 +88,3 @@ def gradient_measure(f: torch.Tensor, f0: torch.Tensor, g: torch.Tensor) -> torc
 
 def all_accepted(x: torch.Tensor) -> torch.Tensor:
     return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-
-
-def none_stalled(x: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from lossfit.engine.problem import Problem
-from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted, gradient_measure, none_stalled
+from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted, gradient_measure
 
 
 @dataclass
@@ -41,7 +41,7 @@ class FirstOrder(Solver):
         delta, buffers = self.direction(state)
         x_new = x + delta
         f, g = obj.value_and_grad(x_new, rows)
-        info = StepInfo(all_accepted(x), delta.norm(dim=-1), none_stalled(x))
+        info = StepInfo(all_accepted(x), delta.norm(dim=-1), None)
         new = {"f": f, "f0": state["f0"], "g": g, "gm": gradient_measure(f, state["f0"], g), **buffers}
         return x_new, new, info
 

@@ -1,0 +1,138 @@
+"""Solvers that run a problem's own fixed-point iteration on the driver: Newton-Schulz (``X <- X - (X M - I) X``) and
+Jacobi sweeps of plane rotations, whose steps are not a generic method's but the problem's.
+
+The problem (an :class:`IterationProblem`) knows how to step; the solver keeps the bookkeeping every such iteration
+shares, so the driver's stopping rules, row dropping, history and the one finishing path serve them as they serve
+the other solvers. ``x`` holds the point (the matrix being refined; for Jacobi also the rotated matrix, which the
+answer needs) and the solver's state what a step carries from one point to the next (Newton-Schulz's residual), so
+that the driver keeps both right as problems finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+
+from lossfit.engine.result import Status
+from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted
+
+Carry = dict[str, torch.Tensor]
+"""What an iteration's step needs besides the point (Newton-Schulz's residual ``X M - I``), one row per problem: the
+solver keeps it in its state, so the driver drops the rows of finished problems from it too."""
+
+
+class IterationProblem(Protocol):
+    """What an iteration asks of its problem (besides the driver's ``kind = "iteration"``, ``evals`` and the rest of
+    :class:`~lossfit.engine.problem.Problem`): the start's loss, gradient measure (NaN where it has none) and carry,
+    and one step of the iteration from a point and its carry: the new point, its carry, loss and gradient measure,
+    and the length of the step."""
+
+    def start(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Carry]: ...
+
+    def iterate(
+        self, x: torch.Tensor, carry: Carry, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, Carry, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class OwnIteration:
+    """A base for a family's iteration problems: what the driver asks of every problem, with the least-squares half
+    refused (an iteration has no residual function to differentiate). Subclasses set ``batch`` and implement
+    ``start``, ``iterate``, ``value`` (the loss at a point) and ``answer`` (the parameters a point stands for)."""
+
+    kind = "iteration"
+    keep_final = False
+    num_residuals: int | None = None
+    counts: torch.Tensor | None = None
+    batch = False
+    evals = 0
+
+    def value(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def value_and_grad(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise TypeError("an iteration's problem has no gradient here: its own step replaces the solver's")
+
+    def residual(self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> torch.Tensor:
+        raise TypeError("an iteration's problem has no residual function")
+
+    def residual_and_jacobian(
+        self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise TypeError("an iteration's problem has no residual function")
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        raise TypeError("an iteration's problem has no residual function")
+
+    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        return None
+
+    def parts(self, b: int, per_row: int) -> list[slice]:
+        return [slice(0, b)]
+
+
+def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t[rows]`` for a problem's per-matrix data, without a copy while every problem is running (``rows`` is then
+    all of them, in order)."""
+    return t if rows.numel() == t.shape[0] else t[rows]
+
+
+@dataclass
+class Iteration(Solver):
+    """Each step is the problem's ``iterate``. With ``keep_best`` the driver's point is the best iterate so far
+    (progress is a lower loss or a shorter step: the rounding floor shows as neither), and ``stall_steps`` steps in a
+    row without progress are convergence at that floor (``CONVERGED_XTOL``); without it every iterate is kept and the
+    driver's tests (the gradient measure, for Jacobi's largest cosine) decide."""
+
+    name: ClassVar[str] = "iteration"
+    needs: ClassVar[str] = "iteration"
+    keep_best: ClassVar[bool] = False
+    stall_steps: ClassVar[int] = 0
+
+    def init(self, obj: IterationProblem, x: torch.Tensor, rows: torch.Tensor) -> State:  # type: ignore[override]
+        f, gm, carry = obj.start(x, rows)
+        state = {"f": f, "gm": gm, **{"carry." + k: v for k, v in carry.items()}}
+        if self.keep_best:
+            infinite = torch.full_like(f, float("inf"))
+            state |= {"current": x, "best_f": f, "best_step": infinite, "stalls": torch.zeros_like(f)}
+        return state
+
+    def step(  # type: ignore[override]
+        self, obj: IterationProblem, x: torch.Tensor, state: State, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, State, StepInfo]:
+        carry = {k[6:]: v for k, v in state.items() if k.startswith("carry.")}
+        point = state["current"] if self.keep_best else x
+        x_new, carry, f, gm, size = obj.iterate(point, carry, rows)
+        new = {"f": f, "gm": gm, **{"carry." + k: v for k, v in carry.items()}}
+        if not self.keep_best:
+            return x_new, new, StepInfo(all_accepted(x), size, None)
+        better = (f < state["best_f"]) | (size < state["best_step"])
+        stalls = (state["stalls"] + 1) * ~better
+        new |= {
+            "current": x_new,
+            "best_f": torch.minimum(state["best_f"], f),
+            "best_step": torch.minimum(state["best_step"], size),
+            "stalls": stalls,
+        }
+        info = StepInfo(better, size, None, converged=stalls >= self.stall_steps, converged_as=Status.CONVERGED_XTOL)
+        return torch.where(better.unsqueeze(1), x_new, x), new, info
+
+
+@dataclass
+class NewtonSchulz(Iteration):
+    """Newton-Schulz's self-preconditioned Gauss-Newton iteration for an inverse; stops at the rounding floor."""
+
+    name: ClassVar[str] = "newton-schulz"
+    keep_best: ClassVar[bool] = True
+    stall_steps: ClassVar[int] = 2
+
+
+@dataclass
+class Jacobi(Iteration):
+    """Jacobi sweeps: every iterate is kept; converged when a sweep's largest cosine meets the driver's ``gtol``."""
+
+    name: ClassVar[str] = "jacobi"
