@@ -96,8 +96,8 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
     if record:
         trace.append((rows, state["f"], state["gm"], torch.zeros_like(state["f"])))
         times.append(time.perf_counter() - start)
+    all_running = bool(running.all())
     while True:
-        all_running = bool(running.all())
         if not all_running:
             if not bool(running.any()):
                 break
@@ -105,6 +105,7 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
                 rows, past = rows[running], past[running]
                 state = {k: v[running] for k, v in state.items()}
                 running = running[running]
+            all_running = bool(running.all())
         everyone = all_running and rows.numel() == b  # no problem has stopped yet: rows are all of them, in order
         x_rows = x if everyone else x[rows]
         x_new, state, info = solver.step(obj, x_rows, state, rows)
@@ -130,11 +131,13 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
         if stop.ftol is not None:
             past = torch.cat([past[:, 1:], torch.where(info.accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
         floor = None if zero_level is None else (zero_level[rows], f0[rows])
-        code = _stopping_codes(stop, info, f, oldest, x_rows, x_new, steps[rows], window, elapsed, floor, state["gm"])
+        count = steps if everyone else steps[rows]
+        code = _stopping_codes(stop, info, f, oldest, x_rows, x_new, count, window, elapsed, floor, state["gm"])
         done = running & (code != Status.RUNNING)
         if bool(done.any()):
             status[rows[done]] = code[done]
             running = running & ~done
+            all_running = False
             if info.evaluated is not None and obj.keep_final:
                 final.keep(b, info.evaluated, done & info.accepted, rows)
     history = _history(trace, times, b, x0) if record else None

@@ -59,14 +59,35 @@ def fit(
         return _fit_minibatches(model, x, y, loss, weights, solver, f_scale, options)
     if y is None:
         raise ValueError("`y` is required unless `x` is a DataLoader of (x, y) minibatches")
-    x_t = as_data(x, "x")
     kind = _check_model(model)
+    loss = _check_loss(loss, kind)
+    x_t, y_t, w = _checked_data(x, y, weights, kind)
+    predict, p0 = _model(model, kind, x_t, y_t)
+    n = x_t.shape[0]
+    sample_w = torch.ones(n, dtype=x_t.dtype) if w is None else w / w.mean()
+    data = (x_t, y_t, sample_w)
+    by_least_squares = solver in ("auto", "lm", "gauss-newton", "krylov")
+    if isinstance(loss, str) and loss in ("mse", "mae", "huber") and kind in ("linear", "module") and by_least_squares:
+        return _fit_least_squares(predict, p0, data, kind, loss, solver, f_scale, options)
+    per_sample = _per_sample_loss(loss)
+
+    def objective(p: Any, xx: torch.Tensor, yy: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
+        return (per_sample(predict(p, xx), yy) * ww).mean()
+
+    chosen = "lbfgs" if solver == "auto" else solver
+    result = minimize(objective, p0, args=data, solver=chosen, **options)
+    return Regression(**result_fields(result), dof=0)
+
+
+def _checked_data(x: Any, y: Any, weights: Any, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``x (N, k)`` (any ``(N, ...)`` for a module), ``y`` (class indices for softmax, 0/1 for logistic) and the
+    sample weights, checked against each other."""
+    x_t = as_data(x, "x")
     if x_t.ndim == 1:
         x_t = x_t.unsqueeze(1)
     if x_t.ndim != 2 and kind != "module":
         raise ValueError(f"`x` must be (N, features) for a {kind} model; got shape {tuple(x_t.shape)}")
     n = x_t.shape[0]
-    loss = _check_loss(loss, kind)
     if kind == "softmax":
         y_t = as_data(y, "y").reshape(-1)
         if bool((y_t != y_t.round()).any()) or bool((y_t < 0).any()):
@@ -85,39 +106,38 @@ def fit(
         w = as_data(weights, "weights", x_t.dtype).reshape(-1)
         if w.shape[0] != n or bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValueError(f"`weights` must be {n} non-negative values, not all zero")
+    return x_t, y_t, w
 
-    predict, p0 = _model(model, kind, x_t, y_t)
-    per_sample = _per_sample_loss(loss)
-    sample_w = torch.ones(n, dtype=x_t.dtype) if w is None else w / w.mean()
 
-    least_squares_loss = isinstance(loss, str) and loss in ("mse", "mae", "huber") and kind in ("linear", "module")
-    if least_squares_loss and solver in ("auto", "lm", "gauss-newton", "krylov"):
+def _fit_least_squares(
+    predict: Callable[..., torch.Tensor],
+    p0: Any,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    kind: str,
+    loss: str,
+    solver: str,
+    f_scale: float | None,
+    options: dict[str, Any],
+) -> Regression:
+    """A linear model or a module under mse, mae or huber, as (robust) least squares on weighted residuals."""
+    x_t, y_t, _ = data
 
-        def residual(p: Any, xx: torch.Tensor, yy: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
-            r = predict(p, xx) - yy
-            return (r * ww.sqrt().reshape(-1, *([1] * (r.ndim - 1)))).reshape(-1)
+    def residual(p: Any, xx: torch.Tensor, yy: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
+        r = predict(p, xx) - yy
+        return (r * ww.sqrt().reshape(-1, *([1] * (r.ndim - 1)))).reshape(-1)
 
-        robust: dict[str, Any] = {}
-        if loss == "huber":
-            plain = least_squares(residual, p0, args=(x_t, y_t, sample_w), history=False, rank_check=False)
-            delta = f_scale or huber_scale(residual(plain.params, x_t, y_t, sample_w))
-            robust = {"loss": "huber", "f_scale": delta}
-        elif loss == "mae":
-            robust = {"loss": robust_for(loss), "f_scale": 1e-6 * float(y_t.abs().max().clamp_min(1e-12))}
-        # A network's parameters are not identifiable (permuted units fit as well): its Jacobian is rank deficient
-        # by construction, so only convergence is judged there.
-        result = least_squares(
-            residual, p0, args=(x_t, y_t, sample_w), solver=solver, rank_check=kind != "module", **robust, **options
-        )
-        dof = n * (y_t[0].numel() if y_t.ndim > 1 else 1) - flat_params(p0).numel()
-        return Regression(**result_fields(result), dof=dof)
-
-    def objective(p: Any, xx: torch.Tensor, yy: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
-        return (per_sample(predict(p, xx), yy) * ww).mean()
-
-    chosen = "lbfgs" if solver == "auto" else solver
-    result = minimize(objective, p0, args=(x_t, y_t, sample_w), solver=chosen, **options)
-    return Regression(**result_fields(result), dof=0)
+    robust: dict[str, Any] = {}
+    if loss == "huber":
+        plain = least_squares(residual, p0, args=data, history=False, rank_check=False)
+        delta = f_scale or huber_scale(residual(plain.params, *data))
+        robust = {"loss": "huber", "f_scale": delta}
+    elif loss == "mae":
+        robust = {"loss": robust_for(loss), "f_scale": 1e-6 * float(y_t.abs().max().clamp_min(1e-12))}
+    # A network's parameters are not identifiable (permuted units fit as well): its Jacobian is rank deficient by
+    # construction, so only convergence is judged there.
+    result = least_squares(residual, p0, args=data, solver=solver, rank_check=kind != "module", **robust, **options)
+    dof = x_t.shape[0] * (y_t[0].numel() if y_t.ndim > 1 else 1) - flat_params(p0).numel()
+    return Regression(**result_fields(result), dof=dof)
 
 
 def _check_model(model: Any) -> str:

@@ -97,8 +97,8 @@ class Iteration(Solver):
         f, gm, carry = obj.start(x, rows)
         state = {"f": f, "gm": gm, **{"carry." + k: v for k, v in carry.items()}}
         if self.keep_best:
-            infinite = torch.full_like(f, float("inf"))
-            state |= {"current": x, "best_f": f, "best_step": infinite, "stalls": torch.zeros_like(f)}
+            best = torch.stack([f, torch.full_like(f, float("inf"))], dim=1)  # (B, 2): the lowest loss, shortest step
+            state |= {"current": x, "best": best, "stalls": torch.zeros_like(f)}
         return state
 
     def step(  # type: ignore[override]
@@ -110,14 +110,10 @@ class Iteration(Solver):
         new = {"f": f, "gm": gm, **{"carry." + k: v for k, v in carry.items()}}
         if not self.keep_best:
             return x_new, new, StepInfo(all_accepted(x), size, None)
-        better = (f < state["best_f"]) | (size < state["best_step"])
+        measured = torch.stack([f, size], dim=1)  # progress on either: a lower loss or a shorter step
+        better = (measured < state["best"]).any(dim=1)
         stalls = (state["stalls"] + 1) * ~better
-        new |= {
-            "current": x_new,
-            "best_f": torch.minimum(state["best_f"], f),
-            "best_step": torch.minimum(state["best_step"], size),
-            "stalls": stalls,
-        }
+        new |= {"current": x_new, "best": torch.minimum(state["best"], measured), "stalls": stalls}
         info = StepInfo(better, size, None, converged=stalls >= self.stall_steps, converged_as=Status.CONVERGED_XTOL)
         return torch.where(better.unsqueeze(1), x_new, x), new, info
 
