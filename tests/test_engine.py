@@ -162,6 +162,30 @@ def test_batched_minimize_with_dict_parameters() -> None:
     torch.testing.assert_close(result.params["s"], torch.full((3,), 2.0, dtype=F64))
 
 
+def test_solver_states_keep_and_choose_rows_in_every_field() -> None:
+    # The driver drops finished problems with State.take; dense solvers keep accepted trials with State.where. Both
+    # must act on every per-problem tensor, also those inside tuple and dict fields.
+    from lossfit.engine.solvers.first_order import FirstOrderState
+    from lossfit.engine.solvers.iteration import IterationState
+
+    g = torch.Generator().manual_seed(5)
+    f, gm = torch.rand(4, generator=g, dtype=F64), torch.rand(4, generator=g, dtype=F64)
+    grad, moment = torch.rand(4, 3, generator=g, dtype=F64), torch.rand(4, 3, generator=g, dtype=F64)
+    state = FirstOrderState(f=f, gm=gm, g=grad, f0=f + 1, moments=(moment,))
+    keep = torch.tensor([True, False, True, True])
+    kept = state.take(keep)
+    torch.testing.assert_close(kept.moments[0], moment[keep], rtol=0, atol=0)
+    torch.testing.assert_close(kept.f0, (f + 1)[keep], rtol=0, atol=0)
+    carried = IterationState(f=f, gm=gm, carry={"residual": grad}).take(torch.tensor([3, 0]))
+    torch.testing.assert_close(carried.carry["residual"], grad[[3, 0]], rtol=0, atol=0)
+    assert carried.current is None
+    trial = FirstOrderState(f=-f, gm=-gm, g=-grad, f0=f + 1, moments=())
+    chosen = state.where(keep, trial)
+    torch.testing.assert_close(chosen.f, torch.where(keep, -f, f), rtol=0, atol=0)
+    torch.testing.assert_close(chosen.g, torch.where(keep[:, None], -grad, grad), rtol=0, atol=0)
+    assert chosen.moments[0] is moment  # a field the trial does not carry stays as it was
+
+
 # -- constraints ------------------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import torch
 from lossfit.engine.problem import Problem
 from lossfit.engine.result import History, Status
 from lossfit.engine.solvers import Solver
-from lossfit.engine.solvers.base import Evaluation, StepInfo
+from lossfit.engine.solvers.base import Evaluation, State, StepInfo
 
 
 @dataclass(frozen=True)
@@ -80,21 +80,21 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
     x = x0.clone()
     rows = torch.arange(b, device=device)
     state = solver.init(obj, x, rows)
-    f_all = state["f"].clone()
-    f0 = state["f"].clone()
-    g0 = state["g"].abs().amax(dim=1) if "g" in state else None
+    f_all = state.f.clone()
+    f0 = state.f.clone()
+    g0 = state.g.abs().amax(dim=1) if state.g is not None else None
     # A loss at rounding level of its start is zero: nothing is left to minimise (for losses bounded below by 0).
     zero_level = (torch.finfo(x0.dtype).eps ** 2) * f_all.abs() if obj.kind == "residual" else None
     status = _initial_status(state, stop)
     steps = torch.zeros(b, dtype=torch.long, device=device)
     window = solver.window
-    past = state["f"].unsqueeze(1).expand(b, window).clone()  # the loss over the last `window` steps, per row
+    past = state.f.unsqueeze(1).expand(b, window).clone()  # the loss over the last `window` steps, per row
     running = status == Status.RUNNING  # over `rows`
     trace: list[tuple[torch.Tensor, ...]] = []
     times: list[float] = []
     final = Final()
     if record:
-        trace.append((rows, state["f"], state["gm"], torch.zeros_like(state["f"])))
+        trace.append((rows, state.f, state.gm, torch.zeros_like(state.f)))
         times.append(time.perf_counter() - start)
     all_running = bool(running.all())
     while True:
@@ -103,13 +103,13 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
                 break
             if int(running.sum()) < 0.9 * running.numel() or running.numel() < 64:
                 rows, past = rows[running], past[running]
-                state = {k: v[running] for k, v in state.items()}
+                state = state.take(running)
                 running = running[running]
             all_running = bool(running.all())
         everyone = all_running and rows.numel() == b  # no problem has stopped yet: rows are all of them, in order
         x_rows = x if everyone else x[rows]
         x_new, state, info = solver.step(obj, x_rows, state, rows)
-        f = state["f"]
+        f = state.f
         if everyone:
             live = rows
             steps += 1
@@ -122,9 +122,9 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
         elapsed = time.perf_counter() - start
         if record:
             if everyone:
-                trace.append((live, f, state["gm"], info.step_norm))
+                trace.append((live, f, state.gm, info.step_norm))
             else:
-                trace.append((live, f[running], state["gm"][running], info.step_norm[running]))
+                trace.append((live, f[running], state.gm[running], info.step_norm[running]))
             times.append(elapsed)
         # Loss change over the window (a step count below the window compares with the start).
         oldest = past[:, 0]
@@ -132,7 +132,7 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
             past = torch.cat([past[:, 1:], torch.where(info.accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
         floor = None if zero_level is None else (zero_level[rows], f0[rows])
         count = steps if everyone else steps[rows]
-        code = _stopping_codes(stop, info, f, oldest, x_rows, x_new, count, window, elapsed, floor, state["gm"])
+        code = _stopping_codes(stop, info, f, oldest, x_rows, x_new, count, window, elapsed, floor, state.gm)
         done = running & (code != Status.RUNNING)
         if bool(done.any()):
             status[rows[done]] = code[done]
@@ -224,11 +224,11 @@ def _history(trace: list[tuple[torch.Tensor, ...]], times: list[float], b: int, 
     return History(arrays[0], arrays[1], arrays[2], torch.tensor(times, dtype=torch.float64))
 
 
-def _initial_status(state: dict[str, torch.Tensor], stop: Stopping) -> torch.Tensor:
-    f = state["f"]
+def _initial_status(state: State, stop: Stopping) -> torch.Tensor:
+    f = state.f
     code = torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
     if stop.gtol is not None:
-        code = torch.where(state["gm"] <= stop.gtol, Status.CONVERGED_GTOL, code)
+        code = torch.where(state.gm <= stop.gtol, Status.CONVERGED_GTOL, code)
     code = torch.where(~torch.isfinite(f), Status.NONFINITE, code)
     if stop.max_steps <= 0:
         code = torch.where(code == 0, Status.MAX_STEPS, code)

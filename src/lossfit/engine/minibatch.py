@@ -189,27 +189,38 @@ class Epochs(Solver):
     patience: int = 3
     halvings: int = 0
 
-    def init(self, obj: Any, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Any, x: torch.Tensor, rows: torch.Tensor) -> EpochState:
         f, g = obj.value_and_grad(x, rows)
         calm = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return {"f": f, "g": g, "gm": g.abs().amax(dim=1), "calm": calm, **self.method.buffers(x)}
+        return EpochState(f=f, g=g, gm=g.abs().amax(dim=1), calm=calm, moments=self.method.buffers(x))
 
-    def step(self, obj: Any, x: torch.Tensor, state: State, rows: torch.Tensor) -> tuple[torch.Tensor, State, StepInfo]:
-        start, previous = x, state["f"]
-        buffers = {k: v for k, v in state.items() if k not in ("f", "g", "gm", "calm")}
+    def step(  # type: ignore[override]
+        self, obj: Any, x: torch.Tensor, state: EpochState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, EpochState, StepInfo]:
+        start, previous, moments = x, state.f, state.moments
         for loss_and_grad in obj.minibatches():
-            g, f = loss_and_grad(x[0])
-            delta, buffers = self.method.direction({**buffers, "f": f.detach().reshape(1), "g": g.detach()[None]})
+            g, _ = loss_and_grad(x[0])
+            delta, moments = self.method.direction(g.detach()[None], moments)
             x = x + delta
         f = obj.value(x, rows)
         if bool((f >= previous).all()):  # the loss rose over an epoch: the step is too long for the minibatch noise
             self.method.options["lr"] *= 0.5
             self.halvings += 1
         settled = (previous - f).abs() <= self.ftol * torch.maximum(f.abs(), previous.abs())
-        calm = torch.where(settled, state["calm"] + 1, torch.zeros_like(state["calm"]))
+        calm = torch.where(settled, state.calm + 1, torch.zeros_like(state.calm))
         nan = torch.full_like(f, float("nan"))  # no whole-data gradient per epoch (it would cost a pass)
         info = StepInfo(all_accepted(x), (x - start).norm(dim=1), None, converged=calm >= self.patience)
-        return x, {"f": f, "g": state["g"], "gm": nan, "calm": calm, **buffers}, info
+        return x, EpochState(f=f, g=state.g, gm=nan, calm=calm, moments=moments), info
+
+
+@dataclass(kw_only=True)
+class EpochState(State):
+    """The minibatch mode's state: the whole-data gradient at the start, the epochs in a row whose loss settled
+    (``calm``) and the first-order method's moments."""
+
+    g: torch.Tensor
+    calm: torch.Tensor
+    moments: tuple[torch.Tensor, ...]
 
 
 def _as_tuple(batch: Any) -> tuple[Any, ...]:

@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 
 from lossfit.engine.problem import Problem
 from lossfit.engine.result import Status
 
-State = dict[str, torch.Tensor]
-"""A solver's state: tensors whose leading dimension indexes the running problems (so the driver can drop rows)."""
+
+@dataclass(kw_only=True)
+class State:
+    """A solver's state over the running problems: what the driver reads, ``f`` (each problem's loss), ``gm`` (the
+    gradient measure ``gtol`` tests) and, where the solver computed it, ``g`` (the gradient); each solver extends it
+    with its own fields. Every tensor (also in a tuple or dict field) leads with one row per running problem, so
+    that the driver can keep the rows of the problems still running (:meth:`take`)."""
+
+    f: torch.Tensor
+    gm: torch.Tensor
+    g: torch.Tensor | None = None
+
+    def take(self, keep: torch.Tensor) -> Self:
+        """The state of the rows ``keep`` (a mask or indices)."""
+        return dataclasses.replace(
+            self, **{f.name: _rows(getattr(self, f.name), keep) for f in dataclasses.fields(self)}
+        )
+
+    def where(self, mask: torch.Tensor, new: State) -> Self:
+        """This state with the fields that ``new`` has taken from ``new`` in the rows ``mask`` (an accepted step)."""
+        changes = {}
+        for f in dataclasses.fields(new):
+            old, fresh = getattr(self, f.name), getattr(new, f.name)
+            if isinstance(fresh, torch.Tensor) and isinstance(old, torch.Tensor):
+                changes[f.name] = torch.where(mask.reshape(mask.shape + (1,) * (fresh.ndim - 1)), fresh, old)
+        return dataclasses.replace(self, **changes)
+
+
+def _rows(value: Any, keep: torch.Tensor) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value[keep]
+    if isinstance(value, tuple):
+        return tuple(v[keep] for v in value)
+    if isinstance(value, dict):
+        return {k: v[keep] for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -62,7 +97,7 @@ class Solver:
     options: dict[str, Any] = field(default_factory=dict)
 
     def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
-        """Evaluate the start; the state must hold ``f`` (loss) and ``gm`` (the gradient measure ``gtol`` tests)."""
+        """Evaluate the start: its :class:`State`."""
         raise NotImplementedError
 
     def step(

@@ -16,33 +16,46 @@ from lossfit.engine.problem import Problem
 from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted, gradient_measure
 
 
+@dataclass(kw_only=True)
+class FirstOrderState(State):
+    """A first-order method's state: the gradient ``g``, the start's loss ``f0`` (for the gradient measure) and the
+    method's ``moments`` (momentum; Adam's moment estimates and step count; RMSprop's mean square and buffer)."""
+
+    g: torch.Tensor
+    f0: torch.Tensor
+    moments: tuple[torch.Tensor, ...] = ()
+
+
 @dataclass
 class FirstOrder(Solver):
-    """A first-order method: each step moves by ``direction(state)``, from the gradient ``state["g"]`` and the
-    method's own ``buffers`` (momentum, moment estimates), so the minibatch mode can step on one minibatch's gradient
-    at a time with the same rule."""
+    """A first-order method: each step moves by ``direction(g, moments)``, from the gradient and the method's own
+    ``moments``, so the minibatch mode can step on one minibatch's gradient at a time with the same rule."""
 
     tolerances: ClassVar[dict[str, float]] = {"ftol": 1e-12, "xtol": 0.0, "gtol": 1e-10}
     window: ClassVar[int] = 50
 
-    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> FirstOrderState:
         f, g = obj.value_and_grad(x, rows)
-        return {"f": f, "f0": f, "g": g, "gm": gradient_measure(f, f, g), **self.buffers(x)}
+        return FirstOrderState(f=f, f0=f, g=g, gm=gradient_measure(f, f, g), moments=self.buffers(x))
 
-    def buffers(self, x: torch.Tensor) -> State:
-        return {}
+    def buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The method's moments at the start, one row per problem."""
+        return ()
 
-    def direction(self, state: State) -> tuple[torch.Tensor, State]:
+    def direction(
+        self, g: torch.Tensor, moments: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The step from gradient ``g`` and the moments, and the moments after it."""
         raise NotImplementedError
 
-    def step(
-        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, State, StepInfo]:
-        delta, buffers = self.direction(state)
+    def step(  # type: ignore[override]
+        self, obj: Problem, x: torch.Tensor, state: FirstOrderState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, FirstOrderState, StepInfo]:
+        delta, moments = self.direction(state.g, state.moments)
         x_new = x + delta
         f, g = obj.value_and_grad(x_new, rows)
         info = StepInfo(all_accepted(x), delta.norm(dim=-1), None)
-        new = {"f": f, "f0": state["f0"], "g": g, "gm": gradient_measure(f, state["f0"], g), **buffers}
+        new = FirstOrderState(f=f, f0=state.f0, g=g, gm=gradient_measure(f, state.f0, g), moments=moments)
         return x_new, new, info
 
 
@@ -60,15 +73,16 @@ class GradientDescent(FirstOrder):
         if self.options["nesterov"] and self.options["momentum"] <= 0:
             raise ValueError("`nesterov=True` needs `momentum` > 0")
 
-    def buffers(self, x: torch.Tensor) -> State:
-        return {"v": torch.zeros_like(x)}
+    def buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (torch.zeros_like(x),)  # the velocity
 
-    def direction(self, state: State) -> tuple[torch.Tensor, State]:
+    def direction(
+        self, g: torch.Tensor, moments: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         lr, mu = self.options["lr"], self.options["momentum"]
-        g = state["g"]
-        v = mu * state["v"] + g
+        v = mu * moments[0] + g
         d = g + mu * v if self.options["nesterov"] else v
-        return -lr * d, {"v": v}
+        return -lr * d, (v,)
 
 
 @dataclass
@@ -80,18 +94,21 @@ class Adam(FirstOrder):
     def __post_init__(self) -> None:
         self.options = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, **self.options}
 
-    def buffers(self, x: torch.Tensor) -> State:
-        zeros = torch.zeros_like(x)
-        return {"m": zeros, "v": zeros.clone(), "t": torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)}
+    def buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        zeros = torch.zeros_like(x)  # the first and second moment estimates and the step count
+        return zeros, zeros.clone(), torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
 
-    def direction(self, state: State) -> tuple[torch.Tensor, State]:
+    def direction(
+        self, g: torch.Tensor, moments: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         b1, b2 = self.options["betas"]
-        g, t = state["g"], state["t"] + 1
-        m = b1 * state["m"] + (1 - b1) * g
-        v = b2 * state["v"] + (1 - b2) * g * g
+        m, v, t = moments
+        t = t + 1
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
         m_hat = m / (1 - b1**t)
         v_hat = v / (1 - b2**t)
-        return -self.options["lr"] * m_hat / (v_hat.sqrt() + self.options["eps"]), {"m": m, "v": v, "t": t}
+        return -self.options["lr"] * m_hat / (v_hat.sqrt() + self.options["eps"]), (m, v, t)
 
 
 @dataclass
@@ -103,12 +120,14 @@ class RMSprop(FirstOrder):
     def __post_init__(self) -> None:
         self.options = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, **self.options}
 
-    def buffers(self, x: torch.Tensor) -> State:
-        return {"sq": torch.zeros_like(x), "buf": torch.zeros_like(x)}
+    def buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.zeros_like(x), torch.zeros_like(x)  # the mean square and the momentum buffer
 
-    def direction(self, state: State) -> tuple[torch.Tensor, State]:
-        alpha, g = self.options["alpha"], state["g"]
-        sq = alpha * state["sq"] + (1 - alpha) * g * g
+    def direction(
+        self, g: torch.Tensor, moments: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        alpha = self.options["alpha"]
+        sq = alpha * moments[0] + (1 - alpha) * g * g
         scaled = g / (sq.sqrt() + self.options["eps"])
-        buf = self.options["momentum"] * state["buf"] + scaled
-        return -self.options["lr"] * buf, {"sq": sq, "buf": buf}
+        buf = self.options["momentum"] * moments[1] + scaled
+        return -self.options["lr"] * buf, (sq, buf)

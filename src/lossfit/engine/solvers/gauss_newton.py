@@ -12,6 +12,7 @@ acceptance test uses the true robust loss. Levenberg-Marquardt works through a l
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -89,11 +90,41 @@ def column_cosine(g: torch.Tensor, a: torch.Tensor, f: torch.Tensor) -> torch.Te
     return torch.where(col > 0, cos, torch.zeros_like(cos)).amax(dim=1)
 
 
+@dataclass(kw_only=True)
+class DenseState(State):
+    """A dense least-squares solver's state at a point: the gradient ``g = J^T W r``, the Gauss-Newton matrix
+    ``a = J^T W J`` and the model Hessian ``h`` (``a`` itself for plain least squares)."""
+
+    g: torch.Tensor
+    a: torch.Tensor
+    h: torch.Tensor
+
+
+@dataclass(kw_only=True)
+class MarquardtState(DenseState):
+    """Levenberg-Marquardt's: the damping ``lam``, its growth factor ``nu`` and Marquardt's scaling ``scale`` (the
+    largest diagonal of ``a`` seen so far)."""
+
+    lam: torch.Tensor
+    nu: torch.Tensor
+    scale: torch.Tensor
+
+
+@dataclass(kw_only=True)
+class GaussNewtonState(State):
+    """Gauss-Newton's: the gradient, ``a = J^T W J``, and the weighted Jacobian and residuals for the step."""
+
+    g: torch.Tensor
+    a: torch.Tensor
+    jw: torch.Tensor
+    rw: torch.Tensor
+
+
 @dataclass
 class _Dense(Solver):
     needs: ClassVar[str] = "residuals"
 
-    def _evaluate(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> tuple[State, Evaluation]:
+    def _evaluate(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> tuple[DenseState, Evaluation]:
         # Part by part: the whole batch's normal equations are put together, not its Jacobian.
         m = obj.num_residuals or 1
         out, done = [], Evaluation([], [], [])
@@ -107,7 +138,7 @@ class _Dense(Solver):
             done.jacobians.append(jac)
         g, a, h, f = (torch.cat(z) if len(out) > 1 else z[0] for z in zip(*out, strict=True))
         h = a if all(o[1] is o[2] for o in out) else h
-        return {"f": f, "g": g, "a": a, "h": h, "gm": column_cosine(g, a, f)}, done
+        return DenseState(f=f, g=g, a=a, h=h, gm=column_cosine(g, a, f)), done
 
 
 @dataclass
@@ -119,36 +150,45 @@ class LevenbergMarquardt(_Dense):
     def __post_init__(self) -> None:
         self.options = {"damping": 1e-3, **self.options}
 
-    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
-        state, _ = self._evaluate(obj, x, rows)
-        state["lam"] = torch.full_like(state["f"], self.options["damping"])
-        state["nu"] = torch.full_like(state["f"], 2.0)
-        state["scale"] = torch.diagonal(state["a"], dim1=-2, dim2=-1).clamp_min(1e-300)
-        return state
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> MarquardtState:
+        at, _ = self._evaluate(obj, x, rows)
+        return MarquardtState(
+            f=at.f,
+            gm=at.gm,
+            g=at.g,
+            a=at.a,
+            h=at.h,
+            lam=torch.full_like(at.f, self.options["damping"]),
+            nu=torch.full_like(at.f, 2.0),
+            scale=torch.diagonal(at.a, dim1=-2, dim2=-1).clamp_min(1e-300),
+        )
 
-    def step(
-        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, State, StepInfo]:
-        g, h, f, lam, scale = state["g"], state["h"], state["f"], state["lam"], state["scale"]
+    def step(  # type: ignore[override]
+        self, obj: Problem, x: torch.Tensor, state: MarquardtState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, MarquardtState, StepInfo]:
+        g, h, f, lam, scale = state.g, state.h, state.f, state.lam, state.scale
         damped = h + torch.diag_embed(lam.unsqueeze(1) * scale)
         step, bad = solve_spd(damped, -g)
         predicted = -(rowdot(g, step) + 0.5 * rowdot(step, torch.einsum("bij,bj->bi", h, step)))
         trial, evaluated = self._evaluate(obj, x + step, rows)
-        actual = f - trial["f"]
+        actual = f - trial.f
         ratio = actual / predicted.clamp_min(1e-300)
-        accept = ~bad & torch.isfinite(trial["f"]) & (predicted > 0) & (ratio > 1e-4)
+        accept = ~bad & torch.isfinite(trial.f) & (predicted > 0) & (ratio > 1e-4)
         # Nielsen's damping update: shrink smoothly after a good step, grow geometrically after a rejection. A
         # rejection at a damping far below the scaled curvature (lambda << 1) would retry nearly the same step (the
         # Gauss-Newton one) several times over; so it restarts from lambda = 1, which about halves the step in the
         # well-determined directions, as a trust region halves its radius after a failed step.
         shrink = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
-        lam_new = torch.where(accept, lam * shrink, torch.clamp(lam * state["nu"], min=1.0))
-        nu_new = torch.where(accept, torch.full_like(lam, 2.0), state["nu"] * 2)
+        lam_new = torch.where(accept, lam * shrink, torch.clamp(lam * state.nu, min=1.0))
+        nu_new = torch.where(accept, torch.full_like(lam, 2.0), state.nu * 2)
         keep = accept.unsqueeze(1)
-        new = {k: torch.where(_expand(accept, v), trial[k], state[k]) for k, v in trial.items()}
-        new["lam"] = lam_new.clamp(1e-16, 1e16)
-        new["nu"] = nu_new.clamp_max(1e16)
-        new["scale"] = torch.maximum(scale, torch.diagonal(new["a"], dim1=-2, dim2=-1))
+        new = state.where(accept, trial)
+        new = dataclasses.replace(
+            new,
+            lam=lam_new.clamp(1e-16, 1e16),
+            nu=nu_new.clamp_max(1e16),
+            scale=torch.maximum(scale, torch.diagonal(new.a, dim1=-2, dim2=-1)),
+        )
         x_new = torch.where(keep, x + step, x)
         stalled = ~accept & (lam >= 1e16)
         step_norm = torch.where(accept, step.norm(dim=1), torch.zeros_like(f))
@@ -170,7 +210,7 @@ class GaussNewton(_Dense):
     def __post_init__(self) -> None:
         self.options = {"max_backtracks": 30, **self.options}
 
-    def _evaluate_gn(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def _evaluate_gn(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> GaussNewtonState:
         r, jac = obj.residual_and_jacobian(x, rows)
         w = obj.weights(r)
         root = torch.ones_like(r) if w is None else w.sqrt()
@@ -178,16 +218,16 @@ class GaussNewton(_Dense):
         g = torch.einsum("bmn,bm->bn", jw, rw)
         a = torch.einsum("bmi,bmj->bij", jw, jw)
         f = obj.cost(r)
-        return {"f": f, "g": g, "a": a, "jw": jw, "rw": rw, "gm": column_cosine(g, a, f)}
+        return GaussNewtonState(f=f, g=g, a=a, jw=jw, rw=rw, gm=column_cosine(g, a, f))
 
-    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> GaussNewtonState:
         return self._evaluate_gn(obj, x, rows)
 
-    def step(
-        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, State, StepInfo]:
-        g, a, f = state["g"], state["a"], state["f"]
-        step = _min_norm_step(state["jw"], state["rw"])
+    def step(  # type: ignore[override]
+        self, obj: Problem, x: torch.Tensor, state: GaussNewtonState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, GaussNewtonState, StepInfo]:
+        g, a, f = state.g, state.a, state.f
+        step = _min_norm_step(state.jw, state.rw)
         bad = ~torch.isfinite(step).all(dim=1)
         step = torch.where(bad.unsqueeze(1), -g, step)
         slope = rowdot(g, step)
@@ -207,8 +247,7 @@ class GaussNewton(_Dense):
         taken = t.unsqueeze(1) * step
         x_new = torch.where(accept.unsqueeze(1), x + taken, x)
         if bool(accept.any()):
-            fresh = self._evaluate_gn(obj, x_new, rows)
-            new = {k: torch.where(_expand(accept, v), fresh[k], state[k]) for k, v in fresh.items()}
+            new = state.where(accept, self._evaluate_gn(obj, x_new, rows))
         else:
             new = state
         step_norm = torch.where(accept, taken.norm(dim=1), torch.zeros_like(f))
@@ -219,7 +258,3 @@ def _min_norm_step(jac: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """The minimum-norm solution of ``jac @ step = -r`` for each problem (SVD-based on CPU, QR-based elsewhere)."""
     driver = "gelsd" if jac.device.type == "cpu" else None
     return torch.linalg.lstsq(jac, -r.unsqueeze(-1), driver=driver).solution.squeeze(-1)
-
-
-def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(mask.shape + (1,) * (like.ndim - 1))

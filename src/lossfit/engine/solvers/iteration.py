@@ -81,6 +81,17 @@ def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return t if rows.numel() == t.shape[0] else t[rows]
 
 
+@dataclass(kw_only=True)
+class IterationState(State):
+    """An iteration's state: what the problem carries from step to step and, where the best iterate is kept, the
+    current iterate, the lowest loss and shortest step so far ``best (B, 2)`` and the steps without progress."""
+
+    carry: Carry
+    current: torch.Tensor | None = None
+    best: torch.Tensor | None = None
+    stalls: torch.Tensor | None = None
+
+
 @dataclass
 class Iteration(Solver):
     """Each step is the problem's ``iterate``. With ``keep_best`` the driver's point is the best iterate so far
@@ -93,27 +104,25 @@ class Iteration(Solver):
     keep_best: ClassVar[bool] = False
     stall_steps: ClassVar[int] = 0
 
-    def init(self, obj: IterationProblem, x: torch.Tensor, rows: torch.Tensor) -> State:  # type: ignore[override]
+    def init(self, obj: IterationProblem, x: torch.Tensor, rows: torch.Tensor) -> IterationState:  # type: ignore[override]
         f, gm, carry = obj.start(x, rows)
-        state = {"f": f, "gm": gm, **{"carry." + k: v for k, v in carry.items()}}
-        if self.keep_best:
-            best = torch.stack([f, torch.full_like(f, float("inf"))], dim=1)  # (B, 2): the lowest loss, shortest step
-            state |= {"current": x, "best": best, "stalls": torch.zeros_like(f)}
-        return state
+        if not self.keep_best:
+            return IterationState(f=f, gm=gm, carry=carry)
+        best = torch.stack([f, torch.full_like(f, float("inf"))], dim=1)  # (B, 2): the lowest loss, shortest step
+        return IterationState(f=f, gm=gm, carry=carry, current=x, best=best, stalls=torch.zeros_like(f))
 
     def step(  # type: ignore[override]
-        self, obj: IterationProblem, x: torch.Tensor, state: State, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, State, StepInfo]:
-        carry = {k[6:]: v for k, v in state.items() if k.startswith("carry.")}
-        point = state["current"] if self.keep_best else x
-        x_new, carry, f, gm, size = obj.iterate(point, carry, rows)
-        new = {"f": f, "gm": gm, **{"carry." + k: v for k, v in carry.items()}}
-        if not self.keep_best:
-            return x_new, new, StepInfo(all_accepted(x), size, None)
+        self, obj: IterationProblem, x: torch.Tensor, state: IterationState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, IterationState, StepInfo]:
+        if state.current is None or state.best is None or state.stalls is None:
+            x_new, carry, f, gm, size = obj.iterate(x, state.carry, rows)
+            return x_new, IterationState(f=f, gm=gm, carry=carry), StepInfo(all_accepted(x), size, None)
+        x_new, carry, f, gm, size = obj.iterate(state.current, state.carry, rows)
         measured = torch.stack([f, size], dim=1)  # progress on either: a lower loss or a shorter step
-        better = (measured < state["best"]).any(dim=1)
-        stalls = (state["stalls"] + 1) * ~better
-        new |= {"current": x_new, "best": torch.minimum(state["best"], measured), "stalls": stalls}
+        better = (measured < state.best).any(dim=1)
+        stalls = (state.stalls + 1) * ~better
+        best = torch.minimum(state.best, measured)
+        new = IterationState(f=f, gm=gm, carry=carry, current=x_new, best=best, stalls=stalls)
         info = StepInfo(better, size, None, converged=stalls >= self.stall_steps, converged_as=Status.CONVERGED_XTOL)
         return torch.where(better.unsqueeze(1), x_new, x), new, info
 

@@ -19,6 +19,15 @@ from lossfit.engine.problem import Objective, Problem
 from lossfit.engine.solvers.base import Solver, State, StepInfo, rowdot
 
 
+@dataclass(kw_only=True)
+class KrylovState(State):
+    """The matrix-free solver's state: the largest gradient entry at the start ``g0`` (0 until measured: the
+    gradient measure is relative to it) and the damping ``lam``."""
+
+    g0: torch.Tensor
+    lam: torch.Tensor
+
+
 @dataclass
 class KrylovGaussNewton(Solver):
     """Gauss-Newton with conjugate gradients on Jacobian-vector products.
@@ -38,19 +47,15 @@ class KrylovGaussNewton(Solver):
     def __post_init__(self) -> None:
         self.options = {"damping": 1e-3, "cg_rtol": None, "cg_max": None, **self.options}
 
-    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> KrylovState:
         r = obj.residual(x, rows)
         f = obj.cost(r)
-        return {
-            "f": f,
-            "gm": torch.full_like(f, float("inf")),
-            "g0": torch.zeros_like(f),
-            "lam": torch.full_like(f, float(self.options["damping"])),
-        }
+        lam = torch.full_like(f, float(self.options["damping"]))
+        return KrylovState(f=f, gm=torch.full_like(f, float("inf")), g0=torch.zeros_like(f), lam=lam)
 
-    def step(
-        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, State, StepInfo]:
+    def step(  # type: ignore[override]
+        self, obj: Problem, x: torch.Tensor, state: KrylovState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, KrylovState, StepInfo]:
         if not isinstance(obj, Objective):
             raise TypeError(
                 f"the krylov solver needs Jacobian-vector products of a user's function; got {type(obj).__name__}"
@@ -64,9 +69,9 @@ class KrylovGaussNewton(Solver):
             return backward(jv if root is None else jv * root * root).detach()
 
         g = backward(r if w is None else r * w).detach()
-        f, lam = state["f"], state["lam"]
+        f, lam = state.f, state.lam
         gmax = g.abs().amax(dim=1)
-        g0 = torch.where(state["g0"] > 0, state["g0"], gmax.clamp_min(1e-300))
+        g0 = torch.where(state.g0 > 0, state.g0, gmax.clamp_min(1e-300))
         gm = gmax / g0
         gg = rowdot(g, g).clamp_min(1e-300)
         shift = lam * rowdot(g, gauss_newton(g)) / gg
@@ -83,7 +88,7 @@ class KrylovGaussNewton(Solver):
         keep = accept.unsqueeze(1)
         x_new = torch.where(keep, x + step, x)
         # `gm` is measured where this step started: a converged start stops the solver one step later, better off.
-        new = {"f": torch.where(accept, f_trial, f), "gm": gm, "g0": g0, "lam": lam_new}
+        new = KrylovState(f=torch.where(accept, f_trial, f), gm=gm, g0=g0, lam=lam_new)
         stalled = ~accept & (lam >= 1e16)
         step_norm = torch.where(accept, step.norm(dim=1), torch.zeros_like(f))
         return x_new, new, StepInfo(accept, step_norm, stalled, predicted, f - f_trial)

@@ -16,6 +16,18 @@ from lossfit.engine.problem import Problem
 from lossfit.engine.solvers.base import Solver, State, StepInfo, gradient_measure, rowdot
 
 
+@dataclass(kw_only=True)
+class LBFGSState(State):
+    """L-BFGS's state: the gradient, the start's loss, and the memory of steps ``s``, gradient changes ``y`` and
+    their ``rho = 1 / (s . y)`` (``(B, memory, n)``, newest last; ``rho = 0`` marks an empty slot)."""
+
+    g: torch.Tensor
+    f0: torch.Tensor
+    s: torch.Tensor
+    y: torch.Tensor
+    rho: torch.Tensor
+
+
 @dataclass
 class LBFGS(Solver):
     """L-BFGS. Options: ``memory`` (10 pairs), ``c1`` (1e-4), ``c2`` (0.9), ``max_line_search`` (25 evaluations)."""
@@ -25,29 +37,22 @@ class LBFGS(Solver):
     def __post_init__(self) -> None:
         self.options = {"memory": 10, "c1": 1e-4, "c2": 0.9, "max_line_search": 25, **self.options}
 
-    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> State:
+    def init(self, obj: Problem, x: torch.Tensor, rows: torch.Tensor) -> LBFGSState:
         f, g = obj.value_and_grad(x, rows)
         b, n, mem = x.shape[0], x.shape[1], self.options["memory"]
-        return {
-            "f": f,
-            "f0": f,
-            "g": g,
-            "gm": gradient_measure(f, f, g),
-            "s": x.new_zeros(b, mem, n),
-            "y": x.new_zeros(b, mem, n),
-            "rho": x.new_zeros(b, mem),
-        }
+        s, y, rho = x.new_zeros(b, mem, n), x.new_zeros(b, mem, n), x.new_zeros(b, mem)
+        return LBFGSState(f=f, f0=f, g=g, gm=gradient_measure(f, f, g), s=s, y=y, rho=rho)
 
-    def _direction(self, state: State) -> torch.Tensor:
-        return -lbfgs_product(state["s"], state["y"], state["rho"], state["g"])
+    def _direction(self, state: LBFGSState) -> torch.Tensor:
+        return -lbfgs_product(state.s, state.y, state.rho, state.g)
 
-    def step(
-        self, obj: Problem, x: torch.Tensor, state: State, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, State, StepInfo]:
-        g, f = state["g"], state["f"]
+    def step(  # type: ignore[override]
+        self, obj: Problem, x: torch.Tensor, state: LBFGSState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, LBFGSState, StepInfo]:
+        g, f = state.g, state.f
         d = self._direction(state)
         slope = rowdot(g, d)
-        fresh = (state["rho"] == 0).all(dim=1)
+        fresh = (state.rho == 0).all(dim=1)
         bad = ~(slope < 0) | ~torch.isfinite(slope)
         # Not a descent direction: forget the memory and go downhill.
         d = torch.where(bad.unsqueeze(1), -g, d)
@@ -63,25 +68,18 @@ class LBFGS(Solver):
         s_k, y_k = step, g_new - g
         sy = rowdot(s_k, y_k)
         keep = ok & (sy > 1e-10 * rowdot(y_k, y_k).sqrt() * rowdot(s_k, s_k).sqrt())
-        s = torch.where(keep[:, None, None], torch.cat([state["s"][:, 1:], s_k.unsqueeze(1)], 1), state["s"])
-        y = torch.where(keep[:, None, None], torch.cat([state["y"][:, 1:], y_k.unsqueeze(1)], 1), state["y"])
-        rho_new = torch.cat([state["rho"][:, 1:], (1 / sy.clamp_min(1e-300)).unsqueeze(1)], 1)
-        rho = torch.where(keep.unsqueeze(1), rho_new, state["rho"])
+        s = torch.where(keep[:, None, None], torch.cat([state.s[:, 1:], s_k.unsqueeze(1)], 1), state.s)
+        y = torch.where(keep[:, None, None], torch.cat([state.y[:, 1:], y_k.unsqueeze(1)], 1), state.y)
+        rho_new = torch.cat([state.rho[:, 1:], (1 / sy.clamp_min(1e-300)).unsqueeze(1)], 1)
+        rho = torch.where(keep.unsqueeze(1), rho_new, state.rho)
         reset = bad & ok
         rho = torch.where(reset.unsqueeze(1) & ~keep.unsqueeze(1), torch.zeros_like(rho), rho)
         # A failed line search along a quasi-Newton direction restarts from steepest descent (the memory may be
         # stale); only a failure along the gradient itself is a stall.
         restart = ~ok & ~fresh
         rho = torch.where(restart.unsqueeze(1), torch.zeros_like(rho), rho)
-        new_state = {
-            "f": f_new,
-            "f0": state["f0"],
-            "g": g_new,
-            "gm": gradient_measure(f_new, state["f0"], g_new),
-            "s": s,
-            "y": y,
-            "rho": rho,
-        }
+        gm = gradient_measure(f_new, state.f0, g_new)
+        new_state = LBFGSState(f=f_new, f0=state.f0, g=g_new, gm=gm, s=s, y=y, rho=rho)
         step_norm = torch.where(ok, step.norm(dim=1), torch.zeros_like(f))
         return x_new, new_state, StepInfo(ok, step_norm, ~ok & fresh)
 
