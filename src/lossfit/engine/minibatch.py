@@ -21,7 +21,7 @@ import torch
 from torch.func import grad_and_value
 
 from lossfit.engine.loop import Stopping, run
-from lossfit.engine.problem import Objective, ParamSpec, check_finite_start
+from lossfit.engine.problem import Objective, ParamSpec, WithoutResiduals, check_finite_start
 from lossfit.engine.result import FitResult
 from lossfit.engine.solvers import resolve
 from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted
@@ -103,14 +103,12 @@ def minimize_minibatches(
     )
 
 
-class WholeData:
+class WholeData(WithoutResiduals):
     """The problem the driver sees in minibatch mode: the loss over all the data, the size-weighted mean of the
     minibatches' losses; :meth:`minibatches` gives the solver each minibatch's loss and gradient in turn."""
 
     kind = "scalar"
-    keep_final = False
-    num_residuals: int | None = None
-    counts: torch.Tensor | None = None
+    what = "a loss over minibatches (a scalar loss)"
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor], spec: ParamSpec, aux: Any, data: Iterable[Any]) -> None:
         self.loss_fn, self.spec, self.aux, self.data = loss_fn, spec, aux, data
@@ -134,27 +132,6 @@ class WholeData:
                 return self.loss_fn(self.spec.unflatten(row, self.aux[0]), *args)
 
             yield grad_and_value(loss)
-
-    # A scalar loss has no residuals: the least-squares half of the protocol is refused, not approximated.
-    def residual(self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> torch.Tensor:
-        raise TypeError("a loss over minibatches is a scalar loss: it has no residuals")
-
-    def residual_and_jacobian(
-        self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        raise TypeError("a loss over minibatches is a scalar loss: it has no residuals")
-
-    def cost(self, r: torch.Tensor) -> torch.Tensor:
-        raise TypeError("a loss over minibatches is a scalar loss: it has no residuals")
-
-    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
-        return None
-
-    def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        return None
-
-    def parts(self, b: int, per_row: int) -> list[slice]:
-        return [slice(0, b)]
 
     def _over_data(self, x: torch.Tensor, rows: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.zeros(1, dtype=x.dtype, device=x.device)

@@ -216,6 +216,36 @@ class Problem(Protocol):
     def parts(self, b: int, per_row: int) -> list[slice]: ...
 
 
+class WithoutResiduals:
+    """The least-squares half of :class:`Problem`, refused: a base for problems that have no residual function (the
+    minibatch mode's whole-data loss, a family's own iteration). ``what`` names the problem in the errors."""
+
+    what = "this problem"
+    num_residuals: int | None = None
+    counts: torch.Tensor | None = None
+    keep_final = False
+
+    def residual(self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> torch.Tensor:
+        raise TypeError(f"{self.what} has no residuals")
+
+    def residual_and_jacobian(
+        self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise TypeError(f"{self.what} has no residuals")
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        raise TypeError(f"{self.what} has no residuals")
+
+    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        return None
+
+    def parts(self, b: int, per_row: int) -> list[slice]:
+        return [slice(0, b)]
+
+
 class Objective:
     """Evaluations of a scalar loss or of residuals over the rows of a ``(B, n)`` matrix.
 

@@ -15,6 +15,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from lossfit.engine.problem import WithoutResiduals
 from lossfit.engine.result import Status
 from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted
 
@@ -36,15 +37,13 @@ class IterationProblem(Protocol):
     ) -> tuple[torch.Tensor, Carry, torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
-class OwnIteration:
+class OwnIteration(WithoutResiduals):
     """A base for a family's iteration problems: what the driver asks of every problem, with the least-squares half
     refused (an iteration has no residual function to differentiate). Subclasses set ``batch`` and implement
     ``start``, ``iterate``, ``value`` (the loss at a point) and ``answer`` (the parameters a point stands for)."""
 
     kind = "iteration"
-    keep_final = False
-    num_residuals: int | None = None
-    counts: torch.Tensor | None = None
+    what = "an iteration's problem"
     batch = False
     evals = 0
 
@@ -53,26 +52,6 @@ class OwnIteration:
 
     def value_and_grad(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise TypeError("an iteration's problem has no gradient here: its own step replaces the solver's")
-
-    def residual(self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None) -> torch.Tensor:
-        raise TypeError("an iteration's problem has no residual function")
-
-    def residual_and_jacobian(
-        self, x: torch.Tensor, rows: torch.Tensor, part: slice | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        raise TypeError("an iteration's problem has no residual function")
-
-    def cost(self, r: torch.Tensor) -> torch.Tensor:
-        raise TypeError("an iteration's problem has no residual function")
-
-    def weights(self, r: torch.Tensor) -> torch.Tensor | None:
-        return None
-
-    def robust_terms(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        return None
-
-    def parts(self, b: int, per_row: int) -> list[slice]:
-        return [slice(0, b)]
 
 
 def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
