@@ -87,6 +87,8 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
     zero_level = (torch.finfo(x0.dtype).eps ** 2) * f_all.abs() if obj.kind == "residual" else None
     status = _initial_status(state, stop)
     steps = torch.zeros(b, dtype=torch.long, device=device)
+    taken = 0  # the steps every problem has taken while none has stopped
+    shared = False
     window = solver.window
     past = state.f.unsqueeze(1).expand(b, window).clone()  # the loss over the last `window` steps, per row
     running = status == Status.RUNNING  # over `rows`
@@ -113,8 +115,11 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
         if everyone:
             live = rows
             steps += 1
-            x, f_all = x_new, f.clone()
+            taken += 1
+            x, f_all, shared = x_new, f, True  # f_all is the solver's own tensor until problems stop
         else:
+            if shared:  # written into from here on: a copy of its own
+                f_all, shared = f_all.clone(), False
             live = rows[running]
             steps[live] += 1
             x[live] = x_new[running]
@@ -131,9 +136,9 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
         if stop.ftol is not None:
             past = torch.cat([past[:, 1:], torch.where(info.accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
         floor = None if zero_level is None else (zero_level[rows], f0[rows])
-        count = steps if everyone else steps[rows]
+        count: torch.Tensor | int = taken if everyone else steps[rows]  # one count for all while every problem runs
         code = _stopping_codes(stop, info, f, oldest, x_rows, x_new, count, window, elapsed, floor, state.gm)
-        done = running & (code != Status.RUNNING)
+        done = code != Status.RUNNING if everyone else running & (code != Status.RUNNING)
         if bool(done.any()):
             status[rows[done]] = code[done]
             running = running & ~done
@@ -151,7 +156,7 @@ def _stopping_codes(
     oldest: torch.Tensor,
     x_old: torch.Tensor,
     x_new: torch.Tensor,
-    step_count: torch.Tensor,
+    step_count: torch.Tensor | int,
     window: int,
     elapsed: float,
     floor: tuple[torch.Tensor, torch.Tensor] | None,
@@ -162,7 +167,10 @@ def _stopping_codes(
     ``oldest`` is the loss ``window`` steps ago; ``floor`` the rounding level of zero and the start's loss, for losses
     bounded below by 0 (None otherwise); ``gm`` the solver's gradient measure.
     """
-    code = (step_count >= stop.max_steps) * Status.MAX_STEPS
+    if isinstance(step_count, int):  # every problem at the same step
+        code = torch.full_like(f, Status.MAX_STEPS if step_count >= stop.max_steps else 0, dtype=torch.long)
+    else:
+        code = (step_count >= stop.max_steps) * Status.MAX_STEPS
     if info.stalled is not None:
         code = torch.where(info.stalled & (code == 0), Status.STALLED, code)
     if stop.max_time is not None and elapsed >= stop.max_time:
@@ -184,7 +192,7 @@ def _stopping_codes(
         # A step that cannot lower a loss already within rounding of zero (relative to the start) is done too.
         at_zero = at_zero | (~info.accepted & (f <= torch.finfo(f.dtype).eps * f_start.abs()))
         code = torch.where(at_zero, Status.CONVERGED_ZERO, code)
-    return torch.where(~torch.isfinite(f), Status.NONFINITE, code)
+    return torch.where(torch.isfinite(f), code, Status.NONFINITE)
 
 
 def _ftol_hit(
@@ -194,7 +202,7 @@ def _ftol_hit(
     oldest: torch.Tensor,
     x_old: torch.Tensor,
     x_new: torch.Tensor,
-    step_count: torch.Tensor,
+    step_count: torch.Tensor | int,
     window: int,
 ) -> torch.Tensor:
     """Where the loss changed by at most ``ftol`` times itself over the window (or, for a model-based step, both

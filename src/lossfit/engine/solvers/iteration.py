@@ -99,7 +99,7 @@ class Iteration(Solver):
         x_new, carry, f, gm, size = obj.iterate(state.current, state.carry, rows)
         measured = torch.stack([f, size], dim=1)  # progress on either: a lower loss or a shorter step
         better = (measured < state.best).any(dim=1)
-        stalls = (state.stalls + 1) * ~better
+        stalls = torch.where(better, 0.0, state.stalls + 1)
         best = torch.minimum(state.best, measured)
         new = IterationState(f=f, gm=gm, carry=carry, current=x_new, best=best, stalls=stalls)
         info = StepInfo(better, size, None, converged=stalls >= self.stall_steps, converged_as=Status.CONVERGED_XTOL)
