@@ -297,6 +297,12 @@ def test_minibatch_mode_reports_what_stopped_it_never_a_false_success() -> None:
     # A step that overflows: NONFINITE.
     wild = minimize_minibatches(loss, p0, _loader(x, y, 100), solver="gd", lr=1e60, epochs=50)
     assert wild.status == lossfit.Status.NONFINITE and not wild.success
+    # A solver object given by the caller is not changed by the mode's learning-rate halvings.
+    from lossfit.engine.solvers.first_order import GradientDescent
+
+    given = GradientDescent(options={"lr": 0.3})
+    halved = minimize_minibatches(loss, p0, _loader(x, y, 100), solver=given, epochs=40)
+    assert halved.extras["lr_halvings"] > 0 and given.options["lr"] == 0.3
     with pytest.raises(ValueError, match="at the start"):  # a finite start where the loss is not finite
         minimize_minibatches(lambda p, xx, yy: loss(p, xx, yy) / 0.0, p0, _loader(x, y, 100))
 

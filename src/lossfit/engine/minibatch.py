@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -78,6 +78,7 @@ def minimize_minibatches(
     method = resolve(solver, options)
     if not isinstance(method, FirstOrder):
         raise ValueError(f"`solver` must be 'adam', 'gd' or 'rmsprop' for minibatches; got {method.name!r}")
+    method = dataclasses.replace(method, options=dict(method.options))  # the halvings change a copy, not the caller's
     spec = ParamSpec(params, constraints, False, dtype)
     x0, aux = spec.initial()
     whole = WholeData(loss_fn, spec, aux, data)
@@ -114,12 +115,20 @@ class WholeData(WithoutResiduals):
         self.loss_fn, self.spec, self.aux, self.data = loss_fn, spec, aux, data
         self.evals = 0
         self.minibatch_steps = 0
+        self._recent: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
 
     def value(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return self._over_data(x, rows, grad=False)[0]
 
     def value_and_grad(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._over_data(x, rows, grad=True)
+        """The loss and gradient over all the data; the last two points' are kept (the answer's check and the
+        report of its gradient ask for the same pass)."""
+        for point, out in self._recent:
+            if point.shape == x.shape and torch.equal(point, x):
+                return out
+        out = self._over_data(x, rows, grad=True)
+        self._recent = [(x.clone(), out), *self._recent[:1]]
+        return out
 
     def minibatches(self) -> Iterator[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
         """For each minibatch in turn, a function of the row ``x (n,)`` giving its loss and gradient."""
@@ -154,14 +163,14 @@ class WholeData(WithoutResiduals):
         return total / count, g_total / count
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Epochs(Solver):
     """One driver step is one epoch: the first-order ``method`` steps once per minibatch (on that minibatch's
     gradient), then the whole-data loss is measured. An epoch whose loss rose halves the method's learning rate;
     ``patience`` epochs in a row that changed the loss by at most ``ftol`` times itself are convergence."""
 
     name: ClassVar[str] = "epochs"
-    method: FirstOrder = field(default_factory=lambda: FirstOrder())
+    method: FirstOrder
     ftol: float = 1e-6
     patience: int = 3
     halvings: int = 0
