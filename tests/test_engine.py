@@ -551,3 +551,57 @@ def test_bad_input_names_the_argument(call: object, error: type[Exception], word
 def test_non_finite_start_is_refused() -> None:
     with pytest.raises(lossfit.NonFiniteError, match="not finite at the starting point"):
         lossfit.least_squares(lambda p: torch.log(p), torch.tensor([-1.0], dtype=F64))
+
+
+def test_the_stopping_rules_give_the_same_codes_on_python_scalars_as_on_tensors() -> None:
+    """One problem on the CPU runs the driver's rules on Python numbers (lossfit.engine.scalars); every rule, with
+    values drawn around its thresholds and the non-finite cases, gives the code the tensor path gives."""
+    from lossfit.engine.loop import Stopping, _Measures, _slide, _stopping_codes
+
+    g = torch.Generator().manual_seed(41)
+    stop = Stopping(ftol=1e-8, xtol=1e-8, gtol=1e-10, max_steps=50, max_time=10.0)
+    eps = torch.finfo(F64).eps
+    specials = torch.tensor([0.0, 1e-8, 1e-10, 1.0, float("nan"), float("inf")], dtype=F64)
+    seen = set()
+    for _ in range(400):
+
+        def draw() -> torch.Tensor:
+            if bool(torch.rand(1, generator=g) < 0.3):
+                return specials[torch.randint(len(specials), (1,), generator=g)]
+            return 10 ** (torch.rand(1, generator=g, dtype=F64) * 20 - 16)
+
+        f, gm, step_norm, x_norm, moved, predicted, actual = (draw() for _ in range(7))
+        oldest = f * (1 + (torch.rand(1, generator=g, dtype=F64) - 0.5) * 4e-8)
+        flags = [torch.rand(1, generator=g) < 0.5 for _ in range(3)]
+        count = int(torch.randint(45, 55, (1,), generator=g))
+        elapsed = float(torch.rand(1, generator=g)) * 20
+        floor = (f * float(torch.rand(1, generator=g)) * 2, f / eps * float(torch.rand(1, generator=g)))
+        tensors = _Measures(f, gm, flags[0], step_norm, flags[1], predicted, actual, flags[2], 2, x_norm, moved, oldest)
+        scalars = _Measures(*(v.item() if isinstance(v, torch.Tensor) else v for v in vars(tensors).values()))
+        on_tensors = _stopping_codes(stop, tensors, count, 3, elapsed, floor, eps)
+        on_scalars = _stopping_codes(stop, scalars, count, 3, elapsed, (floor[0].item(), floor[1].item()), eps)
+        assert isinstance(on_scalars, int)
+        assert int(on_tensors) == on_scalars
+        seen.add(on_scalars)
+        window = [1.0, 2.0, 3.0]
+        assert _slide(window, 4.0, False)[1] == [2.0, 3.0, 3.0]
+        past = torch.tensor([window], dtype=F64)
+        assert _slide(past, torch.tensor([4.0], dtype=F64), torch.tensor([True]))[1].tolist() == [[2.0, 3.0, 4.0]]
+    assert len(seen) >= 6  # the draws reach most rules, not only one
+
+
+def test_an_iteration_solver_result_is_an_ordinary_tensor() -> None:
+    """Newton-Schulz runs in torch.inference_mode; what it returns can be changed in place and used with autograd."""
+    g = torch.Generator().manual_seed(42)
+    m = torch.randn(5, 5, generator=g, dtype=F64) + 5 * torch.eye(5, dtype=F64)
+    result = lossfit.matrices.inverse(m)
+    assert result.success
+    assert not result.params.is_inference()
+    assert result.history is not None and not result.history.loss.is_inference()
+    w = torch.ones(5, 5, dtype=F64, requires_grad=True)
+    (w * result.params).sum().backward()  # would refuse to save an inference tensor for backward
+    torch.testing.assert_close(w.grad, result.params)
+    result.params.add_(0.0)
+    batch = lossfit.matrices.inverse(torch.stack([m, 2 * m]))
+    torch.testing.assert_close(batch.params[0], result.params, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(batch.params[1], result.params / 2, rtol=1e-12, atol=1e-14)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from lossfit.engine.problem import Problem
 from lossfit.engine.result import History, Status
+from lossfit.engine.scalars import finite, negate, on_host, select
 from lossfit.engine.solvers import Solver
 from lossfit.engine.solvers.base import Evaluation, State, StepInfo
 
@@ -42,6 +44,22 @@ class Outcome:
     time: float
     final: Final | None = None
 
+    def as_ordinary(self) -> Outcome:
+        """This outcome with copies of its tensors made outside ``torch.inference_mode`` (a caller may use them
+        with autograd and change them in place); call it outside that mode."""
+        history = self.history
+        if history is not None:
+            history = History(*(_own(t) for t in (history.loss, history.grad_norm, history.step_norm, history.time)))
+        final = self.final
+        if final is not None:
+            final.residuals, final.jacobians, final.have = map(_own, (final.residuals, final.jacobians, final.have))
+        x, f0, g0, f, status, steps = map(_own, (self.x, self.f0, self.g0, self.f, self.status, self.steps))
+        return Outcome(x, f0, g0, f, status, steps, history, self.time, final)
+
+
+def _own(t: Any) -> Any:
+    return t.clone() if isinstance(t, torch.Tensor) else t
+
 
 class Final:
     """The residuals ``(B, m)`` and Jacobians ``(B, m, n)`` a dense solver evaluated where problems stopped, and
@@ -72,25 +90,40 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
     """Minimise from ``x0`` (``(B, n)``) until every problem has stopped.
 
     Finished problems leave the batch lazily: they stay in the computed rows, frozen, until a tenth of the rows
-    have finished, so the batch (and the user's extra arguments) are re-indexed only now and then.
+    have finished, so the batch (and the user's extra arguments) are re-indexed only now and then. A solver that
+    needs no autograd (``solver.differentiates`` false: the iteration solvers) runs in ``torch.inference_mode``,
+    which halves the cost of each small tensor operation; the outcome it returns holds ordinary tensors.
     """
+    if solver.differentiates:
+        return _run(obj, solver, x0, stop, record)
+    with torch.inference_mode():
+        outcome = _run(obj, solver, x0, stop, record)
+    return outcome.as_ordinary()
+
+
+def _run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: bool) -> Outcome:
     start = time.perf_counter()
     b = x0.shape[0]
     device = x0.device
+    host = on_host(x0)  # one problem on the CPU: the stopping rules on Python scalars (see lossfit.engine.scalars)
     x = x0.clone()
     rows = torch.arange(b, device=device)
     state = solver.init(obj, x, rows)
     f_all = state.f.clone()
     f0 = state.f.clone()
     g0 = state.g.abs().amax(dim=1) if state.g is not None else None
+    eps = torch.finfo(x0.dtype).eps
     # A loss at rounding level of its start is zero: nothing is left to minimise (for losses bounded below by 0).
-    zero_level = (torch.finfo(x0.dtype).eps ** 2) * f_all.abs() if obj.kind == "residual" else None
+    zero_level = eps**2 * f_all.abs() if obj.kind == "residual" else None
+    host_floor = None if zero_level is None or not host else (zero_level.item(), f0.item())
     status = _initial_status(state, stop)
-    steps = torch.zeros(b, dtype=torch.long, device=device)
-    taken = 0  # the steps every problem has taken while none has stopped
+    steps: torch.Tensor | None = None  # each problem's steps, once one has stopped; until then all took `taken`
+    taken = 0
     shared = False
     window = solver.window
-    past = state.f.unsqueeze(1).expand(b, window).clone()  # the loss over the last `window` steps, per row
+    past: torch.Tensor | list[float] | None = None  # the accepted losses of the last `window` steps, where ftol is on
+    if stop.ftol is not None:
+        past = [state.f.item()] * window if host else state.f.unsqueeze(1).expand(b, window).clone()
     running = status == Status.RUNNING  # over `rows`
     trace: list[tuple[torch.Tensor, ...]] = []
     times: list[float] = []
@@ -104,7 +137,9 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
             if not bool(running.any()):
                 break
             if int(running.sum()) < 0.9 * running.numel() or running.numel() < 64:
-                rows, past = rows[running], past[running]
+                rows = rows[running]
+                if isinstance(past, torch.Tensor):  # (a list is one problem's, which never drops rows)
+                    past = past[running]
                 state = state.take(running)
                 running = running[running]
             all_running = bool(running.all())
@@ -114,10 +149,11 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
         f = state.f
         if everyone:
             live = rows
-            steps += 1
             taken += 1
             x, f_all, shared = x_new, f, True  # f_all is the solver's own tensor until problems stop
         else:
+            if steps is None:
+                steps = torch.full((b,), taken, dtype=torch.long, device=device)
             if shared:  # written into from here on: a copy of its own
                 f_all, shared = f_all.clone(), False
             live = rows[running]
@@ -131,104 +167,152 @@ def run(obj: Problem, solver: Solver, x0: torch.Tensor, stop: Stopping, record: 
             else:
                 trace.append((live, f[running], state.gm[running], info.step_norm[running]))
             times.append(elapsed)
-        # Loss change over the window (a step count below the window compares with the start).
-        oldest = past[:, 0]
-        if stop.ftol is not None:
-            past = torch.cat([past[:, 1:], torch.where(info.accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
-        floor = None if zero_level is None else (zero_level[rows], f0[rows])
-        count: torch.Tensor | int = taken if everyone else steps[rows]  # one count for all while every problem runs
-        code = _stopping_codes(stop, info, f, oldest, x_rows, x_new, count, window, elapsed, floor, state.gm)
-        done = code != Status.RUNNING if everyone else running & (code != Status.RUNNING)
-        if bool(done.any()):
+        measures = _Measures.after(stop, info, f, state.gm, x_rows, x_new, host)
+        if past is not None:  # the loss change over the window (a step count below it compares with the start)
+            measures.oldest, past = _slide(past, measures.f, measures.accepted)
+        floor = host_floor if host else None if zero_level is None else (zero_level[rows], f0[rows])
+        count: torch.Tensor | int = taken if steps is None else steps[rows]  # one count while every problem runs
+        code = _stopping_codes(stop, measures, count, window, elapsed, floor, eps)
+        if host:
+            if not code:
+                continue
+            code = torch.full((1,), code, dtype=torch.long, device=device)
+        elif not everyone:
+            code = code * running  # the frozen rows of stopped problems keep their status
+        if bool(code.any()):  # RUNNING is 0
+            done = code != Status.RUNNING
             status[rows[done]] = code[done]
             running = running & ~done
             all_running = False
             if info.evaluated is not None and obj.keep_final:
                 final.keep(b, info.evaluated, done & info.accepted, rows)
+    if steps is None:
+        steps = torch.full((b,), taken, dtype=torch.long, device=device)
     history = _history(trace, times, b, x0) if record else None
     return Outcome(x, f0, g0, f_all, status, steps, history, time.perf_counter() - start, final)
 
 
+@dataclass
+class _Measures:
+    """What the stopping rules read after a step, per running problem: ``(B,)`` tensors or, for one problem on the
+    CPU, Python numbers. ``x_norm`` is ``||x||`` (for ``xtol``), ``moved`` the step's largest move relative to each
+    parameter (for ``ftol``) and ``oldest`` the loss ``window`` steps ago."""
+
+    f: Any
+    gm: Any
+    accepted: Any
+    step_norm: Any
+    stalled: Any
+    predicted: Any
+    actual: Any
+    converged: Any
+    converged_as: int
+    x_norm: Any
+    moved: Any
+    oldest: Any = None
+
+    NUMBERS: ClassVar[tuple[str, ...]] = (
+        "f", "gm", "accepted", "step_norm", "stalled", "predicted", "actual", "converged", "x_norm", "moved"
+    )  # fmt: skip
+
+    @classmethod
+    def after(
+        cls,
+        stop: Stopping,
+        info: StepInfo,
+        f: torch.Tensor,
+        gm: torch.Tensor,
+        x_old: torch.Tensor,
+        x_new: torch.Tensor,
+        host: bool,
+    ) -> _Measures:
+        x_norm = x_new.norm(dim=1) if stop.xtol is not None else None
+        moved = None
+        if stop.ftol is not None:
+            root = stop.ftol**0.5
+            moved = ((x_new - x_old).abs() / (root + x_new.abs())).amax(dim=1)
+        measures = cls(
+            f, gm, info.accepted, info.step_norm, info.stalled, info.predicted, info.actual, info.converged,
+            info.converged_as, x_norm, moved,
+        )  # fmt: skip
+        if host:
+            for name in _Measures.NUMBERS:
+                value = getattr(measures, name)
+                if value is not None:
+                    setattr(measures, name, value.item())
+        return measures
+
+
+def _slide(past: Any, f: Any, accepted: Any) -> tuple[Any, Any]:
+    """The oldest loss of the window, and the window after a step (a rejected step repeats the last loss)."""
+    if isinstance(past, list):
+        return past[0], past[1:] + [f if accepted else past[-1]]
+    return past[:, 0], torch.cat([past[:, 1:], torch.where(accepted, f, past[:, -1]).unsqueeze(1)], dim=1)
+
+
 def _stopping_codes(
     stop: Stopping,
-    info: StepInfo,
-    f: torch.Tensor,
-    oldest: torch.Tensor,
-    x_old: torch.Tensor,
-    x_new: torch.Tensor,
+    m: _Measures,
     step_count: torch.Tensor | int,
     window: int,
     elapsed: float,
-    floor: tuple[torch.Tensor, torch.Tensor] | None,
-    gm: torch.Tensor,
-) -> torch.Tensor:
-    """Each running problem's status after a step (``RUNNING`` where no rule holds); later rules win.
+    floor: tuple[Any, Any] | None,
+    eps: float,
+) -> Any:
+    """Each running problem's status after a step (``RUNNING`` where no rule holds); later rules win. On tensors a
+    ``(B,)`` tensor; on one problem's Python scalars an int.
 
-    ``oldest`` is the loss ``window`` steps ago; ``floor`` the rounding level of zero and the start's loss, for losses
-    bounded below by 0 (None otherwise); ``gm`` the solver's gradient measure.
+    ``floor`` is the rounding level of zero and the start's loss, for losses bounded below by 0 (None otherwise);
+    ``eps`` the machine epsilon of the problem's dtype.
     """
-    if isinstance(step_count, int):  # every problem at the same step
-        code = torch.full_like(f, Status.MAX_STEPS if step_count >= stop.max_steps else 0, dtype=torch.long)
+    if isinstance(step_count, int):  # every problem at the same step: one code for all until a rule says otherwise
+        code: Any = Status.MAX_STEPS if step_count >= stop.max_steps else Status.RUNNING
     else:
         code = (step_count >= stop.max_steps) * Status.MAX_STEPS
-    if info.stalled is not None:
-        code = torch.where(info.stalled & (code == 0), Status.STALLED, code)
+    if m.stalled is not None:
+        code = select(m.stalled & (code == 0), Status.STALLED, code)
     if stop.max_time is not None and elapsed >= stop.max_time:
-        code = torch.where(code == 0, Status.MAX_TIME, code)
+        code = select(code == 0, Status.MAX_TIME, code)
     if stop.xtol is not None:
-        xtol_hit = info.accepted & (info.step_norm <= stop.xtol * (stop.xtol + x_new.norm(dim=1)))
-        code = torch.where(xtol_hit, Status.CONVERGED_XTOL, code)
-    if stop.ftol is not None:
-        code = torch.where(
-            _ftol_hit(stop.ftol, info, f, oldest, x_old, x_new, step_count, window), Status.CONVERGED_FTOL, code
-        )
-    if info.converged is not None:  # the solver's own test
-        code = torch.where(info.converged, info.converged_as, code)
+        code = select(m.accepted & (m.step_norm <= stop.xtol * (stop.xtol + m.x_norm)), Status.CONVERGED_XTOL, code)
+    if stop.ftol is not None and m.oldest is not None:
+        code = select(_ftol_hit(stop.ftol, m, step_count, window), Status.CONVERGED_FTOL, code)
+    if m.converged is not None:  # the solver's own test
+        code = select(m.converged, m.converged_as, code)
     if stop.gtol is not None:
-        code = torch.where(gm <= stop.gtol, Status.CONVERGED_GTOL, code)
+        code = select(m.gm <= stop.gtol, Status.CONVERGED_GTOL, code)
     if floor is not None:
         zero_level, f_start = floor
-        at_zero = f <= zero_level
         # A step that cannot lower a loss already within rounding of zero (relative to the start) is done too.
-        at_zero = at_zero | (~info.accepted & (f <= torch.finfo(f.dtype).eps * f_start.abs()))
-        code = torch.where(at_zero, Status.CONVERGED_ZERO, code)
-    return torch.where(torch.isfinite(f), code, Status.NONFINITE)
+        at_zero = (m.f <= zero_level) | (negate(m.accepted) & (m.f <= eps * abs(f_start)))
+        code = select(at_zero, Status.CONVERGED_ZERO, code)
+    return select(finite(m.f), code, Status.NONFINITE)
 
 
-def _ftol_hit(
-    ftol: float,
-    info: StepInfo,
-    f: torch.Tensor,
-    oldest: torch.Tensor,
-    x_old: torch.Tensor,
-    x_new: torch.Tensor,
-    step_count: torch.Tensor | int,
-    window: int,
-) -> torch.Tensor:
+def _ftol_hit(ftol: float, m: _Measures, step_count: torch.Tensor | int, window: int) -> Any:
     """Where the loss changed by at most ``ftol`` times itself over the window (or, for a model-based step, both
     the predicted and the actual decrease are that small), with a step that is not still travelling."""
-    scale = torch.maximum(oldest.abs(), f.abs())
-    hit = info.accepted & ((oldest - f).abs() <= ftol * scale) & (step_count >= window)
-    if info.predicted is not None and info.actual is not None:
-        tiny = ftol * f.abs()
-        hit = hit | ((info.predicted <= tiny) & (info.actual.abs() <= tiny))
+    change = abs(m.oldest - m.f)
+    settled = (change <= ftol * abs(m.oldest)) | (change <= ftol * abs(m.f))  # at most ftol times the larger
+    hit = m.accepted & settled & (step_count >= window)
+    if m.predicted is not None and m.actual is not None:
+        tiny = ftol * abs(m.f)
+        hit = hit | ((m.predicted <= tiny) & (abs(m.actual) <= tiny))
     # A loss that has settled to ftol lies within about sqrt(ftol) of the minimiser, relative to each parameter; a
     # step still longer than that is slow (linear) convergence that has further to go, not convergence.
-    root = ftol**0.5
-    moved = ((x_new - x_old).abs() / (root + x_new.abs())).amax(dim=1)
-    return hit & (moved <= root)
+    return hit & (m.moved <= ftol**0.5)
 
 
 def _history(trace: list[tuple[torch.Tensor, ...]], times: list[float], b: int, like: torch.Tensor) -> History:
     n = len(trace)
     columns = list(zip(*(values for _, *values in trace), strict=True))
     if all(live.numel() == b for live, *_ in trace):  # no problem stopped before the last step: one stack each
-        arrays = [torch.stack([v.detach().to(like.dtype) for v in column]) for column in columns]
+        arrays = [torch.stack(column).detach().to(like.dtype) for column in columns]  # stack promotes dtypes
     else:
         arrays = [torch.full((n, b), float("nan"), dtype=like.dtype, device=like.device) for _ in range(3)]
         for i, (live, *values) in enumerate(trace):
             for array, value in zip(arrays, values, strict=False):
-                array[i, live] = value.detach().to(like.dtype)
+                array[i, live] = value.detach()  # cast by the assignment
     return History(arrays[0], arrays[1], arrays[2], torch.tensor(times, dtype=torch.float64))
 
 

@@ -87,11 +87,13 @@ class Solver:
     ``needs`` says what a solver asks of the problem: ``"gradient"`` (any scalar loss) or ``"residuals"``
     (least squares only). ``tolerances`` are the solver's defaults for ``ftol``, ``xtol`` and ``gtol``, and
     ``window`` the number of steps over which ``ftol`` compares the loss (first-order methods make small
-    changes every step, so they compare over many).
+    changes every step, so they compare over many). ``differentiates`` is false for a solver that never asks
+    autograd for anything (the driver then runs it in ``torch.inference_mode``).
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[str] = "gradient"
+    differentiates: ClassVar[bool] = True
     tolerances: ClassVar[dict[str, float]] = {"ftol": 1e-12, "xtol": 1e-12, "gtol": 1e-10}
     window: ClassVar[int] = 1
     options: dict[str, Any] = field(default_factory=dict)

@@ -10,13 +10,15 @@ that the driver keeps both right as problems finish.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from lossfit.engine.problem import WithoutResiduals
 from lossfit.engine.result import Status
+from lossfit.engine.scalars import on_host, select, smaller
 from lossfit.engine.solvers.base import Solver, State, StepInfo, all_accepted
 
 Carry = dict[str, torch.Tensor]
@@ -63,12 +65,16 @@ def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 @dataclass(kw_only=True)
 class IterationState(State):
     """An iteration's state: what the problem carries from step to step and, where the best iterate is kept, the
-    current iterate, the lowest loss and shortest step so far ``best (B, 2)`` and the steps without progress."""
+    current iterate, the lowest loss and the shortest step so far, and the steps in a row without progress (``(B,)``
+    tensors, or Python numbers for one problem on the CPU, with ``flags`` the one-element tensors False and True
+    that the step reports then)."""
 
     carry: Carry
     current: torch.Tensor | None = None
-    best: torch.Tensor | None = None
-    stalls: torch.Tensor | None = None
+    best_f: Any = None
+    best_step: Any = None
+    stalls: Any = None
+    flags: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -80,6 +86,7 @@ class Iteration(Solver):
 
     name: ClassVar[str] = "iteration"
     needs: ClassVar[str] = "iteration"
+    differentiates: ClassVar[bool] = False
     keep_best: ClassVar[bool] = False
     stall_steps: ClassVar[int] = 0
 
@@ -87,23 +94,43 @@ class Iteration(Solver):
         f, gm, carry = obj.start(x, rows)
         if not self.keep_best:
             return IterationState(f=f, gm=gm, carry=carry)
-        best = torch.stack([f, torch.full_like(f, float("inf"))], dim=1)  # (B, 2): the lowest loss, shortest step
-        return IterationState(f=f, gm=gm, carry=carry, current=x, best=best, stalls=torch.zeros_like(f))
+        if on_host(x):  # one problem on the CPU: the progress test on Python numbers (lossfit.engine.scalars)
+            flags = (torch.zeros(1, dtype=torch.bool), torch.ones(1, dtype=torch.bool))
+            return IterationState(
+                f=f, gm=gm, carry=carry, current=x, best_f=f.item(), best_step=math.inf, stalls=0, flags=flags
+            )
+        never = torch.full_like(f, math.inf)
+        return IterationState(f=f, gm=gm, carry=carry, current=x, best_f=f, best_step=never, stalls=torch.zeros_like(f))
 
     def step(  # type: ignore[override]
         self, obj: IterationProblem, x: torch.Tensor, state: IterationState, rows: torch.Tensor
     ) -> tuple[torch.Tensor, IterationState, StepInfo]:
-        if state.current is None or state.best is None or state.stalls is None:
+        if state.current is None:
             x_new, carry, f, gm, size = obj.iterate(x, state.carry, rows)
             return x_new, IterationState(f=f, gm=gm, carry=carry), StepInfo(all_accepted(x), size, None)
         x_new, carry, f, gm, size = obj.iterate(state.current, state.carry, rows)
-        measured = torch.stack([f, size], dim=1)  # progress on either: a lower loss or a shorter step
-        better = (measured < state.best).any(dim=1)
-        stalls = torch.where(better, 0.0, state.stalls + 1)
-        best = torch.minimum(state.best, measured)
-        new = IterationState(f=f, gm=gm, carry=carry, current=x_new, best=best, stalls=stalls)
-        info = StepInfo(better, size, None, converged=stalls >= self.stall_steps, converged_as=Status.CONVERGED_XTOL)
-        return torch.where(better.unsqueeze(1), x_new, x), new, info
+        host = state.flags is not None
+        value, length = (f.item(), size.item()) if host else (f, size)
+        better = (value < state.best_f) | (length < state.best_step)  # progress: a lower loss or a shorter step
+        stalls = select(better, 0, state.stalls + 1)
+        converged = stalls >= self.stall_steps
+        new = IterationState(
+            f=f,
+            gm=gm,
+            carry=carry,
+            current=x_new,
+            best_f=smaller(state.best_f, value),
+            best_step=smaller(state.best_step, length),
+            stalls=stalls,
+            flags=state.flags,
+        )
+        if state.flags is not None:
+            kept = x_new if better else x
+            better, converged = state.flags[better], state.flags[converged]
+        else:
+            kept = torch.where(better.unsqueeze(1), x_new, x)
+        info = StepInfo(better, size, None, converged=converged, converged_as=Status.CONVERGED_XTOL)
+        return kept, new, info
 
 
 @dataclass
