@@ -15,7 +15,7 @@ from lossfit.cli.common import (
     JsonOption,
     app,
     check_folder,
-    check_not_inputs,
+    check_outputs,
     fail,
     guarded,
     print_table,
@@ -65,11 +65,11 @@ def register_many_command(
         fail(f"--workers must be at least 1; got {workers}")
     if batch < 1:
         fail(f"--batch must be at least 1; got {batch}")
-    check_folder(out, "--out")
+    check_folder(out, "--out")  # before the manifest is read
     pairs = read_manifest(manifest)
     inputs: list[Path | None] = [manifest]
     inputs += [p for pair in pairs for p in (pair.fixed, pair.moving)]
-    check_not_inputs(inputs, [(out, "--out")])
+    check_outputs(inputs, out=out, out_folder=True)
     options: dict[str, Any] = {
         k: v for k, v in {"transform": transform, "metric": metric, "samples": samples, "seed": seed}.items()
         if v is not None

@@ -87,6 +87,29 @@ def guarded(function: Any) -> Any:
     return wrapper
 
 
+def check_outputs(
+    inputs: list[Path | None],
+    *,
+    out: Path | None = None,
+    out_folder: bool = False,
+    several: bool = False,
+    plot: Path | None = None,
+    report: Path | None = None,
+) -> None:
+    """Refuse, before any work, the outputs a command cannot write: ``--out`` (a file of a format the command
+    writes, ``several`` arrays or one; or, with ``out_folder``, a folder), ``--plot`` and the ``--report`` folder,
+    and any of them that is, holds or lies inside one of the ``inputs``."""
+    if out is not None and out_folder:
+        check_folder(out, "--out")
+    elif out is not None:
+        from lossfit.io import check_output_suffix
+
+        check_output_suffix(out, several)
+    check_plot(plot)
+    check_folder(report, "--report")
+    check_not_inputs(inputs, [(out, "--out"), (plot, "--plot"), (report, "--report")])
+
+
 def check_plot(plot: Path | None) -> None:
     """Refuse, before any work, a --plot file of a format matplotlib is not asked to write here."""
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):

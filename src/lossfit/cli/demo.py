@@ -14,7 +14,7 @@ from lossfit.cli.common import (
     JsonOption,
     ReportOption,
     app,
-    check_folder,
+    check_outputs,
     command_line,
     guarded,
 )
@@ -36,8 +36,7 @@ def demo(
 
     from lossfit.demo import run_demo
 
-    check_folder(out, "--out")
-    check_folder(report, "--report")
+    check_outputs([], out=out, out_folder=True, report=report)
     console = Console(stderr=True) if json_out else None  # stdout holds only the JSON
     result = run_demo(out, console, report_dir=report, command=command_line(ctx))
     if json_out:

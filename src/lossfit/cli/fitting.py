@@ -16,9 +16,7 @@ from lossfit.cli.common import (
     JsonOption,
     ReportOption,
     app,
-    check_folder,
-    check_not_inputs,
-    check_plot,
+    check_outputs,
     command_line,
     fail,
     guarded,
@@ -57,12 +55,8 @@ def matrix(
 ) -> None:
     """Derive a matrix function by optimisation and check it against torch.linalg."""
     from lossfit import matrices
-    from lossfit.io import check_output_suffix, read_matrix
+    from lossfit.io import read_matrix
 
-    several = op in (MatrixOp.svd, MatrixOp.eigh, MatrixOp.polar, MatrixOp.low_rank)
-    if out is not None:
-        check_output_suffix(out, several)
-    check_plot(plot)
     needs_rhs = op in (MatrixOp.solve, MatrixOp.lstsq)
     if needs_rhs and rhs is None:
         fail(f"`{op.value}` needs a right-hand side file B after the matrix file")
@@ -70,8 +64,8 @@ def matrix(
         fail(f"`{op.value}` takes one matrix file; got a second one ({rhs})")
     if op is MatrixOp.low_rank and k is None:
         fail("`low-rank` needs --k, the rank")
-    check_folder(report, "--report")
-    check_not_inputs([file, rhs], [(out, "--out"), (plot, "--plot"), (report, "--report")])
+    several = op in (MatrixOp.svd, MatrixOp.eigh, MatrixOp.polar, MatrixOp.low_rank)
+    check_outputs([file, rhs], out=out, several=several, plot=plot, report=report)
     m = read_matrix(file)
     options: dict[str, Any] = {"solver": solver}
     if max_steps is not None:
@@ -229,14 +223,10 @@ def fit(
     """Fit a model or a formula to a table of data."""
     import torch
 
-    from lossfit.io import check_output_suffix, read_table
+    from lossfit.io import read_table
     from lossfit.models import fit as fit_model
 
-    if out is not None:
-        check_output_suffix(out, several=True)
-    check_plot(plot)
-    check_folder(report, "--report")
-    check_not_inputs([data], [(out, "--out"), (plot, "--plot"), (report, "--report")])
+    check_outputs([data], out=out, several=True, plot=plot, report=report)
     table = read_table(data)
     if target not in table:
         fail(f"{data}: no column {target!r} to predict (columns: {', '.join(table)}); name it with --target")
@@ -294,14 +284,10 @@ def align(
     report: ReportOption = None,
 ) -> None:
     """Fit the transform that maps SRC points onto DST points."""
-    from lossfit.io import check_output_suffix, read_matrix
+    from lossfit.io import read_matrix
     from lossfit.points import align as align_points
 
-    if out is not None:
-        check_output_suffix(out, several=False)
-    check_plot(plot)
-    check_folder(report, "--report")
-    check_not_inputs([src, dst], [(out, "--out"), (plot, "--plot"), (report, "--report")])
+    check_outputs([src, dst], out=out, plot=plot, report=report)
     src_points, dst_points = read_matrix(src), read_matrix(dst)
     result = align_points(src_points, dst_points, model=model, loss=loss)
 

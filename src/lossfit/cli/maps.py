@@ -14,8 +14,7 @@ from lossfit.cli.common import (
     EXIT_NOT_CONVERGED,
     JsonOption,
     app,
-    check_folder,
-    check_not_inputs,
+    check_outputs,
     fail,
     guarded,
 )
@@ -82,8 +81,7 @@ def fit_map_command(
     values = _numbers(x, "--x")
     spec = resolve(model)
     names = spec.parameters or tuple(_starts(start) or ())
-    check_folder(out, "--out")
-    check_not_inputs([series, mask, labels], [(out, "--out")])
+    check_outputs([series, mask, labels], out=out, out_folder=True)
     check_run_folder(out, overwrite, own=lambda name: _own(name, names))
     fmt = DICOM if series.is_dir() else NIFTI
     if chunks is not None and fmt != NIFTI:

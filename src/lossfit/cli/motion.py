@@ -13,8 +13,7 @@ from lossfit.cli.common import (
     EXIT_NOT_CONVERGED,
     JsonOption,
     app,
-    check_folder,
-    check_not_inputs,
+    check_outputs,
     fail,
     guarded,
 )
@@ -55,8 +54,7 @@ def motion(
     from lossfit.registration.series import load_series
     from lossfit.run_folder import check_run_folder, check_space
 
-    check_folder(out, "--out")
-    check_not_inputs([series], [(out, "--out")])
+    check_outputs([series], out=out, out_folder=True)
     check_run_folder(out, overwrite)
     ref: str | int = reference
     if reference != "mean":

@@ -16,8 +16,7 @@ from lossfit.cli.common import (
     JsonOption,
     ReportOption,
     app,
-    check_folder,
-    check_not_inputs,
+    check_outputs,
     command_line,
     fail,
     guarded,
@@ -126,10 +125,7 @@ def register(
     if given and transform not in DEFORMABLE:
         names = ", ".join("--" + key.replace("_", "-") for key in given)
         fail(f"{names} apply to the deformable transforms ({', '.join(DEFORMABLE)}); got --transform {transform}")
-    check_folder(out, "--out")
-    check_folder(report, "--report")
-    inputs = [fixed, moving, fixed_mask, moving_mask, initial]
-    check_not_inputs(inputs, [(out, "--out"), (report, "--report")])
+    check_outputs([fixed, moving, fixed_mask, moving_mask, initial], out=out, out_folder=True, report=report)
     if out is not None:
         check_run_folder(out, overwrite)
     factors = _parse_levels(levels)

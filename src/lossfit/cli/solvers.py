@@ -13,8 +13,7 @@ from lossfit.cli.common import (
     JsonOption,
     ReportOption,
     app,
-    check_folder,
-    check_plot,
+    check_outputs,
     command_line,
     fail,
     guarded,
@@ -51,8 +50,7 @@ def inverse_solvers(
         fail(f"--compare must name solvers from {', '.join(sorted(known))}; got {compare!r}")
     if steps < 1:
         fail(f"--steps must be at least 1; got {steps}")
-    check_plot(plot)
-    check_folder(report, "--report")
+    check_outputs([], plot=plot, report=report)
     dtype = torch.float64 if float64 else torch.float32
     runs = run_comparison(solvers, steps, dtype, targets=(1e-6,))
     if plot is not None:
