@@ -97,7 +97,29 @@ def check_direction(value: Any, ndim: int | None) -> Matrix:
     return tuple(tuple(float(x) for x in row) for row in array)
 
 
-class Image:
+class VoxelData:
+    """What an image and a series both say of the tensor they hold (``_data``): its shape, dtype and device."""
+
+    __slots__ = ()
+    _data: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """``data.shape``: (ny, nx) or (nz, ny, nx) for an image, (T, nz, ny, nx) for a series."""
+        return self._data.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of ``data``."""
+        return self._data.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of ``data``."""
+        return self._data.device
+
+
+class Image(VoxelData):
     """A scalar image on a regular grid placed in LPS world space (see the module docstring for the convention).
 
     Args:
@@ -224,21 +246,6 @@ class Image:
     def size(self) -> tuple[int, ...]:
         """The number of voxels along each index axis, (nx, ny[, nz]): ``shape`` reversed."""
         return tuple(reversed(self._data.shape))
-
-    @property
-    def shape(self) -> torch.Size:
-        """``data.shape``: (ny, nx) or (nz, ny, nx)."""
-        return self._data.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of ``data``."""
-        return self._data.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of ``data``."""
-        return self._data.device
 
     @property
     def affine(self) -> torch.Tensor:

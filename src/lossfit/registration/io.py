@@ -55,6 +55,19 @@ def suffix_of(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def check_source(path: str | os.PathLike[str], series: Any, dtype: Any) -> tuple[Path, str, type[np.floating[Any]]]:
+    """Check what every loader is given: a floating ``dtype``, ``series`` a SeriesInstanceUID string or None, and a
+    ``path`` that exists. Returns the path, its suffix and the NumPy dtype to read into."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"`dtype` must be a floating torch dtype; got {dtype!r}")
+    if series is not None and not isinstance(series, str):
+        raise TypeError(f"`series` must be a SeriesInstanceUID string; got {type(series).__name__}")
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"{p}: no such file or folder")
+    return p, suffix_of(p), np.float64 if dtype == torch.float64 else np.float32
+
+
 def load_image(
     path: str | os.PathLike[str],
     *,
@@ -100,20 +113,13 @@ def load_image(
         >>> load_image(get_testdata_file("CT_small.dcm"))
         Image(size=(128, 128), spacing=(0.661468, 0.661468), origin=(-158.136, -179.036), dtype=float32, slice_z=-75.7)
     """
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"`dtype` must be a floating torch dtype; got {dtype!r}")
-    if spacing is not None:
+    if spacing is not None:  # the keywords before the file
         check_vector(spacing, "spacing", None, positive=True)
     if origin is not None:
         check_vector(origin, "origin", None)
     if direction is not None:
         check_direction(direction, None)
-    if series is not None and not isinstance(series, str):
-        raise TypeError(f"`series` must be a SeriesInstanceUID string; got {type(series).__name__}")
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(f"{p}: no such file or folder")
-    suffix = suffix_of(p)
+    p, suffix, np_dtype = check_source(path, series, dtype)
     dicom = p.is_dir() or suffix in DICOM_SUFFIXES or suffix == "" or suffix[1:].isdigit()
     if series is not None and not dicom:
         raise ValueError(f"`series` applies to DICOM files and folders; got {p}")
@@ -121,7 +127,6 @@ def load_image(
         raise ValueError(f"`volume` must be a whole number from 0; got {volume!r}")
     if volume is not None and suffix not in (".nii", ".nii.gz"):
         raise ValueError(f"`volume` applies to 4-D NIfTI files; got {p}")
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
     geometry: Geometry | None = None
     header: dict[str, Any] = {}
     study: dict[str, str] = {}

@@ -21,10 +21,11 @@ import torch
 
 from lossfit.errors import InputFileError
 from lossfit.io import atomic_path, first_line
-from lossfit.registration.image import Image
+from lossfit.registration.image import Image, VoxelData
 from lossfit.registration.io import (
     DICOM_SUFFIXES,
     LPS_RAS,
+    check_source,
     dicom_series_items,
     nifti_bytes,
     open_nifti,
@@ -39,7 +40,7 @@ _TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}  # NIfTI 
 _SAME_GRID_TOL = 1e-4  # mm (and direction cosines): DICOM volumes further apart than this are on different grids
 
 
-class Series:
+class Series(VoxelData):
     """Volumes sharing one world grid, ``(T, nz, ny, nx)`` (see the module docstring for the convention).
 
     Args:
@@ -105,21 +106,6 @@ class Series:
     def tr(self) -> float | None:
         """Seconds between the starts of consecutive volumes, or None where unknown."""
         return self._tr
-
-    @property
-    def shape(self) -> torch.Size:
-        """``data.shape``: (T, nz, ny, nx)."""
-        return self._data.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of ``data``."""
-        return self._data.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of ``data``."""
-        return self._data.device
 
     def __len__(self) -> int:
         return int(self._data.shape[0])
@@ -189,15 +175,7 @@ def load_series(
         >>> s.shape, s.tr
         (torch.Size([2, 24, 96, 128]), 2000.0)
     """
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"`dtype` must be a floating torch dtype; got {dtype!r}")
-    if series is not None and not isinstance(series, str):
-        raise TypeError(f"`series` must be a SeriesInstanceUID string; got {type(series).__name__}")
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(f"{p}: no such file or folder")
-    suffix = suffix_of(p)
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    p, suffix, np_dtype = check_source(path, series, dtype)
     if p.is_dir():
         array, grid, tr = _read_dicom_series(p, series, np_dtype)
     elif series is not None:
