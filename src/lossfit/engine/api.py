@@ -312,7 +312,7 @@ def finish(
         # A problem's own iteration (Newton-Schulz, Jacobi): its loss at the answer; the family checks the answer
         # against its closed form (lossfit.matrices' references), which no gradient test here could replace.
         f = obj.value(x, rows)
-        suspect = torch.zeros_like(status, dtype=torch.bool)
+        suspect = None
     elif obj.kind == "scalar":
         f, g = obj.value_and_grad(x, rows)
         f0, g0 = obj.value_and_grad(x0, rows)
@@ -336,7 +336,8 @@ def finish(
         f = obj.cost(residuals)
         zero_residual = f <= (torch.finfo(f.dtype).eps ** 2) * outcome.f0.abs()
         suspect = suspect & ~zero_residual
-    status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
+    if suspect is not None:
+        status = torch.where(_converged(status) & suspect, Status.SUSPECT_GRADIENT, status)
     by_code = {int(s): s for s in Status}
     extras: dict[str, Any] = {}
     if obj.counts is not None:

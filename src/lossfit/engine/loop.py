@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -211,10 +211,6 @@ class _Measures:
     moved: Any
     oldest: Any = None
 
-    NUMBERS: ClassVar[tuple[str, ...]] = (
-        "f", "gm", "accepted", "step_norm", "stalled", "predicted", "actual", "converged", "x_norm", "moved"
-    )  # fmt: skip
-
     @classmethod
     def after(
         cls,
@@ -231,16 +227,20 @@ class _Measures:
         if stop.ftol is not None:
             root = stop.ftol**0.5
             moved = ((x_new - x_old).abs() / (root + x_new.abs())).amax(dim=1)
-        measures = cls(
+        if host:  # each number once, as a Python scalar
+            return cls(
+                f.item(), gm.item(), info.accepted.item(), info.step_norm.item(), _item(info.stalled),
+                _item(info.predicted), _item(info.actual), _item(info.converged), info.converged_as, _item(x_norm),
+                _item(moved),
+            )  # fmt: skip
+        return cls(
             f, gm, info.accepted, info.step_norm, info.stalled, info.predicted, info.actual, info.converged,
             info.converged_as, x_norm, moved,
         )  # fmt: skip
-        if host:
-            for name in _Measures.NUMBERS:
-                value = getattr(measures, name)
-                if value is not None:
-                    setattr(measures, name, value.item())
-        return measures
+
+
+def _item(t: torch.Tensor | None) -> Any:
+    return None if t is None else t.item()
 
 
 def _slide(past: Any, f: Any, accepted: Any) -> tuple[Any, Any]:
